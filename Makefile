@@ -1,0 +1,33 @@
+# The two commands of the README:  `make demo` (the main job) and `make test`.
+# Both start from a fresh machine: they create .venv, install jaxdet with its native op, and run.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NATIVE := $(wildcard xla_ops/csrc/*)
+STAMP := $(VENV)/.jaxdet-installed
+
+.PHONY: install build test bench demo clean
+
+$(STAMP): pyproject.toml setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip "setuptools>=70" wheel "pybind11>=2.12" "jax>=0.10"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+install: $(STAMP)
+
+# Rebuilds the native extensions in place when a C++/CUDA source changed (a no-op otherwise).
+build: $(STAMP) $(NATIVE)
+	$(PY) setup.py -q build_ext --inplace
+
+test: build
+	$(PY) -m pytest -q tests
+
+bench: build
+	$(PY) experiments/bench_roi_pool.py
+
+demo: build
+	$(PY) -m jaxdet demo
+
+clean:
+	rm -rf build *.egg-info xla_ops/*.so

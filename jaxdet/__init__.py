@@ -1,0 +1,13 @@
+"""jaxdet: Fast and Faster R-CNN in JAX/Flax, with RoI max pooling as a native XLA custom call.
+
+Subpackages, one topic each:
+  jaxdet.ops         RoI pooling (from xla_ops), box geometry, anchors, NMS
+  jaxdet.targets     anchor targets, proposals, proposal targets
+  jaxdet.losses      RPN and RoI-head losses
+  jaxdet.models      backbones, RPN, RoI head, FastRCNN / FasterRCNN
+  jaxdet.data        VOC, COCO, synthetic shapes, transforms, input pipeline
+  jaxdet.evaluation  VOC and COCO metrics, pictures
+  jaxdet.training    train state, train step, checkpoints, pretrained weights
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,148 @@
+"""Build of the native RoI pooling op (metadata lives in pyproject.toml).
+
+Two extension modules, each exposing `registrations()` (a dict of FFI handler capsules):
+  xla_ops._roi_pool_cpu   C++ kernels, always built.
+  xla_ops._roi_pool_cuda  CUDA kernels, built when nvcc is found. JAXDET_CUDA=1 forces it
+                          (and fails loudly without nvcc), JAXDET_CUDA=0 skips it.
+
+Environment knobs:
+  JAXDET_CUDA        "auto" (default), "1" or "0".
+  JAXDET_CUDA_ARCHS  semicolon-separated SM versions, default "90": sm_90 machine code plus
+                     compute_90 PTX, which the driver JIT-compiles for newer GPUs.
+  JAXDET_SANITIZE    "address" builds the CPU extension with AddressSanitizer (tests only).
+  CUDA_HOME          where nvcc lives, if not on PATH.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pybind11
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+CSRC = os.path.join("xla_ops", "csrc")
+HEADERS = [os.path.join(CSRC, "roi_pool_bins.h")]
+
+
+def _ffi_include_dir():
+    # Import lazily: jax is a build requirement (pyproject.toml), not needed to read this file.
+    import jax.ffi
+
+    return jax.ffi.include_dir()
+
+
+def _find_nvcc():
+    cuda_home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if cuda_home and os.path.exists(os.path.join(cuda_home, "bin", "nvcc")):
+        return os.path.join(cuda_home, "bin", "nvcc")
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    default = "/usr/local/cuda/bin/nvcc"
+    return default if os.path.exists(default) else None
+
+
+def _want_cuda():
+    mode = os.environ.get("JAXDET_CUDA", "auto").lower()
+    if mode not in ("auto", "1", "0", "on", "off", "true", "false"):
+        sys.exit(f"JAXDET_CUDA must be auto, 1 or 0, got {mode!r}")
+    nvcc = _find_nvcc()
+    if mode in ("0", "off", "false"):
+        return None
+    if mode in ("1", "on", "true") and nvcc is None:
+        sys.exit("JAXDET_CUDA=1 but nvcc was not found (set CUDA_HOME or put nvcc on PATH)")
+    return nvcc
+
+
+CXX_FLAGS = [
+    "-std=c++17",
+    "-O3",
+    # Bin edges must round exactly as the CUDA kernel and the jnp reference do: no FMA.
+    "-ffp-contract=off",
+    "-fvisibility=hidden",
+]
+
+
+class BuildExt(build_ext):
+    """Compiles .cu sources with nvcc, everything else with the platform C++ compiler."""
+
+    def build_extension(self, ext):
+        cu_sources = [s for s in ext.sources if s.endswith(".cu")]
+        ext.sources = [s for s in ext.sources if not s.endswith(".cu")]
+        if cu_sources:
+            ext.extra_objects = [self._nvcc(src, ext) for src in cu_sources]
+        super().build_extension(ext)
+
+    def _nvcc(self, source, ext):
+        nvcc = ext.nvcc
+        obj = os.path.join(self.build_temp, os.path.basename(source) + ".o")
+        os.makedirs(self.build_temp, exist_ok=True)
+        deps = [source] + ext.depends
+        if not self.force and os.path.exists(obj) and all(
+            os.path.getmtime(obj) >= os.path.getmtime(d) for d in deps
+        ):
+            return obj
+        archs = os.environ.get("JAXDET_CUDA_ARCHS", "90").split(";")
+        gencode = []
+        for arch in archs:
+            gencode += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+        # PTX of the newest listed architecture so later GPUs can JIT it.
+        gencode += ["-gencode", f"arch=compute_{archs[-1]},code=compute_{archs[-1]}"]
+        cmd = [
+            nvcc, "-c", source, "-o", obj,
+            "-std=c++17", "-O3", "--fmad=false",
+            "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden",
+            *gencode,
+            *[f"-I{d}" for d in ext.include_dirs],
+        ]
+        self.announce(" ".join(cmd), level=2)
+        print(" ".join(cmd), flush=True)
+        subprocess.check_call(cmd)
+        return obj
+
+
+def extensions():
+    include_dirs = [CSRC, pybind11.get_include(), _ffi_include_dir()]
+    sanitize = os.environ.get("JAXDET_SANITIZE")
+    cpu_flags = list(CXX_FLAGS)
+    cpu_link = []
+    if sanitize:
+        cpu_flags = [f for f in cpu_flags if f != "-O3"] + ["-O1", "-g", f"-fsanitize={sanitize}",
+                                                             "-fno-omit-frame-pointer"]
+        cpu_link = [f"-fsanitize={sanitize}"]
+    exts = [
+        Extension(
+            "xla_ops._roi_pool_cpu",
+            sources=[os.path.join(CSRC, "roi_pool_cpu.cc")],
+            depends=HEADERS,
+            include_dirs=include_dirs,
+            extra_compile_args=cpu_flags,
+            extra_link_args=cpu_link,
+            language="c++",
+        )
+    ]
+    nvcc = _want_cuda()
+    if nvcc is not None:
+        cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        lib_dirs = [d for d in (os.path.join(cuda_home, "lib64"), os.path.join(cuda_home, "lib"))
+                    if os.path.isdir(d)]
+        cuda = Extension(
+            "xla_ops._roi_pool_cuda",
+            sources=[os.path.join(CSRC, "roi_pool_cuda_module.cc"),
+                     os.path.join(CSRC, "roi_pool_cuda.cu")],
+            depends=HEADERS,
+            include_dirs=include_dirs + [os.path.join(cuda_home, "include")],
+            library_dirs=lib_dirs,
+            # Static runtime: the module then needs only the driver on the GPU machine.
+            libraries=["cudart_static", "dl", "rt", "pthread"],
+            extra_compile_args=CXX_FLAGS,
+            language="c++",
+        )
+        cuda.nvcc = nvcc
+        exts.append(cuda)
+    return exts
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
