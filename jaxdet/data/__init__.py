@@ -1,0 +1,27 @@
+"""Datasets (Pascal VOC, COCO, synthetic shapes), transforms and the fixed-shape input pipeline.
+
+Boxes are xyxy in continuous pixels everywhere (width = x2 - x1; see `records`).
+"""
+
+from jaxdet.data.coco import dataset_to_coco, read_coco, write_coco
+from jaxdet.data.pipeline import InputPipeline
+from jaxdet.data.records import (
+    DataError,
+    Dataset,
+    Record,
+    concat_datasets,
+    load_image,
+    make_dataset,
+)
+from jaxdet.data.shapes import SHAPES, ShapesConfig, draw_image, make_shapes, write_shapes
+from jaxdet.data.transforms import (
+    boxes_to_original,
+    denormalize,
+    hflip,
+    normalize,
+    resize,
+    resized_hw,
+    scale_boxes,
+    size_buckets,
+)
+from jaxdet.data.voc import VOC_CLASSES, read_voc, write_voc

@@ -1,0 +1,195 @@
+"""COCO instances format: one JSON of images, annotations and categories, plus an image folder.
+
+Category ids (sparse in COCO: 1..90 for 80 classes) map to contiguous labels in id order and
+back through `Dataset.category_ids`. COCO's `[x, y, w, h]` is already continuous, so records
+hold `x1 = x, x2 = x + w`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from jaxdet.data.records import (
+    BadDataLog,
+    DataError,
+    Dataset,
+    Record,
+    check_boxes,
+    check_image_file,
+    make_dataset,
+    save_image,
+)
+
+
+def read_coco(
+    annotation_file: str,
+    image_dir: str,
+    *,
+    on_error: str = "raise",
+    check_images: bool = False,
+    keep_empty: bool = True,
+) -> Dataset:
+    """Reads a COCO instances JSON.
+
+    Args:
+      annotation_file: e.g. `annotations/instances_train2017.json`.
+      image_dir: the folder the images' `file_name`s are relative to.
+      on_error: "raise" stops at the first bad file or annotation; "skip" warns naming it, drops
+        the whole image (so no object silently becomes background) and counts it in `skipped`.
+      check_images: decode every image now (slow) instead of only checking it exists.
+      keep_empty: keep images without annotations (False: skip them, as detection training
+        usually does; crowd-only images count as empty).
+    Returns:
+      Dataset; crowd annotations are kept with `iscrowd` True (never training targets), and a
+      non-standard `difficult` key, as `write_coco` writes it, is honoured.
+    """
+    try:
+        with open(annotation_file) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{annotation_file}: malformed JSON ({e})") from e
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(key), list) for key in ("images", "annotations", "categories")
+    ):
+        raise DataError(
+            f"{annotation_file}: not a COCO instances file (needs lists 'images', "
+            "'annotations' and 'categories')"
+        )
+    try:
+        categories = sorted(data["categories"], key=lambda c: c["id"])
+        category_ids = [int(c["id"]) for c in categories]
+        class_names = [str(c["name"]) for c in categories]
+    except (KeyError, TypeError, ValueError) as e:
+        raise DataError(f"{annotation_file}: malformed 'categories' ({e!r})") from e
+    label_of = {cid: k for k, cid in enumerate(category_ids)}
+
+    log = BadDataLog(on_error)
+    images = {}
+    for i, image in enumerate(data["images"]):
+        try:
+            images[image["id"]] = (image["file_name"], int(image["height"]), int(image["width"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise DataError(f"{annotation_file}: images[{i}] is malformed ({e!r})") from e
+    by_image = {image_id: [] for image_id in images}
+    for i, ann in enumerate(data["annotations"]):
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        if image_id not in by_image:
+            log.report(
+                DataError(f"{annotation_file}: annotation {i} refers to unknown image {image_id!r}"),
+                annotation_file,
+            )
+            continue
+        by_image[image_id].append((i, ann))
+
+    records = []
+    for image_id, (file_name, height, width) in images.items():
+        path = os.path.join(image_dir, file_name)
+        try:
+            record = _record(
+                annotation_file, path, image_id, height, width, by_image[image_id], label_of,
+                class_names, check_images=check_images,
+            )
+        except DataError as e:
+            log.report(e, path)
+            continue
+        if keep_empty or np.any(~record.iscrowd):
+            records.append(record)
+    log.summarise(len(images), annotation_file)
+    return make_dataset(records, class_names, category_ids=category_ids, skipped=log.skipped)
+
+
+def _record(annotation_file, path, image_id, height, width, anns, label_of, class_names, *,
+            check_images) -> Record:
+    height, width = check_image_file(path, height=height, width=width, decode=check_images)
+    boxes, labels, crowd, difficult, names = [], [], [], [], []
+    for i, ann in anns:
+        what = f"annotation {i} (id {ann.get('id')!r}) of image {image_id!r}"
+        category = ann.get("category_id")
+        if category not in label_of:
+            raise DataError(f"{annotation_file}: {what} has an unknown category_id {category!r}")
+        bbox = ann.get("bbox")
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            raise DataError(f"{annotation_file}: {what} has a malformed bbox {bbox!r}") from None
+        boxes.append((x, y, x + w, y + h))
+        labels.append(label_of[category])
+        crowd.append(bool(ann.get("iscrowd", 0)))
+        difficult.append(bool(ann.get("difficult", 0)))
+        names.append(f"{what} ({class_names[label_of[category]]!r})")
+    boxes = check_boxes(
+        np.array(boxes, np.float32), height=height, width=width, file=annotation_file,
+        objects=names,
+    )
+    return Record(
+        image_id=0,
+        height=height,
+        width=width,
+        boxes=boxes,
+        labels=np.array(labels, np.int32),
+        difficult=np.array(difficult, bool),
+        iscrowd=np.array(crowd, bool),
+        path=path,
+        source_id=image_id,
+    )
+
+
+def dataset_to_coco(dataset: Dataset, *, file_names=None) -> dict:
+    """The dataset as a COCO instances dict (ground truth for `eval_detection_coco`).
+
+    Image ids are the records' `image_id` (dataset indices, what batches carry); category ids
+    are `dataset.category_ids`; `area` is the box area (no masks), so COCO's small/medium/large
+    split is by box area. `difficult` is kept as an extra key; pycocotools ignores it and
+    counts difficult objects as ordinary ground truth.
+    Args:
+      file_names: per record, the `file_name` to write; default the image's file name, or
+        "{source_id}.png" for in-memory images.
+    """
+    images, annotations = [], []
+    for k, record in enumerate(dataset.records):
+        if file_names is not None:
+            file_name = file_names[k]
+        elif record.path is not None:
+            file_name = os.path.basename(record.path)
+        else:
+            file_name = f"{record.source_id}.png"
+        images.append({
+            "id": record.image_id, "file_name": file_name,
+            "height": record.height, "width": record.width,
+        })
+        for box, label, crowd, diff in zip(
+            record.boxes, record.labels, record.iscrowd, record.difficult
+        ):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            annotations.append({
+                "id": len(annotations) + 1,
+                "image_id": record.image_id,
+                "category_id": dataset.category_ids[int(label)],
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "area": (x2 - x1) * (y2 - y1),
+                "iscrowd": int(crowd),
+                "difficult": int(diff),
+            })
+    categories = [
+        {"id": cid, "name": name} for cid, name in zip(dataset.category_ids, dataset.class_names)
+    ]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+def write_coco(
+    dataset: Dataset, annotation_file: str, image_dir: str, *, image_format: str = "png"
+) -> None:
+    """Writes `dataset` as a COCO instances JSON and its images into `image_dir`.
+
+    Images are written by `records.save_image` ("png" keeps synthetic pixels exact).
+    """
+    os.makedirs(image_dir, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(annotation_file)), exist_ok=True)
+    file_names = [save_image(r, image_dir, image_format=image_format) for r in dataset.records]
+    with open(annotation_file, "w") as f:
+        json.dump(dataset_to_coco(dataset, file_names=file_names), f)

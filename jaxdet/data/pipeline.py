@@ -1,0 +1,266 @@
+"""The input pipeline: fixed-shape batches built ahead by worker threads, resumable by step.
+
+Every batch is a dict of numpy arrays (the format agreed with the training code):
+  images   [B, H, W, 3] float32  normalised, zero padded bottom/right to the bucket (H, W)
+  boxes    [B, max_boxes, 4] float32  xyxy in resized pixels, zeros where padding
+  labels   [B, max_boxes] int32  0 where padding
+  valid    [B, max_boxes] bool  False for padding, crowd boxes and (by default) difficult ones
+  image_hw [B, 2] int32  (height, width) of the resized content inside the padding
+  scale    [B] float32  nominal resize factor (exact per-axis mapping: `boxes_to_original`)
+  orig_hw  [B, 2] int32  original (height, width)
+  image_id [B] int64  index in the dataset; -1 for the filler of a last partial batch
+
+The order is a pure function of (seed, epoch): each epoch is a seeded permutation, walked in
+order, each image joining the batch being filled for its size bucket; a bucket's batch is
+emitted when full. The number of batches per epoch therefore does not depend on the shuffle,
+so a global step maps to (epoch, position) and `batches(start_step=s)` reproduces exactly the
+batches a run from 0 would have yielded from step s on. Per-image randomness (the flip) is
+seeded by (seed, epoch, image index), never by thread timing.
+
+Workers are plain threads: PIL decoding and resizing and numpy release the GIL, and threads
+share in-memory (synthetic) datasets without copying. At most `prefetch` batches are in
+flight, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import threading
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from jaxdet.data.records import DataError, Dataset, Record, load_image
+from jaxdet.data.transforms import NORMALIZATIONS, hflip, normalize, resize, resized_hw, size_buckets
+
+
+class InputPipeline:
+    """Fixed-shape batches of a Dataset.
+
+    Args:
+      dataset: the Dataset.
+      batch_size: images per batch on this shard.
+      max_boxes: ground-truth slots per image; an image with more boxes that count (`valid`)
+        is a DataError naming the file (ignored boxes beyond the slots are dropped).
+      min_size, max_size: resize limits (see `transforms.resized_hw`); both None keeps images
+        at their native size (e.g. tiny synthetic images).
+      buckets: padded (H, W) sizes, tried smallest area first; None derives them: the two
+        orientations of `size_buckets(min_size, max_size)`, or with no resize the largest image
+        size in the dataset.
+      normalization: "torchvision" or "caffe" (see `transforms.normalize`).
+      shuffle: permute the images every epoch (False: dataset order, for evaluation).
+      flip: mirror each image with probability 1/2 (training augmentation).
+      drop_remainder: drop each bucket's last partial batch per epoch; if False it is emitted,
+        filled up with images of `image_id` -1 and no valid boxes (evaluation sees every image).
+      keep_difficult: mark VOC `difficult` boxes valid (VOC training drops them).
+      seed: seeds the order and the flips.
+      num_workers: threads building batches.
+      prefetch: batches built ahead of the consumer.
+      num_shards, shard_index: split every global batch of `batch_size * num_shards` images
+        between processes; all shards see the same bucket at each step.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        *,
+        batch_size: int,
+        max_boxes: int = 100,
+        min_size: int | None = 600,
+        max_size: int | None = 1000,
+        buckets: Sequence[tuple] | None = None,
+        normalization: str = "torchvision",
+        shuffle: bool = True,
+        flip: bool = True,
+        drop_remainder: bool = True,
+        keep_difficult: bool = False,
+        seed: int = 0,
+        num_workers: int = 2,
+        prefetch: int = 4,
+        num_shards: int = 1,
+        shard_index: int = 0,
+    ):
+        for name, value in (("batch_size", batch_size), ("max_boxes", max_boxes),
+                            ("num_workers", num_workers), ("prefetch", prefetch),
+                            ("num_shards", num_shards)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if not 0 <= shard_index < num_shards:
+            raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+        if len(dataset) == 0:
+            raise ValueError("dataset is empty")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.max_boxes = int(max_boxes)
+        self.min_size, self.max_size = min_size, max_size
+        self.normalization = normalization
+        self.shuffle, self.flip = shuffle, flip
+        self.drop_remainder = drop_remainder
+        self.keep_difficult = keep_difficult
+        self.seed = int(seed)
+        self.num_workers, self.prefetch = int(num_workers), int(prefetch)
+        self.num_shards, self.shard_index = int(num_shards), int(shard_index)
+
+        sizes = np.array(
+            [resized_hw(r.height, r.width, min_size=min_size, max_size=max_size)[:2]
+             for r in dataset.records],
+            np.int64,
+        )  # [N, 2]
+        if buckets is None:
+            if min_size is None and max_size is None:
+                buckets = (tuple(int(s) for s in sizes.max(axis=0)),)
+            else:
+                buckets = size_buckets(min_size or max_size, max_size or min_size)
+        self.buckets = tuple(sorted((tuple(int(s) for s in b) for b in buckets),
+                                    key=lambda b: (b[0] * b[1], b)))
+        self.image_bucket = self._assign_buckets(sizes)  # [N]
+        global_batch = self.batch_size * self.num_shards
+        counts = np.bincount(self.image_bucket, minlength=len(self.buckets))
+        per_bucket = counts // global_batch if drop_remainder else -(-counts // global_batch)
+        self.steps_per_epoch = int(per_bucket.sum())
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"no full batch of {global_batch} images in any bucket "
+                f"(images per bucket {counts.tolist()}); lower batch_size or set drop_remainder=False"
+            )
+        # Two epochs can be in flight at an epoch boundary; workers share the plans.
+        self._plans: dict[int, list] = {}
+        self._plans_lock = threading.Lock()
+
+    def _assign_buckets(self, sizes: np.ndarray) -> np.ndarray:
+        fits = np.stack([(sizes[:, 0] <= h) & (sizes[:, 1] <= w) for h, w in self.buckets], 1)
+        if not np.all(fits.any(axis=1)):
+            i = int(np.argmin(fits.any(axis=1)))
+            raise ValueError(
+                f"{self.dataset.records[i].name}: resized size {tuple(sizes[i])} fits no bucket "
+                f"in {self.buckets}"
+            )
+        return np.argmax(fits, axis=1)  # the first fit is the smallest
+
+    def plan(self, epoch: int) -> list:
+        """The global batches of one epoch: a list of ([G] int64 image indices, bucket index)."""
+        with self._plans_lock:
+            if epoch not in self._plans:
+                self._plans = {e: p for e, p in self._plans.items() if e >= epoch - 1}
+                self._plans[epoch] = self._make_plan(epoch)
+            return self._plans[epoch]
+
+    def _make_plan(self, epoch: int) -> list:
+        n = len(self.dataset)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        else:
+            order = np.arange(n)
+        global_batch = self.batch_size * self.num_shards
+        pending = [[] for _ in self.buckets]
+        batches = []
+        for index in order:
+            bucket = int(self.image_bucket[index])
+            pending[bucket].append(index)
+            if len(pending[bucket]) == global_batch:
+                batches.append((np.array(pending[bucket], np.int64), bucket))
+                pending[bucket] = []
+        if not self.drop_remainder:
+            for bucket, rest in enumerate(pending):
+                if rest:
+                    filler = [-1] * (global_batch - len(rest))
+                    batches.append((np.array(rest + filler, np.int64), bucket))
+        assert len(batches) == self.steps_per_epoch
+        return batches
+
+    def batch_indices(self, step: int) -> tuple:
+        """This shard's image indices ([B] int64, -1 for filler) and bucket at a global step."""
+        epoch, position = divmod(int(step), self.steps_per_epoch)
+        indices, bucket = self.plan(epoch)[position]
+        start = self.shard_index * self.batch_size
+        return indices[start:start + self.batch_size], bucket, epoch
+
+    def build_batch(self, step: int) -> dict:
+        """The batch at a global step (what `batches` yields there)."""
+        indices, bucket, epoch = self.batch_indices(step)
+        height, width = self.buckets[bucket]
+        b, m = self.batch_size, self.max_boxes
+        batch = {
+            "images": np.zeros((b, height, width, 3), np.float32),
+            "boxes": np.zeros((b, m, 4), np.float32),
+            "labels": np.zeros((b, m), np.int32),
+            "valid": np.zeros((b, m), bool),
+            "image_hw": np.zeros((b, 2), np.int32),
+            "scale": np.ones((b,), np.float32),
+            "orig_hw": np.zeros((b, 2), np.int32),
+            "image_id": np.full((b,), -1, np.int64),
+        }
+        for slot, index in enumerate(indices):
+            if index >= 0:
+                self._fill(batch, slot, self.dataset.records[index], epoch)
+        return batch
+
+    def _fill(self, batch: dict, slot: int, record: Record, epoch: int) -> None:
+        image = load_image(record)
+        image, boxes, scale = resize(
+            image, record.boxes, min_size=self.min_size, max_size=self.max_size
+        )
+        if self.flip and np.random.default_rng([self.seed, epoch, record.image_id]).random() < 0.5:
+            image, boxes = hflip(image, boxes)
+        valid = ~record.iscrowd
+        if not self.keep_difficult:
+            valid &= ~record.difficult
+        if len(valid) > self.max_boxes:
+            if valid.sum() > self.max_boxes:
+                raise DataError(
+                    f"{record.name}: {int(valid.sum())} boxes to train on but max_boxes is "
+                    f"{self.max_boxes}; raise max_boxes"
+                )
+            # Ignored boxes carry nothing a padded slot would not, so they make room first.
+            keep = np.argsort(~valid, kind="stable")[: self.max_boxes]
+            boxes, valid, labels = boxes[keep], valid[keep], record.labels[keep]
+        else:
+            labels = record.labels
+        h, w = image.shape[:2]
+        k = len(labels)
+        batch["images"][slot, :h, :w] = normalize(image, self.normalization)
+        batch["boxes"][slot, :k] = boxes
+        batch["labels"][slot, :k] = labels
+        batch["valid"][slot, :k] = valid
+        batch["image_hw"][slot] = (h, w)
+        batch["scale"][slot] = scale
+        batch["orig_hw"][slot] = (record.height, record.width)
+        batch["image_id"][slot] = record.image_id
+
+    def batches(self, start_step: int = 0, num_steps: int | None = None) -> Iterator[dict]:
+        """Yields the batches of global steps start_step, start_step + 1, ... in order.
+
+        Args:
+          start_step: the step to resume at (what a checkpoint stores).
+          num_steps: how many batches; None runs forever (epochs repeat, each reshuffled).
+        """
+        if start_step < 0:
+            raise ValueError(f"start_step must be non-negative, got {start_step}")
+        stop = None if num_steps is None else start_step + int(num_steps)
+        steps = iter(range(start_step, stop)) if stop is not None else itertools.count(start_step)
+        pool = concurrent.futures.ThreadPoolExecutor(self.num_workers, "jaxdet-input")
+        in_flight: collections.deque = collections.deque()
+        try:
+            for step in steps:
+                in_flight.append(pool.submit(self.build_batch, step))
+                if len(in_flight) >= self.prefetch:
+                    break
+            while in_flight:
+                batch = in_flight.popleft().result()
+                step = next(steps, None)
+                if step is not None:
+                    in_flight.append(pool.submit(self.build_batch, step))
+                yield batch
+        finally:
+            # A consumer that stops early (or an error) must not leave workers running.
+            for future in in_flight:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def epoch(self) -> Iterator[dict]:
+        """One pass over epoch 0 (with shuffle=False and drop_remainder=False: every image once)."""
+        return self.batches(0, self.steps_per_epoch)

@@ -1,0 +1,279 @@
+"""Records, datasets and the bad-data policy shared by every reader.
+
+Box convention (the whole project's): `(x1, y1, x2, y2)` in continuous pixel coordinates, where
+pixel `(row r, col c)` covers `[c, c + 1) x [r, r + 1)`. A box that covers columns `c0..c1`
+inclusive is `x1 = c0, x2 = c1 + 1`, so width is `x2 - x1` with no `+ 1`. Pascal VOC's 1-based
+inclusive `xmin..xmax` becomes `x1 = xmin - 1, x2 = xmax`; COCO's `[x, y, w, h]` becomes
+`x1 = x, x2 = x + w`. Horizontal flip is then exactly `x1' = W - x2, x2' = W - x1`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import warnings
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+ON_ERROR_CHOICES = ("raise", "skip")
+
+# Annotation tools write boxes a fraction of a pixel outside the image (VOC's `xmin = 0`, COCO's
+# float sums): within this many pixels a box is clipped to the image; further out it is bad data.
+BOX_TOLERANCE = 1.0
+
+
+class DataError(ValueError):
+    """Bad data: the message names the file and, where there is one, the object."""
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Record:
+    """One image and its ground truth.
+
+    Attributes:
+      image_id: index of the record in its dataset (what batches carry as `image_id`).
+      height, width: original image size in pixels.
+      boxes: [M, 4] float32 xyxy in original pixels (see the module docstring).
+      labels: [M] int32 in [0, num_classes).
+      difficult: [M] bool, VOC's flag (dropped from training by default, ignored by VOC eval).
+      iscrowd: [M] bool, COCO's flag (never a training target).
+      path: image file, or None when `image` is given.
+      image: [H, W, 3] uint8 RGB held in memory (synthetic data), or None.
+      source_id: the image's name in its source format (VOC file stem, COCO image id).
+    """
+
+    image_id: int
+    height: int
+    width: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    difficult: np.ndarray
+    iscrowd: np.ndarray
+    path: str | None = None
+    image: np.ndarray | None = None
+    source_id: str | int | None = None
+
+    def __post_init__(self):
+        m = len(self.labels)
+        shapes = {
+            "boxes": (self.boxes.shape, (m, 4)),
+            "difficult": (self.difficult.shape, (m,)),
+            "iscrowd": (self.iscrowd.shape, (m,)),
+        }
+        for name, (got, want) in shapes.items():
+            if got != want:
+                raise ValueError(f"Record {self.image_id}: {name} has shape {got}, expected {want}")
+        if self.path is None and self.image is None:
+            raise ValueError(f"Record {self.image_id}: needs a path or an in-memory image")
+
+    @property
+    def name(self) -> str:
+        """How messages refer to this image: its file, else its source id."""
+        return self.path if self.path is not None else f"image {self.source_id!r}"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """A sequence of `Record`s with its class names.
+
+    Attributes:
+      records: tuple of Record, `records[i].image_id == i`.
+      class_names: tuple of str, label `k` is `class_names[k]`.
+      category_ids: tuple of int, the COCO category id of each label (`label + 1` for datasets
+        that have none), for COCO result files.
+      skipped: tuple of (file, reason) for the images the `on_error="skip"` policy dropped.
+    """
+
+    records: tuple
+    class_names: tuple
+    category_ids: tuple
+    skipped: tuple = ()
+
+    def __post_init__(self):
+        if len(self.category_ids) != len(self.class_names):
+            raise ValueError(
+                f"category_ids has {len(self.category_ids)} entries for "
+                f"{len(self.class_names)} class_names"
+            )
+        for i, record in enumerate(self.records):
+            if record.image_id != i:
+                raise ValueError(f"records[{i}] has image_id {record.image_id}; expected {i}")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Record:
+        return self.records[index]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def make_dataset(
+    records: Sequence[Record],
+    class_names: Sequence[str],
+    *,
+    category_ids: Sequence[int] | None = None,
+    skipped: Sequence[tuple] = (),
+) -> Dataset:
+    """Builds a Dataset, numbering `records` 0..N-1 in the order given."""
+    records = tuple(dataclasses.replace(r, image_id=i) for i, r in enumerate(records))
+    if category_ids is None:
+        category_ids = tuple(range(1, len(class_names) + 1))
+    return Dataset(records, tuple(class_names), tuple(int(c) for c in category_ids), tuple(skipped))
+
+
+def concat_datasets(*datasets: Dataset) -> Dataset:
+    """Joins datasets with the same classes (VOC 07+12), renumbering `image_id`."""
+    if not datasets:
+        raise ValueError("concat_datasets needs at least one dataset")
+    first = datasets[0]
+    for d in datasets[1:]:
+        if d.class_names != first.class_names or d.category_ids != first.category_ids:
+            raise ValueError("concat_datasets: datasets have different classes")
+    records = [r for d in datasets for r in d.records]
+    skipped = [s for d in datasets for s in d.skipped]
+    return make_dataset(records, first.class_names, category_ids=first.category_ids, skipped=skipped)
+
+
+def check_on_error(on_error: str) -> None:
+    if on_error not in ON_ERROR_CHOICES:
+        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+
+
+class BadDataLog:
+    """Applies the bad-data policy: raise at the first problem, or warn and count skips."""
+
+    def __init__(self, on_error: str):
+        check_on_error(on_error)
+        self.on_error = on_error
+        self.skipped: list[tuple[str, str]] = []
+
+    def report(self, error: DataError, file: str) -> None:
+        """Raises `error` under "raise"; under "skip" warns and records the skipped file."""
+        if self.on_error == "raise":
+            raise error
+        warnings.warn(f"skipping: {error}", stacklevel=3)
+        self.skipped.append((file, str(error)))
+
+    def summarise(self, total: int, source: str) -> None:
+        if self.skipped:
+            warnings.warn(
+                f"{source}: skipped {len(self.skipped)} of {total} images with bad data",
+                stacklevel=3,
+            )
+
+
+def check_boxes(boxes: np.ndarray, *, height: int, width: int, file: str, objects: Sequence[str]):
+    """Validates boxes against their image; returns them clipped by at most BOX_TOLERANCE.
+
+    Args:
+      boxes: [M, 4] xyxy in original pixels.
+      height, width: the image size.
+      file: the annotation file, for messages.
+      objects: [M] how messages name each object (e.g. "object 3 ('dog')").
+    Returns:
+      [M, 4] float32 boxes inside the image.
+    Raises:
+      DataError naming the file and the first bad object.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    limits = np.array([width, height, width, height], np.float32)
+    for i, box in enumerate(boxes):
+        x1, y1, x2, y2 = box
+        if not np.all(np.isfinite(box)):
+            raise DataError(f"{file}: {objects[i]} has a non-finite box {box.tolist()}")
+        if x2 <= x1 or y2 <= y1:
+            raise DataError(
+                f"{file}: {objects[i]} has an empty or inverted box {box.tolist()} "
+                "(needs x2 > x1 and y2 > y1)"
+            )
+        if np.any(box < -BOX_TOLERANCE) or np.any(box > limits + BOX_TOLERANCE):
+            raise DataError(
+                f"{file}: {objects[i]} box {box.tolist()} lies outside the "
+                f"{width}x{height} image"
+            )
+    clipped = np.clip(boxes, 0.0, limits)
+    # Clipping a box that pokes out by less than a pixel can still empty it.
+    empty = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
+    if np.any(empty):
+        i = int(np.argmax(empty))
+        raise DataError(f"{file}: {objects[i]} box {boxes[i].tolist()} is empty inside the image")
+    return clipped
+
+
+def check_image_file(path: str, *, height: int | None, width: int | None, decode: bool) -> tuple:
+    """Checks that an image file exists (and, with `decode`, that it decodes at the stated size).
+
+    Returns:
+      (height, width): the stated size, or the file's when none was stated.
+    Raises:
+      DataError naming the file.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: image file is missing")
+    if decode or height is None or width is None:
+        try:
+            with Image.open(path) as im:
+                if decode:
+                    im.load()
+                w, h = im.size
+        except Exception as e:  # PIL raises several unrelated types for a bad file
+            raise DataError(f"{path}: image cannot be decoded ({type(e).__name__}: {e})") from e
+        if height is not None and (h, w) != (height, width):
+            raise DataError(
+                f"{path}: image is {w}x{h} but its annotation says {width}x{height}"
+            )
+        return h, w
+    return height, width
+
+
+def load_image(record: Record) -> np.ndarray:
+    """The record's image as [H, W, 3] uint8 RGB.
+
+    Raises:
+      DataError naming the file when it is missing, corrupt, or not the annotated size.
+    """
+    if record.image is not None:
+        return record.image
+    try:
+        with Image.open(record.path) as im:
+            image = np.asarray(im.convert("RGB"))
+    except FileNotFoundError as e:
+        raise DataError(f"{record.path}: image file is missing") from e
+    except Exception as e:  # PIL raises several unrelated types for a bad file
+        raise DataError(f"{record.path}: image cannot be decoded ({type(e).__name__}: {e})") from e
+    if image.shape[:2] != (record.height, record.width):
+        raise DataError(
+            f"{record.path}: image is {image.shape[1]}x{image.shape[0]} but its annotation says "
+            f"{record.width}x{record.height}"
+        )
+    return image
+
+
+IMAGE_FORMATS = ("png", "jpg")
+
+
+def save_image(record: Record, directory: str, *, image_format: str = "png") -> str:
+    """Writes the record's image into `directory` as "{source_id}.{ext}" for the writers.
+
+    In-memory images are encoded as `image_format` ("png" keeps synthetic pixels exact, "jpg"
+    at quality 95); images already on disk are copied with their own extension.
+    Returns:
+      the file name written.
+    """
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image_format must be one of {IMAGE_FORMATS}, got {image_format!r}")
+    stem = str(record.source_id if record.source_id is not None else f"{record.image_id:06d}")
+    if record.image is not None:
+        file_name = f"{stem}.{image_format}"
+        options = {"quality": 95} if image_format == "jpg" else {}
+        Image.fromarray(record.image).save(os.path.join(directory, file_name), **options)
+    else:
+        file_name = f"{stem}{os.path.splitext(record.path)[1]}"
+        shutil.copyfile(record.path, os.path.join(directory, file_name))
+    return file_name
