@@ -1,0 +1,106 @@
+"""Faster R-CNN with VGG16 on PASCAL VOC 2007 trainval, tested on VOC 2007 test: the paper's recipe.
+
+Approximate joint training (end to end), ImageNet-pretrained VGG16 with conv1-conv2 frozen,
+short side 600 / long side at most 1000, horizontal flip, SGD momentum 0.9, weight decay 5e-4,
+lr 1e-3 for 50k steps then 1e-4 to 70k (at 1 image per step; with more images per step scale
+the learning rate linearly and the steps inversely). The paper reports 69.9 mAP (VOC07 11-point
+metric); the reference ports 70.0-71.2.
+
+    python -m jaxdet train --config experiments/configs/vgg16_voc07.py --config.data.root=/data/VOCdevkit
+    get_config("smoke"): a few steps at 1/4 the image size, for a quick check on a real VOC tree.
+"""
+
+import ml_collections
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.model = dict(
+        kind="faster_rcnn",          # "faster_rcnn" (RPN proposals) or "fast_rcnn" (given proposals)
+        backbone="vgg16",            # vgg16 | tiny_vgg | resnet50_c4 | resnet101_c4 | resnet152_c4 | tiny_resnet_c4
+        frozen_stages=2,             # conv1-conv2 frozen, as the reference recipes
+        num_classes=20,              # object classes K; the head predicts K + 1 with background 0
+        anchor_scales=(8, 16, 32),   # anchor sizes in units of the stride (16): 128, 256, 512 px
+        anchor_ratios=(0.5, 1.0, 2.0),  # height / width
+        rpn_channels=512,            # width of the RPN's 3x3 conv
+        pooled_size=(7, 7),          # RoI pooling output, fc6's input grid
+        roi_rounding="none",         # RoI pooling arithmetic: "none" (seed kernel) or "round" (Caffe)
+        head_hidden=(4096, 4096),    # fc6, fc7 widths (VGG16's classifier)
+        dropout_rate=0.5,            # dropout after fc6 and fc7 in training (VGG16's classifier)
+        compute_dtype="float32",     # "float32" or "bfloat16" (parameters and losses stay float32)
+        pretrained="",               # local VGG16 state dict (.pth, .npz, .safetensors); "" = random init
+    )
+
+    config.rpn = dict(
+        num_samples=256,             # anchors sampled per image for the RPN loss
+        positive_fraction=0.5,       # at most half of them positive
+        positive_iou=0.7,            # IoU >= 0.7 with a ground-truth box: positive
+        negative_iou=0.3,            # max IoU < 0.3: negative
+        allowed_border=0.0,          # anchors crossing the border by more than this are ignored
+        sigma=3.0,                   # smooth-L1 sigma of the RPN box loss
+        train_pre_nms=12000,         # proposals kept before NMS in training
+        train_post_nms=2000,         # ... after NMS in training
+        test_pre_nms=6000,           # ... before NMS at test time
+        test_post_nms=300,           # ... after NMS at test time
+        nms_iou=0.7,                 # proposal NMS threshold
+        min_size=16.0,               # proposals smaller than this (original pixels) are dropped
+    )
+
+    config.roi = dict(
+        num_samples=128,             # RoIs sampled per image for the head loss
+        foreground_fraction=0.25,    # at most 25% foreground
+        foreground_iou=0.5,          # IoU >= 0.5: foreground
+        background_iou=(0.0, 0.5),   # IoU in [lo, hi): background
+        box_stds=(0.1, 0.1, 0.2, 0.2),  # regression targets divided by these (and predictions multiplied)
+        sigma=1.0,                   # smooth-L1 sigma of the head box loss
+    )
+
+    config.test = dict(
+        score_threshold=0.05,        # detections scoring at or below are dropped
+        nms_iou=0.3,                 # per-class NMS threshold
+        max_detections=100,          # detections kept per image
+    )
+
+    config.optimizer = dict(
+        name="sgd",                  # "sgd" (momentum) or "adam"
+        learning_rate=1e-3,          # base learning rate (for batch_size 1)
+        momentum=0.9,
+        weight_decay=5e-4,           # L2 on kernels only (not biases or norm scales)
+        warmup_steps=0,              # linear warm-up steps (the paper has none)
+        warmup_factor=1.0 / 3,       # warm-up starts at this fraction of the base rate
+        decay_steps=(50000,),        # steps where the rate is multiplied by decay_factor
+        decay_factor=0.1,
+        clip_norm=0.0,               # global gradient-norm clipping; 0 = off
+    )
+
+    config.data = dict(
+        dataset="voc",               # "voc", "coco" or "shapes"
+        root="",                     # VOCdevkit directory
+        train_splits=("VOC2007/trainval",),  # year/split pairs joined for training
+        test_split="VOC2007/test",
+        min_size=600,                # resize: short side to this ...
+        max_size=1000,               # ... long side at most this
+        flip=True,                   # random horizontal flip in training
+        normalization="torchvision",  # "torchvision" (RGB, mean/std) or "caffe" (BGR, 0-255, mean)
+        max_boxes=64,                # ground-truth boxes padded to this per image
+        use_difficult=False,         # VOC "difficult" boxes are not training targets
+    )
+
+    config.train = dict(
+        batch_size=1,                # images per step (global)
+        num_steps=70000,
+        seed=0,                      # model init, sampling keys and data order
+        log_every=20,                # steps between logged metrics
+        checkpoint_every=5000,       # steps between checkpoints (and one at the end)
+        keep_checkpoints=3,          # most recent checkpoints kept
+    )
+
+    if variant == "smoke":
+        config.data.min_size, config.data.max_size = 150, 250
+        config.train.num_steps = 4
+        config.train.log_every = 1
+        config.train.checkpoint_every = 2
+    elif variant:
+        raise ValueError(f"unknown variant {variant!r} of vgg16_voc07 (known: 'smoke')")
+    return config

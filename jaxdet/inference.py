@@ -1,0 +1,121 @@
+"""Detection with a trained Fast or Faster R-CNN: fixed-size, jit-compiled, then per-image lists.
+
+`predict` runs the test-time pipeline of the paper on a padded batch: RPN proposals (6000
+pre-NMS, 300 post-NMS at IoU 0.7), the RoI head, class-specific decoding of each RoI with the
+box stds, clipping to the image, softmax scores above 0.05, per-class NMS at IoU 0.3 and the
+100 best detections per image. Its output has fixed shapes with a `valid` mask;
+`detections_to_lists` turns it into per-image numpy arrays in original-image coordinates.
+"""
+
+import dataclasses
+import functools
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxdet.models.detector import FasterRCNN
+from jaxdet.ops.boxes import clip_boxes, decode_boxes
+from jaxdet.ops.nms import Detections, multiclass_nms
+from jaxdet.targets import propose
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSettings:
+    """Static numbers of detection (defaults: the paper's test settings).
+
+    pre_nms, post_nms, rpn_nms_iou, min_size: the proposal layer at test time.
+    box_stds: the stds the RoI head's deltas were normalised with in training.
+    score_threshold, nms_iou, max_detections: post-processing per image.
+    """
+
+    pre_nms: int = 6000
+    post_nms: int = 300
+    rpn_nms_iou: float = 0.7
+    min_size: float = 16.0
+    box_stds: Tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    score_threshold: float = 0.05
+    nms_iou: float = 0.3
+    max_detections: int = 100
+
+
+@functools.partial(jax.jit, static_argnames=("model", "settings"))
+def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: jax.Array, *,
+            image_scale: Optional[jax.Array] = None, proposals: Optional[jax.Array] = None,
+            proposal_valid: Optional[jax.Array] = None, settings: TestSettings = TestSettings()) -> Detections:
+    """Detections for a batch of padded images.
+
+    Args:
+      model: a `FasterRCNN`, or a `FastRCNN` with `proposals` given (static).
+      variables: {"params": ..., ...} of the model.
+      images: [N, H, W, 3] normalised, zero padded at the bottom/right.
+      image_hw: [N, 2] int (height, width) of the content of each image.
+      image_scale: [N] resize factor of each image (scales the proposals' `min_size`); 1 if None.
+      proposals: [N, P, 4] xyxy RoIs for Fast R-CNN (ignored by Faster R-CNN).
+      proposal_valid: [N, P] bool mask of `proposals`; all valid if None.
+      settings: TestSettings (static).
+
+    Returns:
+      Detections with a leading batch axis: boxes [N, D, 4] xyxy in input pixels (clipped to
+      image_hw), scores [N, D], labels [N, D] int32 in [0, K), valid [N, D] bool, with
+      D = settings.max_detections, best first.
+    """
+    num_images = images.shape[0]
+    image_hw = jnp.asarray(image_hw)
+    if image_scale is None:
+        image_scale = jnp.ones((num_images,), jnp.float32)
+    features = model.apply(variables, images, method=model.extract)
+    if isinstance(model, FasterRCNN):
+        rpn = model.apply(variables, features, method=model.rpn_outputs)
+        found = jax.vmap(functools.partial(
+            propose, anchors=model.anchors(features.shape[1:3]), pre_nms=settings.pre_nms,
+            post_nms=settings.post_nms, nms_iou=settings.rpn_nms_iou, min_size=settings.min_size))(
+            objectness=jax.nn.softmax(rpn.logits)[..., 1], deltas=rpn.deltas, image_hw=image_hw,
+            image_scale=image_scale)
+        rois, roi_valid = found.boxes, found.valid
+    elif proposals is None:
+        raise ValueError("predict: a FastRCNN model needs `proposals` [N, P, 4]")
+    else:
+        rois = proposals
+        roi_valid = jnp.ones(rois.shape[:2], bool) if proposal_valid is None else proposal_valid
+
+    head = model.apply(variables, features, rois, method=model.classify)
+    deltas = head.deltas[:, :, 1:]  # [N, R, K, 4], background dropped
+    boxes = decode_boxes(deltas, jnp.broadcast_to(rois[:, :, None, :], deltas.shape), stds=settings.box_stds)
+    boxes = clip_boxes(boxes, image_hw[:, None, None, :])
+    scores = jax.nn.softmax(head.logits, axis=-1)[:, :, 1:]  # [N, R, K]
+    # Padding RoIs score below any threshold, so they are never detections.
+    scores = jnp.where(roi_valid[:, :, None], scores, -1.0)
+    return jax.vmap(functools.partial(multiclass_nms, iou_threshold=settings.nms_iou,
+                                      score_threshold=settings.score_threshold,
+                                      max_output=settings.max_detections))(boxes, scores)
+
+
+def detections_to_lists(detections: Detections, *, scale: np.ndarray, orig_hw: np.ndarray) -> List[Dict[str, np.ndarray]]:
+    """Fixed-size detections -> one dict per image in original-image coordinates (host side).
+
+    Args:
+      detections: output of `predict` (leading batch axis N).
+      scale: [N] resize factor from the original image to the network input.
+      orig_hw: [N, 2] (height, width) of the original images.
+
+    Returns:
+      N dicts with "boxes" [n, 4] float32 xyxy original pixels (clipped to the image),
+      "scores" [n] float32 (descending) and "labels" [n] int32 in [0, K).
+    """
+    boxes, scores, labels, valid = (np.asarray(x) for x in jax.device_get(tuple(detections)))
+    scale = np.asarray(scale, np.float32).reshape(-1)
+    orig_hw = np.asarray(orig_hw).reshape(-1, 2)
+    if not boxes.shape[0] == scale.shape[0] == orig_hw.shape[0]:
+        raise ValueError(f"detections_to_lists: batch sizes differ: detections {boxes.shape[0]}, "
+                         f"scale {scale.shape[0]}, orig_hw {orig_hw.shape[0]}")
+    out = []
+    for i in range(boxes.shape[0]):
+        keep = valid[i]
+        height, width = orig_hw[i]
+        upper = np.array([width, height, width, height], np.float32)
+        b = np.clip(boxes[i][keep] / scale[i], 0.0, upper).astype(np.float32)
+        out.append({"boxes": b, "scores": scores[i][keep].astype(np.float32),
+                    "labels": labels[i][keep].astype(np.int32)})
+    return out

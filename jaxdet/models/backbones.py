@@ -1,0 +1,181 @@
+"""Convolutional trunks: images [N, H, W, 3] -> feature maps [N, H / stride, W / stride, C].
+
+Every backbone exposes
+  * `stride` (int): the total subsampling, the `spatial_scale` of RoI pooling is `1 / stride`;
+  * `is_frozen(name) -> bool`: whether the top-level parameter group `name` (a key of the
+    backbone's parameter dict) belongs to a frozen stage. Frozen stages are cut from the
+    gradient with `stop_gradient` in the forward pass (no backward compute is spent on them)
+    and their parameters are excluded from the optimizer update, weight decay included
+    (`jaxdet.training.optimizer`).
+
+Stages are numbered as in the VGG and ResNet papers and Detectron's `FREEZE_AT`: for VGG,
+stage s holds `conv{s}_*`; for ResNet, stage 1 is the stem (`conv1`) and stage s > 1 is
+`res{s}`. `frozen_stages=2` therefore freezes conv1-conv2 of VGG16 (the reference Faster
+R-CNN recipes) and conv1 + res2 of a ResNet.
+
+Variants are `functools.partial`s of one class: `VGG16`, `TinyVGG`; `ResNet50C4`,
+`ResNet101C4`, `TinyResNetC4` with their RoI-head counterparts `ResNet50C5Head`, ... in
+`jaxdet.models.roi_head`.
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+class VGG(nn.Module):
+    """VGG convolutional trunk without its last max pool (as Fast/Faster R-CNN use it).
+
+    Stage s (1-based) is a 2x2/2 max pool (except for s = 1) followed by 3x3 convolutions
+    with padding 1 and ReLU named `conv{s}_{i}`, so `len(stages)` stages subsample by
+    `2 ** (len(stages) - 1)`. Pooling floors odd sizes, as torchvision and Caffe do.
+
+    Attributes:
+      stages: output channels of each convolution, per stage.
+      frozen_stages: stages 1..frozen_stages receive no gradient and no update.
+      dtype: computation dtype (parameters stay float32).
+    """
+
+    stages: Sequence[Sequence[int]]
+    frozen_stages: int = 0
+    dtype: Dtype = jnp.float32
+
+    @property
+    def stride(self) -> int:
+        return 2 ** (len(self.stages) - 1)
+
+    @property
+    def out_channels(self) -> int:
+        return self.stages[-1][-1]
+
+    def is_frozen(self, name: str) -> bool:
+        stage = int(name[len("conv"):].split("_")[0])
+        return stage <= self.frozen_stages
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """images: [N, H, W, 3] -> features [N, H // stride, W // stride, stages[-1][-1]]."""
+        del train  # no dropout or normalisation statistics in VGG
+        if not 0 <= self.frozen_stages <= len(self.stages):
+            raise ValueError(f"frozen_stages must be in [0, {len(self.stages)}], got {self.frozen_stages}")
+        x = images.astype(self.dtype)
+        for s, widths in enumerate(self.stages, start=1):
+            if s > 1:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+            for i, width in enumerate(widths, start=1):
+                x = nn.Conv(width, (3, 3), padding=1, dtype=self.dtype, name=f"conv{s}_{i}")(x)
+                x = nn.relu(x)
+            if s == self.frozen_stages:
+                x = jax.lax.stop_gradient(x)
+        return x
+
+
+# The 13 convolutions of VGG16 up to conv5_3: stride 16, 512 channels, 14,714,688 parameters.
+VGG16 = functools.partial(VGG, stages=((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)))
+# The CPU demo and tests: stride 8, 64 channels, about 0.1M parameters.
+TinyVGG = functools.partial(VGG, stages=((16,), (32,), (64, 64), (64, 64)))
+
+
+# Detection fine-tuning runs with 1-2 images per device, too few for batch statistics, so the
+# ImageNet statistics stay fixed ("frozen BN"); scale and bias remain trainable parameters.
+FrozenBatchNorm = functools.partial(nn.BatchNorm, use_running_average=True, momentum=0.9, epsilon=1e-5)
+
+
+class BottleneckBlock(nn.Module):
+    """ResNet v1.5 bottleneck (stride on the 3x3 conv, as torchvision's ResNet-50).
+
+    x: [N, H, W, C] -> [N, H / strides, W / strides, 4 * filters].
+    """
+
+    filters: int
+    strides: int = 1
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        norm = functools.partial(FrozenBatchNorm, dtype=self.dtype)
+        y = nn.relu(norm(name="bn1")(conv(self.filters, (1, 1), name="conv1")(x)))
+        y = conv(self.filters, (3, 3), strides=self.strides, padding=1, name="conv2")(y)
+        y = nn.relu(norm(name="bn2")(y))
+        y = norm(name="bn3")(conv(4 * self.filters, (1, 1), name="conv3")(y))
+        if x.shape[-1] != 4 * self.filters or self.strides != 1:
+            x = conv(4 * self.filters, (1, 1), strides=self.strides, name="downsample_conv")(x)
+            x = norm(name="downsample_bn")(x)
+        return nn.relu(x + y)
+
+
+class ResStage(nn.Module):
+    """`num_blocks` bottlenecks, the first one with `strides`: [N, H, W, C] -> [N, H/s, W/s, 4 * filters]."""
+
+    num_blocks: int
+    filters: int
+    strides: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for b in range(self.num_blocks):
+            x = BottleneckBlock(self.filters, self.strides if b == 0 else 1, dtype=self.dtype, name=f"block{b + 1}")(x)
+        return x
+
+
+class ResNetC4(nn.Module):
+    """ResNet trunk up to res4 ("C4"): stride 16, `16 * width` channels (1024 for ResNet-50).
+
+    The res5 stage runs on pooled RoI features in the head (`jaxdet.models.roi_head.ResNetC5Head`),
+    the pattern of `004_*` and of the ResNet Faster R-CNN.
+
+    Attributes:
+      stage_sizes: number of bottleneck blocks of res2, res3, res4.
+      width: channels of the stem; stage s has `width * 2 ** (s - 2)` bottleneck channels.
+      frozen_stages: 1 freezes the stem, 2 the stem and res2, ...
+      dtype: computation dtype (parameters stay float32).
+    """
+
+    stage_sizes: Sequence[int]
+    width: int = 64
+    frozen_stages: int = 0
+    dtype: Dtype = jnp.float32
+
+    @property
+    def stride(self) -> int:
+        return 16
+
+    @property
+    def out_channels(self) -> int:
+        return 16 * self.width
+
+    def is_frozen(self, name: str) -> bool:
+        stage = 1 if name in ("conv1", "bn1") else int(name[len("res"):])
+        return stage <= self.frozen_stages
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """images: [N, H, W, 3] -> features [N, ~H / 16, ~W / 16, 16 * width]."""
+        del train  # normalisation statistics are frozen
+        if not 0 <= self.frozen_stages <= 1 + len(self.stage_sizes):
+            raise ValueError(f"frozen_stages must be in [0, {1 + len(self.stage_sizes)}], got {self.frozen_stages}")
+        x = images.astype(self.dtype)
+        x = nn.Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False, dtype=self.dtype, name="conv1")(x)
+        x = nn.relu(FrozenBatchNorm(dtype=self.dtype, name="bn1")(x))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        if self.frozen_stages == 1:
+            x = jax.lax.stop_gradient(x)
+        for i, num_blocks in enumerate(self.stage_sizes):
+            stage = i + 2
+            x = ResStage(num_blocks, self.width * 2**i, 1 if i == 0 else 2, dtype=self.dtype, name=f"res{stage}")(x)
+            if stage == self.frozen_stages:
+                x = jax.lax.stop_gradient(x)
+        return x
+
+
+ResNet50C4 = functools.partial(ResNetC4, stage_sizes=(3, 4, 6))
+ResNet101C4 = functools.partial(ResNetC4, stage_sizes=(3, 4, 23))
+ResNet152C4 = functools.partial(ResNetC4, stage_sizes=(3, 8, 36))
+TinyResNetC4 = functools.partial(ResNetC4, stage_sizes=(1, 1, 1), width=8)

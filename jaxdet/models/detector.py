@@ -1,0 +1,108 @@
+"""Fast and Faster R-CNN: a backbone, (an RPN,) RoI max pooling and a shared RoI head.
+
+The modules hold parameters and wiring only; target assignment, sampling, proposals and losses
+are the pure functions of `jaxdet.targets` and `jaxdet.losses`, put together by
+`jaxdet.training.step` (training) and `jaxdet.inference` (detection). Each stage is a method,
+so a script calls `model.apply(variables, images, method=model.extract)` and so on:
+
+  extract(images [N, H, W, 3], train) -> features [N, h, w, C]       (h = H // stride, ...)
+  rpn_outputs(features) -> RPNOutputs(logits [N, h*w*A, 2], deltas [N, h*w*A, 4])   (Faster only)
+  classify(features, rois [N, R, 4] xyxy input pixels, train) -> HeadOutputs(
+      logits [N, R, K + 1], deltas [N, R, K + 1, 4])
+
+`anchors(feature_hw)` needs no parameters: it is called on the unbound module.
+"""
+
+from typing import Any, Sequence, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxdet.ops import roi_pool
+from jaxdet.ops.anchors import anchor_grid
+from jaxdet.models.roi_head import BoxPredictor, HeadOutputs
+from jaxdet.models.rpn import RPNHead, RPNOutputs
+
+Dtype = Any
+
+
+class FastRCNN(nn.Module):
+    """Fast R-CNN (`000_*`, `003_*`): RoIs come from outside (selective search, a saved RPN).
+
+    Attributes:
+      backbone: a module of `jaxdet.models.backbones` (has `stride`, `is_frozen`).
+      box_head: pooled features [..., ph, pw, C] -> [..., D] (`FCHead`, `ResNetC5Head`).
+      num_classes: K object classes; the head predicts K + 1 with background = 0.
+      pooled_size: (ph, pw) of RoI pooling (7x7 for VGG16's fc6).
+      roi_rounding: the RoI pooling op's `rounding` ("none": the seed kernel's arithmetic;
+        "round": Caffe / torchvision).
+      dtype: computation dtype of the RPN and the predictor (backbone and box head carry their own).
+    """
+
+    backbone: nn.Module
+    box_head: nn.Module
+    num_classes: int
+    pooled_size: Tuple[int, int] = (7, 7)
+    roi_rounding: str = "none"
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.predictor = BoxPredictor(self.num_classes, dtype=self.dtype)
+
+    @property
+    def stride(self) -> int:
+        return self.backbone.stride
+
+    def extract(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """images: [N, H, W, 3] -> features [N, h, w, C]."""
+        return self.backbone(images, train)
+
+    def classify(self, features: jax.Array, rois: jax.Array, train: bool = False) -> HeadOutputs:
+        """features: [N, h, w, C], rois: [N, R, 4] xyxy input pixels -> HeadOutputs for [N, R].
+
+        Gradients reach `features` through RoI pooling's custom VJP; none reach `rois`.
+        """
+        pooled = roi_pool(features, jax.lax.stop_gradient(rois), output_size=tuple(self.pooled_size),
+                          spatial_scale=1.0 / self.stride, rounding=self.roi_rounding)  # [N, R, ph, pw, C]
+        return self.predictor(self.box_head(pooled, train))
+
+    def __call__(self, images: jax.Array, rois: jax.Array, train: bool = False) -> HeadOutputs:
+        """images: [N, H, W, 3], rois: [N, R, 4] -> HeadOutputs (logits [N, R, K + 1], deltas [N, R, K + 1, 4])."""
+        return self.classify(self.extract(images, train), rois, train)
+
+
+class FasterRCNN(FastRCNN):
+    """Faster R-CNN (`001_*`): Fast R-CNN whose RoIs come from a region proposal network.
+
+    Attributes (beyond FastRCNN's):
+      anchor_scales: anchor sizes in units of the backbone stride (8, 16, 32 for VGG16).
+      anchor_ratios: height / width ratios.
+      rpn_channels: width of the RPN's 3x3 conv.
+    """
+
+    anchor_scales: Sequence[float] = (8, 16, 32)
+    anchor_ratios: Sequence[float] = (0.5, 1.0, 2.0)
+    rpn_channels: int = 512
+
+    def setup(self):
+        super().setup()
+        self.rpn = RPNHead(self.num_anchors, self.rpn_channels, dtype=self.dtype)
+
+    @property
+    def num_anchors(self) -> int:
+        return len(self.anchor_scales) * len(self.anchor_ratios)
+
+    def anchors(self, feature_hw: Tuple[int, int]) -> jax.Array:
+        """feature_hw: static (h, w) -> anchors [h * w * A, 4] xyxy input pixels, in RPN output order."""
+        return anchor_grid(tuple(int(n) for n in feature_hw), stride=self.stride,
+                           scales=tuple(self.anchor_scales), ratios=tuple(self.anchor_ratios))
+
+    def rpn_outputs(self, features: jax.Array) -> RPNOutputs:
+        """features: [N, h, w, C] -> RPNOutputs(logits [N, h*w*A, 2], deltas [N, h*w*A, 4])."""
+        return self.rpn(features)
+
+    def __call__(self, images: jax.Array, rois: jax.Array, train: bool = False) -> Tuple[RPNOutputs, HeadOutputs]:
+        """images: [N, H, W, 3], rois: [N, R, 4] -> (RPNOutputs, HeadOutputs); used by `init`."""
+        features = self.extract(images, train)
+        return self.rpn_outputs(features), self.classify(features, rois, train)

@@ -1,0 +1,148 @@
+"""The train state and how a config builds the model, the settings and the optimizer.
+
+`create_train_state(config, key)` is the one entry point; `build_model`, `train_settings` and
+`test_settings` expose the pieces for scripts that need only some of them (evaluation,
+prediction from a checkpoint).
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import struct
+
+from jaxdet.inference import TestSettings
+from jaxdet.models import backbones, roi_head
+from jaxdet.models.detector import FastRCNN, FasterRCNN
+from jaxdet.training.optimizer import OptimizerSettings, make_optimizer
+from jaxdet.training.step import TrainSettings
+from jaxdet.training.weights import load_pretrained
+
+# name -> (backbone, the res5 head that continues it).
+BACKBONES = {
+    "vgg16": (backbones.VGG16, None),
+    "tiny_vgg": (backbones.TinyVGG, None),
+    "resnet50_c4": (backbones.ResNet50C4, roi_head.ResNet50C5Head),
+    "resnet101_c4": (backbones.ResNet101C4, roi_head.ResNet50C5Head),
+    "resnet152_c4": (backbones.ResNet152C4, roi_head.ResNet50C5Head),
+    "tiny_resnet_c4": (backbones.TinyResNetC4, roi_head.TinyResNetC5Head),
+}
+DETECTORS = {"faster_rcnn": FasterRCNN, "fast_rcnn": FastRCNN}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything a training step reads and writes; the static fields are not checkpointed.
+
+    step: int32 scalar, the number of updates done.
+    params: the "params" collection of the model (float32).
+    model_state: the other variable collections, e.g. {"batch_stats": ...} (constant in training).
+    opt_state: the optax state.
+    rng: the run's PRNG key; step i draws with `fold_in(rng, i)` (`jaxdet.training.step.step_key`).
+    """
+
+    step: jax.Array
+    params: Any
+    model_state: Any
+    opt_state: Any
+    rng: jax.Array
+    model: nn.Module = struct.field(pytree_node=False)
+    settings: TrainSettings = struct.field(pytree_node=False)
+    tx: optax.GradientTransformation = struct.field(pytree_node=False)
+    learning_rate_fn: Callable = struct.field(pytree_node=False)
+
+    @property
+    def variables(self):
+        """{"params": ..., **model_state}, what `model.apply` takes."""
+        return {"params": self.params, **self.model_state}
+
+
+def _choice(name: str, value: str, choices) -> Any:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+    return choices[value]
+
+
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """The detector of `config.model`: kind, backbone, frozen_stages, num_classes, anchor_scales,
+    anchor_ratios, rpn_channels, pooled_size, roi_rounding, head_hidden, dropout_rate, compute_dtype."""
+    m = config.model
+    dtype = _choice("model.compute_dtype", m.compute_dtype, DTYPES)
+    backbone_cls, res5_cls = _choice("model.backbone", m.backbone, BACKBONES)
+    backbone = backbone_cls(frozen_stages=m.frozen_stages, dtype=dtype)
+    if res5_cls is None:
+        box_head = roi_head.FCHead(hidden=tuple(m.head_hidden), dropout_rate=m.dropout_rate, dtype=dtype)
+    else:
+        # Detectron's C4: res5 halves 14x14 pooled RoIs to 7x7; with 7x7 pooling it keeps stride 1.
+        box_head = res5_cls(strides=2 if min(m.pooled_size) >= 14 else 1, dtype=dtype)
+    common = dict(backbone=backbone, box_head=box_head, num_classes=m.num_classes,
+                  pooled_size=tuple(m.pooled_size), roi_rounding=m.roi_rounding, dtype=dtype)
+    kind = _choice("model.kind", m.kind, DETECTORS)
+    if kind is FastRCNN:
+        return FastRCNN(**common)
+    return FasterRCNN(**common, anchor_scales=tuple(m.anchor_scales), anchor_ratios=tuple(m.anchor_ratios),
+                      rpn_channels=m.rpn_channels)
+
+
+def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
+    """TrainSettings from `config.rpn` and `config.roi`."""
+    rpn, roi = config.rpn, config.roi
+    return TrainSettings(
+        rpn_num_samples=rpn.num_samples, rpn_positive_fraction=rpn.positive_fraction,
+        rpn_positive_iou=rpn.positive_iou, rpn_negative_iou=rpn.negative_iou,
+        rpn_allowed_border=rpn.allowed_border, rpn_sigma=rpn.sigma, pre_nms=rpn.train_pre_nms,
+        post_nms=rpn.train_post_nms, rpn_nms_iou=rpn.nms_iou, min_size=rpn.min_size,
+        roi_num_samples=roi.num_samples, foreground_fraction=roi.foreground_fraction,
+        foreground_iou=roi.foreground_iou, background_iou=tuple(roi.background_iou),
+        box_stds=tuple(roi.box_stds), roi_sigma=roi.sigma)
+
+
+def test_settings(config: ml_collections.ConfigDict) -> TestSettings:
+    """TestSettings from `config.rpn`, `config.roi` and `config.test`."""
+    rpn, test = config.rpn, config.test
+    return TestSettings(pre_nms=rpn.test_pre_nms, post_nms=rpn.test_post_nms, rpn_nms_iou=rpn.nms_iou,
+                        min_size=rpn.min_size, box_stds=tuple(config.roi.box_stds),
+                        score_threshold=test.score_threshold, nms_iou=test.nms_iou,
+                        max_detections=test.max_detections)
+
+
+def init_variables(model: nn.Module, key: jax.Array) -> dict:
+    """Freshly initialised variables of `model` (parameter shapes do not depend on the image size)."""
+    size = 4 * model.stride
+    images = jnp.zeros((1, size, size, 3), jnp.float32)
+    rois = jnp.array([[[0.0, 0.0, size - 1.0, size - 1.0]]], jnp.float32)
+    return model.init(key, images, rois)
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenStages:
+    """(parameter path) -> whether it belongs to a frozen stage of `backbone`; hashable by value."""
+
+    backbone: nn.Module
+
+    def __call__(self, path: tuple) -> bool:
+        return len(path) > 1 and path[0] == "backbone" and self.backbone.is_frozen(path[1])
+
+
+def create_train_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState:
+    """A fresh TrainState for `config`: model variables (pretrained weights from
+    `config.model.pretrained` when set), optimizer, settings, and the run key.
+
+    Args:
+      config: an experiment config (`experiments/configs/*.py`).
+      key: PRNG key; split into the initialisation key and the run key.
+    """
+    model = build_model(config)
+    init_key, run_key = jax.random.split(key)
+    variables = dict(init_variables(model, init_key))
+    params = variables.pop("params")
+    if config.model.pretrained:
+        params = load_pretrained(config.model.pretrained, params, include_fc="fc6" in params["box_head"])
+    tx, schedule = make_optimizer(OptimizerSettings.from_config(config.optimizer), FrozenStages(model.backbone))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+                      opt_state=tx.init(params), rng=run_key, model=model, settings=train_settings(config),
+                      tx=tx, learning_rate_fn=schedule)

@@ -1,0 +1,175 @@
+"""The training step: one XLA program from images to updated parameters, and its eval twin.
+
+`detection_losses` is the whole forward pass of training as a pure function of the
+parameters: backbone, RPN, anchor targets, proposals (no gradient flows through them, as in
+the approximate joint training of the paper), proposal targets, RoI pooling (whose custom VJP
+carries the head's gradient into the backbone), the RoI head, and the four losses. Every
+per-image step of `jaxdet.targets` is `vmap`ped over the N images of the batch, each image
+with its own key, so nothing leaves the device between the batch and the update.
+
+Batches are dicts of arrays as `jaxdet.data` yields them (see `detection_losses`); Fast R-CNN
+batches carry their RoIs as "proposals" [N, P, 4] and "proposal_valid" [N, P].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxdet.losses import roi_head_loss, rpn_loss
+from jaxdet.models.detector import FasterRCNN
+from jaxdet.targets import anchor_targets, propose, proposal_targets
+
+if TYPE_CHECKING:
+    from jaxdet.training.state import TrainState
+
+Metrics = Dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """Static numbers of training target assignment and losses (defaults: the paper's VGG16 recipe).
+
+    RPN (`001_*`): anchor sampling and labelling, the proposal layer with training sizes, the
+    smooth-L1 sigma. RoI head (`001_*`, `003_*`): RoI sampling and labelling, the box stds the
+    regression targets are divided by, the smooth-L1 sigma.
+    """
+
+    rpn_num_samples: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_positive_iou: float = 0.7
+    rpn_negative_iou: float = 0.3
+    rpn_allowed_border: float = 0.0
+    rpn_sigma: float = 3.0
+    pre_nms: int = 12000
+    post_nms: int = 2000
+    rpn_nms_iou: float = 0.7
+    min_size: float = 16.0
+    roi_num_samples: int = 128
+    foreground_fraction: float = 0.25
+    foreground_iou: float = 0.5
+    background_iou: Tuple[float, float] = (0.0, 0.5)
+    box_stds: Tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
+    roi_sigma: float = 1.0
+
+
+def _accuracy(logits: jax.Array, labels: jax.Array, weight: jax.Array) -> jax.Array:
+    """logits [..., C], labels [...] int, weight [...] bool -> fraction right among weighted."""
+    right = (jnp.argmax(logits, axis=-1) == labels) & weight
+    return jnp.sum(right) / jnp.maximum(jnp.sum(weight), 1)
+
+
+def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, jax.Array], key: jax.Array, *,
+                     settings: TrainSettings, train: bool = True) -> Tuple[jax.Array, Metrics]:
+    """The training objective of Faster R-CNN (or Fast R-CNN) on one batch.
+
+    Args:
+      model: a `FasterRCNN` or `FastRCNN` module (static).
+      variables: {"params": ..., and any other collection, e.g. "batch_stats"}.
+      batch: "images" [N, H, W, 3] float, "boxes" [N, G, 4] xyxy, "labels" [N, G] int32 in
+        [0, K), "valid" [N, G] bool, "image_hw" [N, 2] int32, "scale" [N] float32; for
+        Fast R-CNN also "proposals" [N, P, 4] and "proposal_valid" [N, P] bool.
+      key: PRNG key of this step (sampling of anchors and RoIs, dropout).
+      settings: TrainSettings.
+      train: dropout on (the target sampling is the same either way).
+
+    Returns:
+      (loss scalar float32, metrics): the four losses, their sum "loss", "rpn_accuracy" and
+      "roi_accuracy" over the sampled anchors / RoIs, and "rpn_positives" and "roi_positives",
+      the mean number of positive (foreground) samples per image.
+    """
+    s = settings
+    images = batch["images"]
+    num_images = images.shape[0]
+    image_hw = batch["image_hw"]
+    anchor_key, roi_key, dropout_key = jax.random.split(key, 3)
+    per_image = lambda k: jax.random.split(k, num_images)  # noqa: E731
+
+    features = model.apply(variables, images, train, method=model.extract)
+    metrics = {}
+    loss = jnp.zeros((), jnp.float32)
+    if isinstance(model, FasterRCNN):
+        rpn = model.apply(variables, features, method=model.rpn_outputs)
+        anchors = model.anchors(features.shape[1:3])
+        targets = jax.vmap(functools.partial(
+            anchor_targets, anchors=anchors, num_samples=s.rpn_num_samples,
+            positive_fraction=s.rpn_positive_fraction, positive_iou=s.rpn_positive_iou,
+            negative_iou=s.rpn_negative_iou, allowed_border=s.rpn_allowed_border))(
+            gt_boxes=batch["boxes"], gt_valid=batch["valid"], image_hw=image_hw, key=per_image(anchor_key))
+        cls_loss, box_loss = rpn_loss(logits=rpn.logits, deltas=rpn.deltas, labels=targets.labels,
+                                      target_deltas=targets.deltas, sigma=s.rpn_sigma)
+        loss = loss + cls_loss + box_loss
+        metrics.update(rpn_cls_loss=cls_loss, rpn_box_loss=box_loss,
+                       rpn_accuracy=_accuracy(rpn.logits, targets.labels, targets.labels >= 0),
+                       rpn_positives=jnp.mean(jnp.sum(targets.labels == 1, axis=-1).astype(jnp.float32)))
+        # Approximate joint training: proposals are constants for the head's loss.
+        rpn = jax.lax.stop_gradient(rpn)
+        proposals = jax.vmap(functools.partial(
+            propose, anchors=anchors, pre_nms=s.pre_nms, post_nms=s.post_nms, nms_iou=s.rpn_nms_iou,
+            min_size=s.min_size))(
+            objectness=jax.nn.softmax(rpn.logits)[..., 1], deltas=rpn.deltas, image_hw=image_hw,
+            image_scale=batch["scale"])
+        rois, roi_valid = proposals.boxes, proposals.valid
+    else:
+        rois, roi_valid = batch["proposals"], batch["proposal_valid"]
+
+    samples = jax.vmap(functools.partial(
+        proposal_targets, num_samples=s.roi_num_samples, foreground_fraction=s.foreground_fraction,
+        foreground_iou=s.foreground_iou, background_iou=tuple(s.background_iou), stds=tuple(s.box_stds)))(
+        proposals=rois, proposal_valid=roi_valid, gt_boxes=batch["boxes"], gt_labels=batch["labels"],
+        gt_valid=batch["valid"], key=per_image(roi_key))
+    head = model.apply(variables, features, samples.rois, train, method=model.classify,
+                       rngs={"dropout": dropout_key})
+    cls_loss, box_loss = roi_head_loss(logits=head.logits, deltas=head.deltas, labels=samples.labels,
+                                       target_deltas=samples.deltas, valid=samples.valid, sigma=s.roi_sigma)
+    loss = loss + cls_loss + box_loss
+    metrics.update(roi_cls_loss=cls_loss, roi_box_loss=box_loss,
+                   roi_accuracy=_accuracy(head.logits, samples.labels, samples.valid),
+                   roi_positives=jnp.mean(jnp.sum((samples.labels > 0) & samples.valid, axis=-1).astype(jnp.float32)),
+                   loss=loss)
+    return loss, metrics
+
+
+def _train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array) -> Tuple[TrainState, Metrics]:
+    def loss_fn(params):
+        return detection_losses(state.model, {"params": params, **state.model_state}, batch, key,
+                                settings=state.settings, train=True)
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics.update(learning_rate=state.learning_rate_fn(state.step), grad_norm=optax.global_norm(grads))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+# One compiled program per (batch shapes, static state fields); the old state's buffers are
+# reused for the new one.
+train_step = jax.jit(_train_step, donate_argnums=(0,))
+train_step.__doc__ = """One SGD step: (state, batch, key) -> (new state, metrics).
+
+Args:
+  state: TrainState (donated: do not use it after the call).
+  batch: see `detection_losses`.
+  key: PRNG key of this step, e.g. `step_key(state)`.
+
+Returns:
+  (state with step + 1, metrics): the losses and accuracies of `detection_losses` (before the
+  update), "learning_rate" used for this step and "grad_norm" (global L2 norm of the gradient).
+"""
+
+
+@jax.jit
+def eval_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array) -> Metrics:
+    """The losses and accuracies of `detection_losses` without dropout or update: (state, batch, key) -> metrics."""
+    _, metrics = detection_losses(state.model, state.variables, batch, key, settings=state.settings, train=False)
+    return metrics
+
+
+def step_key(state: TrainState) -> jax.Array:
+    """The key of the next step: a function of the run's key and the step, so a resumed run draws the same samples."""
+    return jax.random.fold_in(state.rng, state.step)
