@@ -44,6 +44,14 @@ def _find_nvcc():
     return default if os.path.exists(default) else None
 
 
+def _cuda_home(nvcc):
+    # /usr/local/bin/nvcc may be a wrapper script, so prefer the conventional locations.
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            return home
+    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+
+
 def _want_cuda():
     mode = os.environ.get("JAXDET_CUDA", "auto").lower()
     if mode not in ("auto", "1", "0", "on", "off", "true", "false"):
@@ -125,7 +133,7 @@ def extensions():
     ]
     nvcc = _want_cuda()
     if nvcc is not None:
-        cuda_home = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+        cuda_home = _cuda_home(nvcc)
         lib_dirs = [d for d in (os.path.join(cuda_home, "lib64"), os.path.join(cuda_home, "lib"))
                     if os.path.isdir(d)]
         cuda = Extension(

@@ -1,0 +1,13 @@
+"""xla_ops: RoI max pooling as a native XLA custom call (C++ on CPU, CUDA on NVIDIA GPUs).
+
+    from xla_ops import roi_pool
+    out = roi_pool(features, rois, output_size=(7, 7), spatial_scale=1 / 16)
+
+See `xla_ops.roi_pool` for the semantics and `xla_ops.reference` for the pure jnp version.
+"""
+
+from xla_ops._native import is_built
+from xla_ops.reference import roi_pool_reference
+from xla_ops.roi_pool import roi_pool, roi_pool_with_argmax
+
+__all__ = ["roi_pool", "roi_pool_with_argmax", "roi_pool_reference", "is_built"]

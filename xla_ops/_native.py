@@ -1,0 +1,44 @@
+"""Loading the compiled extensions and registering their FFI targets with XLA.
+
+Registration happens on first use, not at import, so that importing xla_ops never initialises
+a JAX backend (jax.distributed.initialize must come before that in multi-host programs).
+"""
+
+import functools
+import importlib
+
+import jax
+
+FORWARD_TARGET = "jaxdet_roi_pool_fwd"
+BACKWARD_TARGET = "jaxdet_roi_pool_bwd"
+
+# JAX platform name -> (extension module, XLA platform name used for registration).
+_EXTENSIONS = {"cpu": ("xla_ops._roi_pool_cpu", "cpu"), "cuda": ("xla_ops._roi_pool_cuda", "CUDA")}
+
+
+@functools.cache
+def _load(platform):
+    """Returns (True, "") when the extension for `platform` is built and registered, else
+    (False, reason)."""
+    module_name, xla_platform = _EXTENSIONS[platform]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        return False, f"{module_name} is not built ({err})"
+    try:
+        for name, capsule in module.registrations().items():
+            jax.ffi.register_ffi_target(name, capsule, platform=xla_platform)
+    except Exception as err:  # e.g. a JAX without the CUDA plugin
+        return False, f"registering {module_name} with XLA failed: {err}"
+    return True, ""
+
+
+def is_built(platform):
+    """Whether the native op is built and registered for a JAX platform ("cpu", "cuda")."""
+    return platform in _EXTENSIONS and _load(platform)[0]
+
+
+def why_not_built(platform):
+    if platform not in _EXTENSIONS:
+        return f"no native RoI pooling kernel exists for platform {platform!r}"
+    return _load(platform)[1]

@@ -1,0 +1,189 @@
+// The bin arithmetic of RoI max pooling, shared by the C++ and CUDA kernels so that the two
+// can never drift apart. Everything here is plain float32 arithmetic with no fused
+// multiply-add (the CPU build uses -ffp-contract=off, the CUDA build --fmad=false and the
+// explicit round-to-nearest intrinsics below, and subnormals are flushed explicitly), so CPU, GPU and the jnp reference
+// (xla_ops/reference.py, which mirrors these functions line by line) agree bit for bit.
+#ifndef XLA_OPS_ROI_POOL_BINS_H_
+#define XLA_OPS_ROI_POOL_BINS_H_
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#if defined(__CUDACC__)
+#define ROI_HD __host__ __device__ __forceinline__
+#else
+#define ROI_HD inline
+#endif
+
+namespace roi_pool {
+
+enum class Rounding : int32_t {
+  // The seed kernel (002_*): coordinates scaled without rounding, +1 on x2/y2 before scaling.
+  kNone = 0,
+  // Caffe / torchvision: scaled coordinates rounded half away from zero, size max(x2-x1+1, 1).
+  kRound = 1,
+};
+
+// Subnormal results are flushed to zero (sign kept), as XLA's CPU backend does, so that the
+// bins never depend on a platform's denormal mode.
+ROI_HD float Flush(float x) { return fabsf(x) < 1.17549435e-38f ? copysignf(0.0f, x) : x; }
+
+ROI_HD float Mul(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return Flush(__fmul_rn(a, b));
+#else
+  return Flush(a * b);
+#endif
+}
+
+ROI_HD float Add(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return Flush(__fadd_rn(a, b));
+#else
+  return Flush(a + b);
+#endif
+}
+
+ROI_HD float Sub(float a, float b) { return Add(a, -b); }
+
+ROI_HD float Div(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return Flush(__fdiv_rn(a, b));
+#else
+  return Flush(a / b);
+#endif
+}
+
+ROI_HD bool IsFinite(float x) { return x - x == 0.0f; }  // false for NaN and +-inf
+
+// Clamps a float edge to [0, limit] before the integer conversion, so that huge or infinite
+// coordinates can never overflow the cast (NaN has been rejected before this point).
+ROI_HD int64_t ClampEdge(float edge, int64_t limit) {
+  const float hi = static_cast<float>(limit);
+  edge = edge < 0.0f ? 0.0f : edge;
+  edge = edge > hi ? hi : edge;
+  return static_cast<int64_t>(edge);
+}
+
+// One RoI mapped onto the feature map: the image it reads and the geometry of its bins.
+struct RoiGeometry {
+  int64_t batch;   // image index; -1 when the RoI is invalid (pool nothing)
+  float start_h;   // top edge on the feature map
+  float start_w;   // left edge
+  float bin_h;     // bin height (feature pixels)
+  float bin_w;     // bin width
+};
+
+// roi: (batch_index, x1, y1, x2, y2) in input pixels. An RoI is invalid, and pools to zeros
+// with argmax -1, when its batch index is not finite or not in [0, num_images), when a
+// coordinate is not finite, or (rounding none) when its scaled size is not positive.
+ROI_HD RoiGeometry MapRoi(const float* roi, float spatial_scale, int64_t num_images,
+                          int64_t pooled_h, int64_t pooled_w, Rounding rounding) {
+  RoiGeometry g{-1, 0.0f, 0.0f, 0.0f, 0.0f};
+  const float b = Flush(roi[0]);
+  if (!IsFinite(b) || !(b >= 0.0f) || !(b < static_cast<float>(num_images))) return g;
+  for (int i = 1; i < 5; ++i) {
+    if (!IsFinite(roi[i])) return g;
+  }
+  float x1, y1, w, h;
+  if (rounding == Rounding::kNone) {
+    x1 = Mul(roi[1], spatial_scale);
+    y1 = Mul(roi[2], spatial_scale);
+    const float x2 = Mul(Add(roi[3], 1.0f), spatial_scale);
+    const float y2 = Mul(Add(roi[4], 1.0f), spatial_scale);
+    w = Sub(x2, x1);
+    h = Sub(y2, y1);
+    if (!(w > 0.0f) || !(h > 0.0f) || !IsFinite(w) || !IsFinite(h)) return g;
+  } else {
+    x1 = roundf(Mul(roi[1], spatial_scale));
+    y1 = roundf(Mul(roi[2], spatial_scale));
+    const float x2 = roundf(Mul(roi[3], spatial_scale));
+    const float y2 = roundf(Mul(roi[4], spatial_scale));
+    w = Add(Sub(x2, x1), 1.0f);
+    h = Add(Sub(y2, y1), 1.0f);
+    w = w > 1.0f ? w : 1.0f;
+    h = h > 1.0f ? h : 1.0f;
+    if (!IsFinite(w) || !IsFinite(h)) return g;
+  }
+  g.batch = static_cast<int64_t>(b);
+  g.start_h = y1;
+  g.start_w = x1;
+  g.bin_h = Div(h, static_cast<float>(pooled_h));
+  g.bin_w = Div(w, static_cast<float>(pooled_w));
+  return g;
+}
+
+// The half-open pixel range [begin, end) of bin `index` along one axis, clipped to [0, size).
+// An empty range (end <= begin) pools to zero with argmax -1.
+struct BinRange {
+  int64_t begin;
+  int64_t end;
+};
+
+ROI_HD BinRange BinAlongAxis(int64_t index, float start, float bin_size, int64_t size,
+                             Rounding rounding) {
+  const float lo_offset = Mul(static_cast<float>(index), bin_size);
+  const float hi_offset = Mul(static_cast<float>(index + 1), bin_size);
+  float lo, hi;
+  if (rounding == Rounding::kNone) {
+    lo = floorf(Add(lo_offset, start));
+    hi = ceilf(Add(hi_offset, start));
+  } else {
+    lo = Add(floorf(lo_offset), start);
+    hi = Add(ceilf(hi_offset), start);
+  }
+  return BinRange{ClampEdge(lo, size), ClampEdge(hi, size)};
+}
+
+// The max-with-argmax update used by every kernel: take `value` when it is larger, or when it
+// is the first NaN (NaN propagates like jnp.max; the argmax then points at the first NaN in
+// row-major order). Ties keep the earlier element.
+ROI_HD bool TakesOver(float value, float best) {
+  return value > best || (value != value && best == best);
+}
+
+// ---- Element conversions for the half types (stored as uint16 bits by the FFI). ----
+struct BFloat16 {
+  uint16_t bits;
+};
+struct Float16 {
+  uint16_t bits;
+};
+
+ROI_HD float ToFloat(float x) { return x; }
+ROI_HD float ToFloat(BFloat16 x) {
+  const uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  memcpy(&f, &u, sizeof(f));
+  return f;
+}
+ROI_HD float ToFloat(Float16 x) {
+  // IEEE binary16 -> binary32, exact (subnormals, infinities and NaN included).
+  const uint32_t sign = static_cast<uint32_t>(x.bits & 0x8000u) << 16;
+  uint32_t exponent = (x.bits >> 10) & 0x1fu;
+  uint32_t mantissa = x.bits & 0x3ffu;
+  uint32_t u;
+  if (exponent == 0x1fu) {
+    u = sign | 0x7f800000u | (mantissa << 13);
+  } else if (exponent != 0) {
+    u = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    u = sign;
+  } else {
+    // Subnormal: normalise the mantissa.
+    exponent = 113u;
+    while ((mantissa & 0x400u) == 0) {
+      mantissa <<= 1;
+      --exponent;
+    }
+    u = sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13);
+  }
+  float f;
+  memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+}  // namespace roi_pool
+
+#endif  // XLA_OPS_ROI_POOL_BINS_H_
