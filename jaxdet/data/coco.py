@@ -82,6 +82,7 @@ def read_coco(
             log.report(
                 DataError(f"{annotation_file}: annotation {i} refers to unknown image {image_id!r}"),
                 annotation_file,
+                image=False,
             )
             continue
         by_image[image_id].append((i, ann))

@@ -152,18 +152,27 @@ class BadDataLog:
         check_on_error(on_error)
         self.on_error = on_error
         self.skipped: list[tuple[str, str]] = []
+        self.skipped_images = 0
 
-    def report(self, error: DataError, file: str) -> None:
-        """Raises `error` under "raise"; under "skip" warns and records the skipped file."""
+    def report(self, error: DataError, file: str, *, image: bool = True) -> None:
+        """Raises `error` under "raise"; under "skip" warns and records what was skipped.
+
+        Args:
+          image: whether a whole image is dropped (False: an annotation belonging to none).
+        """
         if self.on_error == "raise":
             raise error
         warnings.warn(f"skipping: {error}", stacklevel=3)
         self.skipped.append((file, str(error)))
+        self.skipped_images += int(image)
 
     def summarise(self, total: int, source: str) -> None:
         if self.skipped:
+            others = len(self.skipped) - self.skipped_images
+            extra = f" and {others} annotations without an image" if others else ""
             warnings.warn(
-                f"{source}: skipped {len(self.skipped)} of {total} images with bad data",
+                f"{source}: skipped {self.skipped_images} of {total} images{extra} "
+                "with bad data",
                 stacklevel=3,
             )
 
