@@ -23,7 +23,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 CSRC = os.path.join("xla_ops", "csrc")
-HEADERS = [os.path.join(CSRC, "roi_pool_bins.h")]
+HEADERS = [os.path.join(CSRC, name) for name in ("roi_pool_bins.h", "roi_pool_ffi.h")]
 
 
 def _ffi_include_dir():

@@ -237,7 +237,8 @@ def _ffi_backward(grad_out, rois, argmax, num_images, config):
     _, h, w, c = config.feature_shape
     return jax.ffi.ffi_call(
         _native.BACKWARD_TARGET, jax.ShapeDtypeStruct((num_images, h, w, c), jnp.float32),
-    )(grad_out, rois, argmax, deterministic=config.deterministic)
+    )(grad_out, rois, argmax, deterministic=config.deterministic,
+      spatial_scale=np.float32(config.spatial_scale), rounding=np.int32(config.rounding))
 
 
 def _fold_rois(rois, axis_size, num_images):

@@ -22,6 +22,7 @@
 
 #include "pybind11/pybind11.h"
 #include "roi_pool_bins.h"
+#include "roi_pool_ffi.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -65,12 +66,6 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t min_chunk,
   std::unique_lock<std::mutex> lock(state->mu);
   state->cv.wait(lock, [&] { return state->done.load() == num_chunks; });
 }
-
-struct Dims {
-  int64_t n, h, w, c;  // features [N, H, W, C]
-  int64_t k;           // rois [K, 5]
-  int64_t ph, pw;      // output [K, PH, PW, C]
-};
 
 template <typename T>
 void ForwardRows(const T* features, const float* rois, T* out, int32_t* argmax, const Dims& d,
@@ -164,29 +159,14 @@ void Backward(ffi::ThreadPool& pool, const T* grad_out, const float* rois, const
   });
 }
 
-ffi::Error CheckRois(const ffi::Buffer<ffi::F32>& rois, int64_t* k) {
-  const auto dims = rois.dimensions();
-  if (dims.size() != 2 || dims[1] != 5) {
-    return ffi::Error::InvalidArgument("roi_pool: rois must have shape [K, 5]");
-  }
-  *k = dims[0];
-  return ffi::Error::Success();
-}
-
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::Buffer<ffi::F32> rois,
                        ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::Buffer<ffi::S32>> argmax,
                        int64_t pooled_h, int64_t pooled_w, float spatial_scale, int32_t rounding) {
-  const auto fd = features.dimensions();
-  if (fd.size() != 4) return ffi::Error::InvalidArgument("roi_pool: features must be [N, H, W, C]");
-  Dims d{fd[0], fd[1], fd[2], fd[3], 0, pooled_h, pooled_w};
-  if (auto err = CheckRois(rois, &d.k); !err.success()) return err;
-  const auto od = out->dimensions();
-  if (od.size() != 4 || od[0] != d.k || od[1] != d.ph || od[2] != d.pw || od[3] != d.c ||
-      out->element_type() != features.element_type()) {
-    return ffi::Error::InvalidArgument("roi_pool: output must be [K, PH, PW, C] of the features' dtype");
+  Dims d;
+  if (auto err = CheckForward(features, rois, *out, pooled_h, pooled_w, rounding, &d);
+      !err.success()) {
+    return err;
   }
-  if (d.h * d.w > INT32_MAX) return ffi::Error::InvalidArgument("roi_pool: H * W must fit int32");
-  if (rounding != 0 && rounding != 1) return ffi::Error::InvalidArgument("roi_pool: bad rounding");
   const auto mode = static_cast<Rounding>(rounding);
   const float* r = rois.typed_data();
   int32_t* a = argmax->typed_data();
@@ -210,18 +190,10 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer features, ffi::Buffe
 
 ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad_out, ffi::Buffer<ffi::F32> rois,
                         ffi::Buffer<ffi::S32> argmax, ffi::Result<ffi::Buffer<ffi::F32>> grad_features,
-                        bool /*deterministic: the CPU backward always is*/) {
-  const auto gd = grad_features->dimensions();
-  const auto od = grad_out.dimensions();
-  if (gd.size() != 4 || od.size() != 4) {
-    return ffi::Error::InvalidArgument("roi_pool backward: expected rank-4 buffers");
-  }
-  Dims d{gd[0], gd[1], gd[2], gd[3], 0, od[1], od[2]};
-  if (auto err = CheckRois(rois, &d.k); !err.success()) return err;
-  const auto ad = argmax.dimensions();
-  if (od[0] != d.k || od[3] != d.c || ad.size() != 4 || ad[0] != od[0] || ad[1] != od[1] ||
-      ad[2] != od[2] || ad[3] != od[3]) {
-    return ffi::Error::InvalidArgument("roi_pool backward: grad/argmax must be [K, PH, PW, C]");
+                        bool /*deterministic*/, float /*spatial_scale*/, int32_t /*rounding*/) {
+  Dims d;
+  if (auto err = CheckBackward(grad_out, rois, argmax, *grad_features, &d); !err.success()) {
+    return err;
   }
   const float* r = rois.typed_data();
   const int32_t* a = argmax.typed_data();
@@ -266,20 +238,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<ffi::Buffer<ffi::F32>>()    // rois [K, 5]
         .Arg<ffi::Buffer<ffi::S32>>()    // argmax [K, PH, PW, C]
         .Ret<ffi::Buffer<ffi::F32>>()    // grad_features [N, H, W, C], float32 accumulation
-        .Attr<bool>("deterministic"));   // accepted for a uniform API; always true on CPU
-
-namespace {
-template <typename T>
-pybind11::capsule EncapsulateFfiHandler(T* fn) {
-  return pybind11::capsule(reinterpret_cast<void*>(fn));
-}
-}  // namespace
+        // Accepted so CPU and CUDA share one call signature; the CPU backward is always
+        // deterministic and needs only the argmax, not the bins.
+        .Attr<bool>("deterministic")
+        .Attr<float>("spatial_scale")
+        .Attr<int32_t>("rounding"));
 
 PYBIND11_MODULE(_roi_pool_cpu, m) {
   m.def("registrations", []() {
     pybind11::dict d;
-    d["jaxdet_roi_pool_fwd"] = EncapsulateFfiHandler(RoiPoolForwardCpu);
-    d["jaxdet_roi_pool_bwd"] = EncapsulateFfiHandler(RoiPoolBackwardCpu);
+    d["jaxdet_roi_pool_fwd"] = pybind11::capsule(reinterpret_cast<void*>(RoiPoolForwardCpu));
+    d["jaxdet_roi_pool_bwd"] = pybind11::capsule(reinterpret_cast<void*>(RoiPoolBackwardCpu));
     return d;
   });
 }
