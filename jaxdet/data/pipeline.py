@@ -222,7 +222,7 @@ class InputPipeline:
             labels = record.labels
         h, w = image.shape[:2]
         k = len(labels)
-        batch["images"][slot, :h, :w] = normalize(image, self.normalization)
+        normalize(image, self.normalization, out=batch["images"][slot, :h, :w])
         batch["boxes"][slot, :k] = boxes
         batch["labels"][slot, :k] = labels
         batch["valid"][slot, :k] = valid

@@ -60,6 +60,9 @@ class ShapesConfig:
     min_contrast: float = 60.0
 
     def __post_init__(self):
+        # Configs and command lines hand over lists; the dataset's class names are a tuple.
+        object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "image_size", tuple(int(s) for s in self.image_size))
         unknown = [c for c in self.classes if c not in SHAPES]
         if unknown or not self.classes:
             raise ValueError(f"classes must be names from {tuple(SHAPES)}, got {self.classes}")
