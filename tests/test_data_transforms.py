@@ -109,3 +109,19 @@ def test_boxes_to_original_under_jit_and_vmap():
 def test_size_buckets():
     assert size_buckets(600, 1000) == ((608, 1024), (1024, 608))
     assert size_buckets(128, 128, stride=16) == ((128, 128),)
+
+
+@pytest.mark.parametrize("convention", ["torchvision", "caffe"])
+def test_normalize_into_a_batch_slot_from_a_flipped_view(convention):
+    image = np.random.default_rng(2).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+    view = image[:, ::-1]  # not contiguous
+    if convention == "torchvision":
+        expected = (view / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    else:
+        expected = view[..., ::-1] - np.array([102.9801, 115.9465, 122.7717])
+    batch = np.zeros((2, 8, 9, 3), np.float32)
+    result = normalize(view, convention, out=batch[1, :5, :6])
+    np.testing.assert_allclose(batch[1, :5, :6], expected, rtol=1e-5, atol=1e-5)
+    assert np.shares_memory(result, batch)
+    # Nothing outside the slot was touched.
+    assert not batch[0].any() and not batch[1, 5:].any() and not batch[1, :, 6:].any()
