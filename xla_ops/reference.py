@@ -118,6 +118,7 @@ def roi_pool_reference(features, rois, *, output_size, spatial_scale, rounding="
     Max first over the columns of each bin, then over its rows: the first row holding the max
     and that row's first column give the row-major first occurrence, the kernels' tie rule.
     """
+    features, rois = jnp.asarray(features), jnp.asarray(rois)
     n, h, w, _ = features.shape
     ph, pw = output_size
     geo = map_rois(rois, spatial_scale=spatial_scale, num_images=n, pooled_hw=output_size,

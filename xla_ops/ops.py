@@ -245,6 +245,7 @@ def _fold_rois(rois, axis_size, num_images):
     """rois [B, K, 5] of B independent problems over N images each -> [B*K, 5] indexing the
     [B*N] folded images. Invalid batch indices stay invalid (-1) rather than landing in another
     problem's images."""
+    rois = jnp.asarray(rois)
     b = rois[..., 0]
     ok = jnp.isfinite(b) & (b >= 0) & (b < num_images)
     offset = (jnp.arange(axis_size, dtype=jnp.float32) * num_images)[:, None]

@@ -1,0 +1,81 @@
+"""Independent numpy versions of RoI max pooling, written from the seed kernels (002_* and the
+Caffe/torchvision kernel), element by element, for the tests."""
+
+import numpy as np
+
+f32 = np.float32
+
+
+def _is_valid_index(b, num_images):
+    return np.isfinite(b) and 0 <= b < num_images
+
+
+def seed_roi_pool(features, rois, output_size, spatial_scale, rounding="none"):
+    """features: [N, H, W, C] float; rois: [K, 5]. Returns (out [K, PH, PW, C], argmax).
+
+    Follows the seed kernel line by line in float32, except that the running max starts at the
+    bin's first element (the seed's `first - 1` start fails for |x| >= 2^24 and NaN), and that
+    invalid RoIs (bad batch index, non-finite coordinates) pool to zeros, as DESIGN.md asks.
+    """
+    n, h, w, c = features.shape
+    ph_n, pw_n = output_size
+    k_n = rois.shape[0]
+    out = np.zeros((k_n, ph_n, pw_n, c), features.dtype)
+    argmax = np.full((k_n, ph_n, pw_n, c), -1, np.int32)
+    scale = f32(spatial_scale)
+    with np.errstate(all="ignore"):
+        for k in range(k_n):
+            b, x1, y1, x2, y2 = (f32(v) for v in rois[k])
+            if not _is_valid_index(b, n) or not np.all(np.isfinite(rois[k])):
+                continue
+            if rounding == "none":
+                rx1, ry1 = x1 * scale, y1 * scale
+                rx2, ry2 = (x2 + f32(1)) * scale, (y2 + f32(1)) * scale
+                roi_w, roi_h = rx2 - rx1, ry2 - ry1
+                if roi_w <= 0 or roi_h <= 0:
+                    continue
+            else:
+                round_half_away = lambda v: f32(np.sign(v) * np.floor(np.abs(np.float64(v)) + 0.5))
+                rx1, ry1 = round_half_away(x1 * scale), round_half_away(y1 * scale)
+                rx2, ry2 = round_half_away(x2 * scale), round_half_away(y2 * scale)
+                roi_w = max(rx2 - rx1 + f32(1), f32(1))
+                roi_h = max(ry2 - ry1 + f32(1), f32(1))
+            bin_w, bin_h = roi_w / f32(pw_n), roi_h / f32(ph_n)
+            for ph in range(ph_n):
+                for pw in range(pw_n):
+                    if rounding == "none":
+                        hs = np.floor(f32(ph) * bin_h + ry1)
+                        he = np.ceil(f32(ph + 1) * bin_h + ry1)
+                        ws = np.floor(f32(pw) * bin_w + rx1)
+                        we = np.ceil(f32(pw + 1) * bin_w + rx1)
+                    else:
+                        hs = np.floor(f32(ph) * bin_h) + ry1
+                        he = np.ceil(f32(ph + 1) * bin_h) + ry1
+                        ws = np.floor(f32(pw) * bin_w) + rx1
+                        we = np.ceil(f32(pw + 1) * bin_w) + rx1
+                    hs, he = (int(min(max(v, 0), h)) for v in (hs, he))
+                    ws, we = (int(min(max(v, 0), w)) for v in (ws, we))
+                    if he <= hs or we <= ws:
+                        continue
+                    plane = features[int(b)]
+                    for ch in range(c):
+                        best, best_i = None, -1
+                        for yy in range(hs, he):
+                            for xx in range(ws, we):
+                                v = f32(plane[yy, xx, ch])
+                                if best is None or v > best or (np.isnan(v) and not np.isnan(best)):
+                                    best, best_i = v, yy * w + xx
+                        out[k, ph, pw, ch] = plane.reshape(h * w, c)[best_i, ch]
+                        argmax[k, ph, pw, ch] = best_i
+    return out, argmax
+
+
+def scatter_through_argmax(grad_out, rois, argmax, feature_shape):
+    """float64 gradient of the features: grad_out [K, PH, PW, C] added at argmax."""
+    n, h, w, c = feature_shape
+    grad = np.zeros((n, h * w, c), np.float64)
+    grad_out = np.asarray(grad_out, np.float64)
+    argmax = np.asarray(argmax)
+    for k, i, j, ch in np.argwhere(argmax >= 0):
+        grad[int(rois[k, 0]), argmax[k, i, j, ch], ch] += grad_out[k, i, j, ch]
+    return grad.reshape(n, h, w, c)

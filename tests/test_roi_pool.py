@@ -1,0 +1,422 @@
+"""The RoI pooling op: native custom call against the jnp reference and independent numpy code."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+import xla_ops
+from xla_ops import _native, roi_pool, roi_pool_reference, roi_pool_with_argmax
+from roi_pool_numpy import scatter_through_argmax, seed_roi_pool
+
+CPU_BUILT = _native.is_built("cpu")
+needs_cpu_kernel = pytest.mark.skipif(not CPU_BUILT, reason="CPU extension not built")
+
+
+def random_rois(rng, num, num_images, extent, *, spread=0.25):
+    """[num, 5] RoIs in input pixels spanning a map of `extent` = (height, width) pixels."""
+    height, width = extent
+    x1 = rng.uniform(-spread * width, width, num)
+    y1 = rng.uniform(-spread * height, height, num)
+    x2 = x1 + rng.uniform(0, width * 0.8, num)
+    y2 = y1 + rng.uniform(0, height * 0.8, num)
+    batch = rng.integers(0, num_images, num)
+    return np.stack([batch, x1, y1, x2, y2], 1).astype(np.float32)
+
+
+def distinct_features(rng, shape, dtype=np.float32):
+    """Values without ties (a permutation), so gradients are unambiguous in any dtype."""
+    values = rng.permutation(np.prod(shape)).reshape(shape)
+    if dtype != np.float32:  # few distinct values fit in 16 bits: stay within them
+        values = values % 2000 - 1000 + rng.random(shape) * 0.25
+    return jnp.asarray(values.astype(np.float32) / 16, dtype=dtype)
+
+
+def assert_same(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_array_equal(a.view(np.uint8) if a.dtype.itemsize == 1 else a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-computed cases.
+
+
+def test_seed_2x2_pooling_of_a_5x7_region():
+    # 003_*: region (x, y, w, h) = (0, 3, 5, 7), i.e. xyxy (0, 3, 4, 9) in inclusive pixels,
+    # pooled 2x2. Seed semantics: x in [0, 5) split at 2.5 -> columns [0, 3) and [2, 5);
+    # y in [3, 10) split at 6.5 -> rows [3, 7) and [6, 10). With value 10 * y + x the max of
+    # each bin is its bottom-right pixel.
+    y, x = np.mgrid[0:12, 0:8]
+    features = jnp.asarray((10 * y + x).astype(np.float32))[None, :, :, None]
+    rois = np.array([[0, 0, 3, 4, 9]], np.float32)
+    for impl in ["reference"] + (["ffi"] if CPU_BUILT else []):
+        out, argmax = roi_pool_with_argmax(features, rois, (2, 2), 1.0, impl=impl)
+        np.testing.assert_array_equal(out[0, :, :, 0], [[62, 64], [92, 94]])
+        np.testing.assert_array_equal(argmax[0, :, :, 0], [[6 * 8 + 2, 6 * 8 + 4], [9 * 8 + 2, 9 * 8 + 4]])
+
+
+def test_hand_case_round_mode_and_hot_pixels():
+    # 6x6 map, zeros except hot pixels; RoI (1.4, 1.6, 4.4, 4.5) at scale 1.
+    # rounding="round": x in [1, 4] -> width 4, y in [2, 5] (4.5 rounds away to 5) -> height 4;
+    # 2x2 bins: columns {1,2}, {3,4}; rows {2,3}, {4,5}.
+    f = np.zeros((6, 6), np.float32)
+    f[2, 2], f[3, 4], f[5, 1], f[4, 4] = 5.0, 7.0, 3.0, 9.0
+    features = jnp.asarray(f)[None, :, :, None]
+    rois = np.array([[0, 1.4, 1.6, 4.4, 4.5]], np.float32)
+    out, argmax = roi_pool_with_argmax(features, rois, (2, 2), 1.0, rounding="round",
+                                       impl="reference")
+    np.testing.assert_array_equal(out[0, :, :, 0], [[5, 7], [3, 9]])
+    np.testing.assert_array_equal(argmax[0, :, :, 0], [[2 * 6 + 2, 3 * 6 + 4], [5 * 6 + 1, 4 * 6 + 4]])
+    # rounding="none": x in [1.4, 5.4) -> columns [1, 4) and [3, 6); y in [1.6, 5.5) -> rows
+    # [1, 4) and [3, 6).
+    out, _ = roi_pool_with_argmax(features, rois, (2, 2), 1.0, impl="reference")
+    np.testing.assert_array_equal(out[0, :, :, 0], [[5, 7], [3, 9]])
+
+
+def test_ties_take_the_first_element_and_empty_bins_are_zero():
+    features = jnp.ones((1, 4, 4, 2), jnp.float32)
+    # A RoI three pixels wide pooled into 1x6 bins: bins are 0.5 wide, some empty after clipping
+    # at the right border (x in [2, 5), the map ends at 4).
+    rois = np.array([[0, 2, 0, 4, 3]], np.float32)
+    expected_out, expected_arg = seed_roi_pool(np.ones((1, 4, 4, 2), np.float32), rois, (1, 6), 1.0)
+    out, argmax = roi_pool_with_argmax(features, rois, (1, 6), 1.0, impl="reference")
+    assert_same(out, expected_out)
+    assert_same(argmax, expected_arg)
+    assert (expected_arg[0, 0, :, 0] == [2, 2, 3, 3, -1, -1]).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# The jnp reference against the independent numpy seed implementation.
+
+
+@pytest.mark.parametrize("rounding", ["none", "round"])
+@pytest.mark.parametrize("scale", [1 / 16, 0.5, 1.0])
+def test_reference_matches_numpy_seed_kernel(rounding, scale):
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(2, 7, 9, 3)).astype(np.float32)
+    rois = random_rois(rng, 12, 2, (7 / scale, 9 / scale))
+    expected = seed_roi_pool(features, rois, (3, 2), scale, rounding)
+    got = roi_pool_reference(jnp.asarray(features), jnp.asarray(rois), output_size=(3, 2),
+                             spatial_scale=scale, rounding=rounding)
+    assert_same(got[0], expected[0])
+    assert_same(got[1], expected[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The native kernel against the reference: bit for bit.
+
+CASES = [  # (features shape NHWC, output size, spatial scale)
+    ((2, 25, 31, 8), (7, 7), 1 / 16),
+    ((1, 13, 11, 16), (2, 3), 1 / 32),
+    ((2, 20, 17, 5), (1, 1), 1 / 8),
+    ((1, 9, 10, 4), (7, 7), 0.5),
+    ((2, 64, 80, 3), (64, 64), 1.0),  # R-CNN style on images (004_*)
+]
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("rounding", ["none", "round"])
+@pytest.mark.parametrize("shape, output_size, scale", CASES)
+def test_native_forward_equals_reference(shape, output_size, scale, rounding):
+    rng = np.random.default_rng(hash((shape, rounding)) % 2**32)
+    features = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+    rois = random_rois(rng, 24 if output_size != (64, 64) else 4, shape[0],
+                       (shape[1] / scale, shape[2] / scale))
+    got = roi_pool_with_argmax(features, rois, output_size, scale, rounding=rounding, impl="ffi")
+    ref = roi_pool_with_argmax(features, rois, output_size, scale, rounding=rounding,
+                               impl="reference")
+    assert_same(got[0], ref[0])
+    assert_same(got[1], ref[1])
+    assert (np.asarray(got[1]) >= 0).mean() > 0.3  # the case really pools something
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
+def test_native_dtypes_and_layouts(dtype, data_format):
+    rng = np.random.default_rng(5)
+    features = distinct_features(rng, (2, 12, 14, 6), dtype)
+    if data_format == "NCHW":
+        features = jnp.transpose(features, (0, 3, 1, 2))
+    rois = random_rois(rng, 10, 2, (12 * 4, 14 * 4))
+    kwargs = dict(output_size=(3, 3), spatial_scale=0.25, data_format=data_format)
+    got = roi_pool_with_argmax(features, rois, impl="ffi", **kwargs)
+    ref = roi_pool_with_argmax(features, rois, impl="reference", **kwargs)
+    assert got[0].dtype == dtype
+    expected_shape = (10, 3, 3, 6) if data_format == "NHWC" else (10, 6, 3, 3)
+    assert got[0].shape == expected_shape
+    assert_same(got[0], ref[0])
+    assert_same(got[1], ref[1])
+    # Gradients: the custom call's scatter against autodiff of the reference (float32 sums).
+    cot = jnp.asarray(rng.normal(size=expected_shape), dtype)
+    grad = lambda impl: jax.grad(lambda f: jnp.vdot(roi_pool(f, rois, impl=impl, **kwargs), cot)
+                                 .astype(jnp.float32))(features)
+    np.testing.assert_allclose(np.asarray(grad("ffi"), np.float32),
+                               np.asarray(grad("reference"), np.float32), rtol=1e-2, atol=1e-2)
+
+
+@needs_cpu_kernel
+def test_batched_rois_form():
+    rng = np.random.default_rng(7)
+    features = jnp.asarray(rng.normal(size=(3, 10, 12, 4)).astype(np.float32))
+    boxes = random_rois(rng, 15, 1, (40, 48))[:, 1:].reshape(3, 5, 4)
+    out = roi_pool(features, boxes, (2, 2), 0.25, impl="ffi")
+    assert out.shape == (3, 5, 2, 2, 4)
+    flat = np.concatenate([np.repeat(np.arange(3.0), 5)[:, None], boxes.reshape(15, 4)], 1)
+    assert_same(out.reshape(15, 2, 2, 4), roi_pool(features, flat, (2, 2), 0.25, impl="reference"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: data-dependent cases give zeros with argmax -1 (never an out-of-bounds access);
+# shape and dtype errors name the argument.
+
+ADVERSARIAL_ROIS = np.array([
+    [-1, 0, 0, 8, 8],          # batch index below 0
+    [2, 0, 0, 8, 8],           # batch index == N
+    [1e9, 0, 0, 8, 8],         # far out of range
+    [np.nan, 0, 0, 8, 8],      # NaN batch index
+    [np.inf, 0, 0, 8, 8],
+    [-0.5, 0, 0, 8, 8],        # truncates to 0 but is below 0: invalid
+    [0.7, 0, 0, 8, 8],         # valid, image 0 (the seed's truncation)
+    [0, np.nan, 0, 8, 8],      # NaN coordinate
+    [0, 0, np.inf, 8, 8],
+    [0, 0, 0, -np.inf, 8],
+    [1, 9, 9, 2, 2],           # inverted
+    [1, 5, 5, 4, 4],           # zero size (x2 + 1 == x1)
+    [0, 1e6, 1e6, 2e6, 2e6],   # far outside the map
+    [0, -2e6, -2e6, -1e6, -1e6],
+    [1, -1e30, -1e30, 1e30, 1e30],  # huge: edges must be clamped before the integer cast
+    [0, 3.4e38, 0, 3.4e38, 8],      # (x2 + 1) * scale may overflow to inf
+    [1, 0, 0, 1e-40, 1e-40],   # subnormal coordinates
+    [1, 2, 3, 5, 7],           # an ordinary RoI among them
+], np.float32)
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize("rounding", ["none", "round"])
+@pytest.mark.parametrize("scale", [1 / 16, 1.0, 4.0])
+def test_adversarial_rois(rounding, scale):
+    rng = np.random.default_rng(11)
+    features = jnp.asarray(rng.normal(size=(2, 6, 7, 3)).astype(np.float32))
+    got = roi_pool_with_argmax(features, ADVERSARIAL_ROIS, (2, 3), scale, rounding=rounding,
+                               impl="ffi")
+    ref = roi_pool_with_argmax(features, ADVERSARIAL_ROIS, (2, 3), scale, rounding=rounding,
+                               impl="reference")
+    assert_same(got[0], ref[0])
+    assert_same(got[1], ref[1])
+    out, argmax = np.asarray(got[0]), np.asarray(got[1])
+    invalid = [0, 1, 2, 3, 4, 5, 7, 8, 9, 12, 13]
+    assert (argmax[invalid] == -1).all() and (out[invalid] == 0).all()
+    if scale <= 1:  # at scale 4 the ordinary RoIs lie beyond the 6x7 map
+        assert (argmax[6] >= 0).any() and (argmax[-1] >= 0).any()
+    assert ((argmax >= -1) & (argmax < 6 * 7)).all()
+    # Backward through the same RoIs stays in bounds and matches the numpy scatter.
+    cot = rng.normal(size=out.shape).astype(np.float32)
+    grad = jax.grad(lambda f: jnp.vdot(roi_pool(f, ADVERSARIAL_ROIS, (2, 3), scale,
+                                                rounding=rounding, impl="ffi"), cot))(features)
+    rois_for_scatter = np.nan_to_num(ADVERSARIAL_ROIS).clip(0, 1)
+    np.testing.assert_allclose(grad, scatter_through_argmax(cot, rois_for_scatter, argmax,
+                                                            features.shape), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", ["reference"] + (["ffi"] if CPU_BUILT else []))
+def test_no_rois_and_empty_maps(impl):
+    features = jnp.ones((2, 5, 5, 3))
+    out, argmax = roi_pool_with_argmax(features, np.zeros((0, 5), np.float32), (7, 7), impl=impl)
+    assert out.shape == (0, 7, 7, 3) and argmax.shape == (0, 7, 7, 3)
+    grad = jax.grad(lambda f: roi_pool(f, np.zeros((0, 5), np.float32), impl=impl).sum())(features)
+    assert grad.shape == features.shape and not np.asarray(grad).any()
+    out, argmax = roi_pool_with_argmax(jnp.ones((1, 0, 5, 3)), np.array([[0, 0, 0, 4, 4]], np.float32),
+                                       (2, 2), 1.0, impl=impl)
+    assert (np.asarray(argmax) == -1).all() and not np.asarray(out).any()
+
+
+@pytest.mark.parametrize("impl", ["reference"] + (["ffi"] if CPU_BUILT else []))
+def test_nan_features_propagate_and_extreme_values(impl):
+    f = np.arange(36, dtype=np.float32).reshape(1, 6, 6, 1)
+    f[0, 1, 2, 0] = np.nan
+    f[0, 4, 0, 0] = np.nan  # second NaN in the same bin: argmax stays on the first
+    f[0, :3, 3:, 0] = -np.inf  # a bin of only -inf: output -inf, argmax its first element
+    f[0, 3:, 3:, 0] = 1e9  # all equal and >= 2^24: the seed's "first - 1" start would fail
+    rois = np.array([[0, 0, 0, 5, 5]], np.float32)
+    out, argmax = roi_pool_with_argmax(jnp.asarray(f), rois, (2, 2), 1.0, impl=impl)
+    assert np.isnan(out[0, 0, 0, 0]) and argmax[0, 0, 0, 0] == 1 * 6 + 2
+    assert out[0, 0, 1, 0] == -np.inf and argmax[0, 0, 1, 0] == 0 * 6 + 3
+    assert np.isnan(out[0, 1, 0, 0]) and argmax[0, 1, 0, 0] == 4 * 6 + 0
+    assert out[0, 1, 1, 0] == 1e9 and argmax[0, 1, 1, 0] == 3 * 6 + 3
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(features=np.ones((5, 5, 3), np.float32)), "features"),
+    (dict(features=np.ones((1, 5, 5, 3), np.int32)), "features"),
+    (dict(rois=np.zeros((3, 4), np.float32)), "rois"),
+    (dict(rois=np.zeros((3, 5), np.int32)), "rois"),
+    (dict(rois=np.zeros((2, 3, 4), np.float32)), "rois"),
+    (dict(output_size=(0, 7)), "output_size"),
+    (dict(output_size=(7,)), "output_size"),
+    (dict(output_size=2.5), "output_size"),
+    (dict(spatial_scale=0.0), "spatial_scale"),
+    (dict(spatial_scale=float("nan")), "spatial_scale"),
+    (dict(rounding="floor"), "rounding"),
+    (dict(impl="cuda"), "impl"),
+    (dict(data_format="HWC"), "data_format"),
+])
+def test_shape_and_dtype_errors_name_the_argument(bad, message):
+    args = dict(features=np.ones((1, 5, 5, 3), np.float32), rois=np.zeros((3, 5), np.float32),
+                output_size=(2, 2), spatial_scale=1.0)
+    args.update(bad)
+    with pytest.raises((ValueError, TypeError), match=message):
+        roi_pool(args.pop("features"), args.pop("rois"), **args)
+
+
+def test_auto_falls_back_to_reference_with_a_warning(monkeypatch):
+    import xla_ops.ops as module
+
+    monkeypatch.setattr(module._native, "is_built", lambda platform: False)
+    monkeypatch.setattr(module._native, "why_not_built", lambda platform: "not built in this test")
+    module._warn_fallback.cache_clear()
+    features = jnp.ones((1, 4, 4, 1))
+    rois = np.array([[0, 0, 0, 3, 3]], np.float32)
+    with pytest.warns(RuntimeWarning, match="reference"):
+        roi_pool(features, rois, (2, 2), 1.0)
+    with pytest.raises(RuntimeError, match="impl='ffi'"):
+        roi_pool(features, rois, (2, 2), 1.0, impl="ffi")
+    module._warn_fallback.cache_clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# Gradients.
+
+
+def test_reference_gradients_numerically():
+    rng = np.random.default_rng(13)
+    features = distinct_features(rng, (2, 8, 9, 2))
+    rois = random_rois(rng, 6, 2, (8, 9))
+    fn = lambda f: roi_pool_reference(f, rois, output_size=(2, 3), spatial_scale=1.0)[0]
+    check_grads(fn, (features,), order=1, modes=("rev",), eps=1e-3)
+
+
+@needs_cpu_kernel
+def test_native_gradient_equals_numpy_scatter_and_is_deterministic():
+    rng = np.random.default_rng(17)
+    features = jnp.asarray(rng.normal(size=(2, 16, 16, 70)).astype(np.float32))
+    # Many overlapping RoIs so several cotangents land on the same feature.
+    rois = random_rois(rng, 60, 2, (64, 64))
+    cot = jnp.asarray(rng.normal(size=(60, 4, 4, 70)).astype(np.float32))
+    loss = lambda f: jnp.vdot(roi_pool(f, rois, (4, 4), 0.25, impl="ffi"), cot)
+    grad_fn = jax.jit(jax.grad(loss))
+    first, second = np.asarray(grad_fn(features)), np.asarray(grad_fn(features))
+    np.testing.assert_array_equal(first.view(np.uint32), second.view(np.uint32))
+    _, argmax = roi_pool_with_argmax(features, rois, (4, 4), 0.25, impl="ffi")
+    expected = scatter_through_argmax(cot, rois, argmax, features.shape)
+    np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-5)
+    assert np.count_nonzero(expected) > 100
+    # The RoIs get a zero cotangent.
+    rois_grad = jax.grad(lambda r: jnp.vdot(roi_pool(features, r, (4, 4), 0.25, impl="ffi"), cot))(
+        jnp.asarray(rois))
+    assert not np.asarray(rois_grad).any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Transformations: jit, vmap, grad, scan.
+
+
+@pytest.mark.parametrize("impl", ["reference"] + (["ffi"] if CPU_BUILT else []))
+def test_vmap_of_a_per_example_function(impl):
+    rng = np.random.default_rng(19)
+    features = distinct_features(rng, (3, 1, 10, 10, 4))  # 3 examples, one image each
+    rois = random_rois(rng, 3 * 5, 1, (40, 40)).reshape(3, 5, 5)
+    rois[1, 2, 0] = 1.0  # out of range for its own example (N = 1): must stay invalid
+    per_example = lambda f, r: roi_pool(f, r, (2, 2), 0.25, impl=impl)
+    got = jax.jit(jax.vmap(per_example))(features, rois)
+    want = jnp.stack([per_example(features[i], rois[i]) for i in range(3)])
+    assert_same(got, want)
+    assert not np.asarray(got[1, 2]).any()
+    # Shared features, a batch of RoI sets, and gradients through both vmaps.
+    shared = features[0]
+    loss = lambda f, r: (per_example(f, r) ** 2).sum()
+    got_grad = jax.grad(lambda f: jax.vmap(loss, in_axes=(None, 0))(f, rois).sum())(shared)
+    want_grad = sum(jax.grad(loss)(shared, rois[i]) for i in range(3))
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-6)
+    got_grad = jax.vmap(jax.grad(loss))(features, rois)
+    want_grad = jnp.stack([jax.grad(loss)(features[i], rois[i]) for i in range(3)])
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-6)
+
+
+@needs_cpu_kernel
+def test_inside_scan_and_jit_matches_reference():
+    rng = np.random.default_rng(23)
+    features = distinct_features(rng, (2, 12, 12, 3))
+    rois = jnp.asarray(random_rois(rng, 4 * 6, 2, (48, 48)).reshape(4, 6, 5))
+
+    def run(impl):
+        def body(carry, r):
+            pooled = roi_pool(carry, r, (3, 3), 0.25, impl=impl)
+            return carry * 0.5 + 0.1 * pooled.mean(), pooled.sum()
+
+        def total(f):
+            _, sums = jax.lax.scan(body, f, rois)
+            return sums.sum()
+
+        return jax.jit(jax.value_and_grad(total))(features)
+
+    (v1, g1), (v2, g2) = run("ffi"), run("reference")
+    np.testing.assert_allclose(v1, v2, rtol=1e-6)
+    np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
+
+
+def test_package_exports():
+    import jaxdet.ops
+
+    assert jaxdet.ops.roi_pool is xla_ops.roi_pool
+    assert set(xla_ops.__all__) >= {"roi_pool", "roi_pool_with_argmax", "roi_pool_reference"}
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: the CUDA kernels against the reference, where a GPU and the CUDA extension exist.
+
+
+def _gpu_available():
+    try:
+        return bool(jax.devices("gpu")) and _native.is_built("cuda")
+    except RuntimeError:
+        return False
+
+
+gpu = pytest.mark.skipif(not _gpu_available(), reason="needs an NVIDIA GPU and the CUDA extension")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("rounding", ["none", "round"])
+def test_cuda_forward_backward_equal_reference_and_cpu(dtype, rounding):
+    rng = np.random.default_rng(29)
+    features_np = np.asarray(distinct_features(rng, (2, 30, 34, 40), dtype))
+    rois = np.concatenate([random_rois(rng, 200, 2, (30 * 16, 34 * 16)), ADVERSARIAL_ROIS])
+    cot = rng.normal(size=(rois.shape[0], 7, 7, 40)).astype(np.float32)
+    gpu_device, cpu_device = jax.devices("gpu")[0], jax.devices("cpu")[0]
+    results = {}
+    for name, device, impl, det in [("cuda", gpu_device, "ffi", False),
+                                    ("cuda_det", gpu_device, "ffi", True),
+                                    ("ref", gpu_device, "reference", None),
+                                    ("cpu", cpu_device, "ffi", None)]:
+        with jax.default_device(device):
+            f = jnp.asarray(features_np, dtype)
+            kwargs = dict(output_size=(7, 7), spatial_scale=1 / 16, rounding=rounding, impl=impl,
+                          deterministic=det)
+            out = roi_pool_with_argmax(f, rois, **kwargs)
+            grad = jax.grad(lambda x: jnp.vdot(roi_pool(x, rois, **kwargs).astype(jnp.float32),
+                                               jnp.asarray(cot)))(f)
+            results[name] = [np.asarray(x) for x in (*out, grad)]
+    for name in ("cuda", "cuda_det", "cpu"):
+        assert_same(results[name][0], results["ref"][0])
+        assert_same(results[name][1], results["ref"][1])
+    # The deterministic gather sums in the CPU kernel's order: the same bits.
+    assert_same(results["cuda_det"][2], results["cpu"][2])
+    np.testing.assert_allclose(np.asarray(results["cuda"][2], np.float32),
+                               np.asarray(results["cpu"][2], np.float32), rtol=2e-2, atol=2e-2)
