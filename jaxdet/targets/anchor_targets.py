@@ -184,6 +184,8 @@ def anchor_targets(*, anchors, gt_boxes, gt_valid, image_hw, key, num_samples=25
     Returns:
       AnchorTargets(labels [A] int32 in {1, 0, -1}, deltas [A, 4]).
     """
+    check_count("num_samples", num_samples)
+    check_fraction("positive_fraction", positive_fraction)
     labelled = label_anchors(anchors=anchors, gt_boxes=gt_boxes, gt_valid=gt_valid,
                              image_hw=image_hw, positive_iou=positive_iou,
                              negative_iou=negative_iou, allowed_border=allowed_border)

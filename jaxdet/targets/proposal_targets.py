@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.ops.boxes import encode_boxes
-from jaxdet.targets.anchor_targets import check_fraction, match_boxes, sample_balanced
+from jaxdet.targets.anchor_targets import (check_count, check_fraction, match_boxes,
+                                           sample_balanced)
 
 
 class ProposalTargets(NamedTuple):
@@ -56,6 +57,8 @@ def proposal_targets(*, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid
     Returns:
       ProposalTargets with S rows.
     """
+    check_count("num_samples", num_samples)
+    check_fraction("foreground_fraction", foreground_fraction)
     check_fraction("foreground_iou", foreground_iou, include_low=False)
     if len(background_iou) != 2:
         raise ValueError(f"background_iou must be (lo, hi), got {background_iou!r}")
