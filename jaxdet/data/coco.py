@@ -80,7 +80,9 @@ def read_coco(
         image_id = ann.get("image_id") if isinstance(ann, dict) else None
         if image_id not in by_image:
             log.report(
-                DataError(f"{annotation_file}: annotation {i} refers to unknown image {image_id!r}"),
+                DataError(
+                    f"{annotation_file}: annotation {i} refers to unknown image {image_id!r}"
+                ),
                 annotation_file,
                 image=False,
             )

@@ -33,7 +33,14 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from jaxdet.data.records import DataError, Dataset, Record, load_image
-from jaxdet.data.transforms import NORMALIZATIONS, hflip, normalize, resize, resized_hw, size_buckets
+from jaxdet.data.transforms import (
+    NORMALIZATIONS,
+    hflip,
+    normalize,
+    resize,
+    resized_hw,
+    size_buckets,
+)
 
 
 class InputPipeline:
@@ -90,7 +97,9 @@ class InputPipeline:
         if not 0 <= shard_index < num_shards:
             raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
         if normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
+            )
         if len(dataset) == 0:
             raise ValueError("dataset is empty")
         self.dataset = dataset
@@ -125,7 +134,8 @@ class InputPipeline:
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"no full batch of {global_batch} images in any bucket "
-                f"(images per bucket {counts.tolist()}); lower batch_size or set drop_remainder=False"
+                f"(images per bucket {counts.tolist()}); lower batch_size or set "
+                "drop_remainder=False"
             )
         # Two epochs can be in flight at an epoch boundary; workers share the plans.
         self._plans: dict[int, list] = {}

@@ -137,7 +137,9 @@ def concat_datasets(*datasets: Dataset) -> Dataset:
             raise ValueError("concat_datasets: datasets have different classes")
     records = [r for d in datasets for r in d.records]
     skipped = [s for d in datasets for s in d.skipped]
-    return make_dataset(records, first.class_names, category_ids=first.category_ids, skipped=skipped)
+    return make_dataset(
+        records, first.class_names, category_ids=first.category_ids, skipped=skipped
+    )
 
 
 def check_on_error(on_error: str) -> None:

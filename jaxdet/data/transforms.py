@@ -130,7 +130,9 @@ def _rows(image: np.ndarray) -> np.ndarray:
     item = image.itemsize
     if image.strides[1:] != (channels * item, item):
         raise ValueError(f"needs contiguous pixels within rows, got strides {image.strides}")
-    return np.lib.stride_tricks.as_strided(image, (height, width * channels), (image.strides[0], item))
+    return np.lib.stride_tricks.as_strided(
+        image, (height, width * channels), (image.strides[0], item)
+    )
 
 
 def normalize(
