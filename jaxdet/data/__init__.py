@@ -5,6 +5,7 @@ Boxes are xyxy in continuous pixels everywhere (width = x2 - x1; see `records`).
 
 from jaxdet.data.coco import dataset_to_coco, read_coco, write_coco
 from jaxdet.data.pipeline import InputPipeline
+from jaxdet.data.proposals import attach_proposals, save_proposals
 from jaxdet.data.records import (
     DataError,
     Dataset,
@@ -17,6 +18,7 @@ from jaxdet.data.shapes import SHAPES, ShapesConfig, draw_image, make_shapes, wr
 from jaxdet.data.transforms import (
     boxes_to_original,
     denormalize,
+    flip_boxes,
     hflip,
     normalize,
     resize,

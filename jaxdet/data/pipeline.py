@@ -9,6 +9,9 @@ Every batch is a dict of numpy arrays (the format agreed with the training code)
   scale    [B] float32  nominal resize factor (exact per-axis mapping: `boxes_to_original`)
   orig_hw  [B, 2] int32  original (height, width)
   image_id [B] int64  index in the dataset; -1 for the filler of a last partial batch
+and, with `max_proposals` (Fast R-CNN with given proposals, see `jaxdet.data.proposals`):
+  proposals      [B, max_proposals, 4] float32  xyxy in resized pixels, zeros where padding
+  proposal_valid [B, max_proposals] bool
 
 The order is a pure function of (seed, epoch): each epoch is a seeded permutation, walked in
 order, each image joining the batch being filled for its size bucket; a bucket's batch is
@@ -35,10 +38,12 @@ import numpy as np
 from jaxdet.data.records import DataError, Dataset, Record, load_image
 from jaxdet.data.transforms import (
     NORMALIZATIONS,
+    flip_boxes,
     hflip,
     normalize,
     resize,
     resized_hw,
+    scale_boxes,
     size_buckets,
 )
 
@@ -67,6 +72,8 @@ class InputPipeline:
       prefetch: batches built ahead of the consumer.
       num_shards, shard_index: split every global batch of `batch_size * num_shards` images
         between processes; all shards see the same bucket at each step.
+      max_proposals: if set, batches carry each record's `proposals` (the first
+        `max_proposals`, resized and flipped with the image) as "proposals"/"proposal_valid".
     """
 
     def __init__(
@@ -88,6 +95,7 @@ class InputPipeline:
         prefetch: int = 4,
         num_shards: int = 1,
         shard_index: int = 0,
+        max_proposals: int | None = None,
     ):
         for name, value in (("batch_size", batch_size), ("max_boxes", max_boxes),
                             ("num_workers", num_workers), ("prefetch", prefetch),
@@ -102,6 +110,16 @@ class InputPipeline:
             )
         if len(dataset) == 0:
             raise ValueError("dataset is empty")
+        if max_proposals is not None:
+            if int(max_proposals) < 1:
+                raise ValueError(f"max_proposals must be at least 1, got {max_proposals}")
+            lacking = [r.name for r in dataset.records if r.proposals is None]
+            if lacking:
+                raise ValueError(
+                    f"max_proposals is set but {len(lacking)} records have no proposals, e.g. "
+                    f"{lacking[0]} (attach them with jaxdet.data.attach_proposals)"
+                )
+        self.max_proposals = None if max_proposals is None else int(max_proposals)
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.max_boxes = int(max_boxes)
@@ -204,6 +222,9 @@ class InputPipeline:
             "orig_hw": np.zeros((b, 2), np.int32),
             "image_id": np.full((b,), -1, np.int64),
         }
+        if self.max_proposals is not None:
+            batch["proposals"] = np.zeros((b, self.max_proposals, 4), np.float32)
+            batch["proposal_valid"] = np.zeros((b, self.max_proposals), bool)
         for slot, index in enumerate(indices):
             if index >= 0:
                 self._fill(batch, slot, self.dataset.records[index], epoch)
@@ -214,8 +235,12 @@ class InputPipeline:
         image, boxes, scale = resize(
             image, record.boxes, min_size=self.min_size, max_size=self.max_size
         )
-        if self.flip and np.random.default_rng([self.seed, epoch, record.image_id]).random() < 0.5:
+        coin = np.random.default_rng([self.seed, epoch, record.image_id]).random()
+        flip = self.flip and coin < 0.5
+        if flip:
             image, boxes = hflip(image, boxes)
+        if self.max_proposals is not None:
+            self._fill_proposals(batch, slot, record, image.shape[:2], flip)
         valid = ~record.iscrowd
         if not self.keep_difficult:
             valid &= ~record.difficult
@@ -240,6 +265,14 @@ class InputPipeline:
         batch["scale"][slot] = scale
         batch["orig_hw"][slot] = (record.height, record.width)
         batch["image_id"][slot] = record.image_id
+
+    def _fill_proposals(self, batch, slot, record, image_hw, flip) -> None:
+        proposals = scale_boxes(record.proposals[: self.max_proposals],
+                                from_hw=(record.height, record.width), to_hw=tuple(image_hw))
+        if flip:
+            proposals = flip_boxes(proposals, width=image_hw[1])
+        batch["proposals"][slot, : len(proposals)] = proposals
+        batch["proposal_valid"][slot, : len(proposals)] = True
 
     def batches(self, start_step: int = 0, num_steps: int | None = None) -> Iterator[dict]:
         """Yields the batches of global steps start_step, start_step + 1, ... in order.

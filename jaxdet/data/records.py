@@ -43,6 +43,8 @@ class Record:
       path: image file, or None when `image` is given.
       image: [H, W, 3] uint8 RGB held in memory (synthetic data), or None.
       source_id: the image's name in its source format (VOC file stem, COCO image id).
+      proposals: [P, 4] float32 xyxy in original pixels, RoIs given with the image (Fast R-CNN
+        with external proposals, see `jaxdet.data.proposals`), or None.
     """
 
     image_id: int
@@ -55,6 +57,7 @@ class Record:
     path: str | None = None
     image: np.ndarray | None = None
     source_id: str | int | None = None
+    proposals: np.ndarray | None = None
 
     def __post_init__(self):
         m = len(self.labels)
@@ -66,6 +69,11 @@ class Record:
         for name, (got, want) in shapes.items():
             if got != want:
                 raise ValueError(f"Record {self.image_id}: {name} has shape {got}, expected {want}")
+        proposals = self.proposals
+        if proposals is not None and (proposals.ndim != 2 or proposals.shape[1] != 4):
+            raise ValueError(
+                f"Record {self.image_id}: proposals has shape {proposals.shape}, expected [P, 4]"
+            )
         if self.path is None and self.image is None:
             raise ValueError(f"Record {self.image_id}: needs a path or an in-memory image")
 

@@ -107,12 +107,13 @@ def hflip(image: np.ndarray, boxes: np.ndarray) -> tuple:
     Returns:
       (image [H, W, C] contiguous, boxes [M, 4] float32 with x1' = W - x2, x2' = W - x1).
     """
-    width = image.shape[1]
-    boxes = np.asarray(boxes, np.float32)
-    flipped = np.stack(
-        [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1
-    )
-    return _flip_pixels(image), flipped
+    return _flip_pixels(image), flip_boxes(boxes, width=image.shape[1])
+
+
+def flip_boxes(boxes: np.ndarray, *, width: int) -> np.ndarray:
+    """Boxes [M, 4] xyxy mirrored in an image `width` pixels wide (x1' = W - x2, x2' = W - x1)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
 
 
 def _flip_pixels(image: np.ndarray) -> np.ndarray:
