@@ -67,6 +67,35 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t min_chunk,
   state->cv.wait(lock, [&] { return state->done.load() == num_chunks; });
 }
 
+// best[c], arg[c] <- the max-with-argmax update over one pixel's channels.
+template <typename T>
+inline void UpdateMaxImpl(const T* __restrict__ pixel, float* __restrict__ best,
+                          int32_t* __restrict__ arg, int32_t index, int64_t channels) {
+  for (int64_t c = 0; c < channels; ++c) {  // vectorised over channels
+    const float v = Flush(ToFloat(pixel[c]));
+    const bool take = TakesOver(v, best[c]);
+    best[c] = take ? v : best[c];
+    arg[c] = take ? index : arg[c];
+  }
+}
+
+// The hot loop, compiled for AVX2 and for baseline x86-64 and picked at load time, so the
+// extension runs on any x86-64 CPU whatever machine built it.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ROI_POOL_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define ROI_POOL_CLONES
+#endif
+ROI_POOL_CLONES void UpdateMax(const float* p, float* b, int32_t* a, int32_t i, int64_t c) {
+  UpdateMaxImpl(p, b, a, i, c);
+}
+ROI_POOL_CLONES void UpdateMax(const BFloat16* p, float* b, int32_t* a, int32_t i, int64_t c) {
+  UpdateMaxImpl(p, b, a, i, c);
+}
+ROI_POOL_CLONES void UpdateMax(const Float16* p, float* b, int32_t* a, int32_t i, int64_t c) {
+  UpdateMaxImpl(p, b, a, i, c);
+}
+
 template <typename T>
 void ForwardRows(const T* features, const float* rois, T* out, int32_t* argmax, const Dims& d,
                  float spatial_scale, Rounding rounding, int64_t row_begin, int64_t row_end,
@@ -97,14 +126,7 @@ void ForwardRows(const T* features, const float* rois, T* out, int32_t* argmax, 
       for (int64_t y = rows.begin; y < rows.end; ++y) {
         for (int64_t x = cols.begin; x < cols.end; ++x) {
           const int32_t index = static_cast<int32_t>(y * d.w + x);
-          const T* pixel = plane + index * static_cast<int64_t>(d.c);
-          float* b = best.data();
-          for (int64_t c = 0; c < d.c; ++c) {  // vectorised over channels
-            const float v = Flush(ToFloat(pixel[c]));
-            const bool take = TakesOver(v, b[c]);
-            b[c] = take ? v : b[c];
-            arg_bin[c] = take ? index : arg_bin[c];
-          }
+          UpdateMax(plane + index * d.c, best.data(), arg_bin, index, d.c);
         }
       }
       // Copy the winning elements bit for bit (no float -> half conversion needed).
