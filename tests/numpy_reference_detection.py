@@ -227,6 +227,17 @@ def proposal_candidates(rois, bbox, labels, pos_iou_thresh=0.5, neg_iou_thresh_h
     return rois, foreground, background, target_labels, locs
 
 
+def sample_rois(foreground, background, rng, n_sample=128, pos_ratio=0.25):
+    """The seed's RoI sampling with np.random.choice; returns kept indices, foreground first."""
+    pos_index = np.where(foreground)[0]
+    n_pos_sample = min(len(pos_index), int(round(n_sample * pos_ratio)))
+    pos_index = rng.choice(pos_index, size=n_pos_sample, replace=False)
+    neg_index = np.where(background)[0]
+    n_neg_sample = min(len(neg_index), n_sample - n_pos_sample)
+    neg_index = rng.choice(neg_index, size=n_neg_sample, replace=False)
+    return np.append(pos_index, neg_index)
+
+
 # --- losses ------------------------------------------------------------------------------
 
 def cross_entropy(scores, labels, ignore_index=-1):

@@ -85,7 +85,7 @@ def nms(boxes, scores, *, iou_threshold, max_output, valid=None, block_size=128)
     num_blocks = -(-num_boxes // block)
     padding = num_blocks * block - num_boxes
     # Coordinates as rows [4, *] (x1, y1, x2, y2) and areas computed once: the pairwise tests
-    # below are the whole cost, and this layout roughly halves it on CPU.
+    # below are the whole cost, and contiguous rows without per-pair areas are cheaper on CPU.
     sorted_boxes = jnp.pad(boxes[order], ((0, padding), (0, 0))).T  # [4, num_blocks * B]
     sorted_area = box_area(sorted_boxes.T)
     sorted_index = jnp.pad(order, (0, padding))
@@ -196,11 +196,10 @@ def multiclass_nms(boxes, scores, *, iou_threshold=0.3, score_threshold=0.05, ma
     Returns:
       Detections with ``max_output`` entries.
     """
-    if boxes.ndim != 3 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:2]:
-        raise ValueError(f"boxes must be [M, K, 4] and scores [M, K], got {boxes.shape} and "
-                         f"{scores.shape}")
-    if scores.shape[1] == 0:
-        raise ValueError("scores must have at least one class, got shape [M, 0]")
+    if boxes.ndim != 3 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:2] \
+            or 0 in scores.shape:
+        raise ValueError(f"boxes must be [M, K, 4] and scores [M, K] with M, K >= 1, got "
+                         f"{boxes.shape} and {scores.shape}")
     per_class_nms = functools.partial(nms, iou_threshold=iou_threshold, max_output=max_output)
     keep, _ = jax.vmap(lambda b, s: per_class_nms(b, s, valid=s > score_threshold),
                        in_axes=(1, 1))(boxes, scores)  # [K, max_output]
