@@ -1,0 +1,179 @@
+"""What a run shows and leaves behind: a progress bar, TensorBoard scalars, a JSON-lines log,
+the loss-curve picture, the summary table and metrics.json.
+
+Files in the work directory:
+  tensorboard/       event files (`tensorboard --logdir WORKDIR/tensorboard`)
+  train_log.jsonl    one line per logging window: {"step", "images_per_second", and the means of
+                     the step metrics (losses, accuracies, learning_rate, ...) over the window}
+  loss_curve.png     the losses of train_log.jsonl against the step
+  metrics.json       the run's figures (see `jaxdet.training.loop`)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from tqdm import tqdm
+
+TRAIN_LOG = "train_log.jsonl"
+LOSS_CURVE = "loss_curve.png"
+METRICS = "metrics.json"
+TENSORBOARD = "tensorboard"
+
+# The bar shows these, shortened; everything else goes to the log and TensorBoard only.
+_BAR_FIELDS = (("loss", "loss"), ("rpn_cls_loss", "rpn_cls"), ("rpn_box_loss", "rpn_box"),
+               ("roi_cls_loss", "roi_cls"), ("roi_box_loss", "roi_box"))
+_CURVE_FIELDS = ("loss", "rpn_cls_loss", "rpn_box_loss", "roi_cls_loss", "roi_box_loss")
+
+
+def _summary_writer(workdir: str):
+    # Imported here: tensorboardX pulls in protobuf, which commands that do not train never need.
+    from tensorboardX import SummaryWriter
+    return SummaryWriter(logdir=os.path.join(workdir, TENSORBOARD), flush_secs=30)
+
+
+class TrainingReporter:
+    """Progress of a training run: tqdm bar, TensorBoard scalars and `train_log.jsonl`.
+
+    Args:
+      workdir: the run's directory.
+      start_step, total_steps: the bar runs from start_step to total_steps.
+      images_per_step: global batch size (for images/s).
+      log_every: steps per logging window (TensorBoard, the log, the bar's numbers).
+      show_bar: draw the bar (on stderr).
+      append: keep an existing `train_log.jsonl` (a resumed run) instead of starting it anew.
+    """
+
+    def __init__(self, workdir: str, *, start_step: int, total_steps: int, images_per_step: int,
+                 log_every: int, show_bar: bool = True, append: bool = False):
+        self.workdir = workdir
+        self.images_per_step = int(images_per_step)
+        self.log_every = max(1, int(log_every))
+        os.makedirs(workdir, exist_ok=True)
+        self._log_path = os.path.join(workdir, TRAIN_LOG)
+        if not append and os.path.exists(self._log_path):
+            os.remove(self._log_path)
+        self._writer = _summary_writer(workdir)
+        self._bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step", disable=not show_bar,
+                         dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+        self._window: list = []
+        self._window_start = None
+        self._timed_steps = 0
+        self.last_logged: dict = {}
+
+    def step(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Records the metrics of the step that brought the state to `step` (host floats)."""
+        now = time.perf_counter()
+        self._window.append(dict(metrics))
+        if self._window_start is None:
+            # The first step of a run includes compilation: the rate is timed from its end.
+            self._window_start = now
+        else:
+            self._timed_steps += 1
+        self._bar.update(1)
+        if step % self.log_every == 0:
+            self._flush(step, now)
+
+    def _flush(self, step: int, now: float) -> None:
+        row = {"step": int(step)}
+        for key in self._window[0]:
+            row[key] = float(np.mean([m[key] for m in self._window]))
+        if self._timed_steps:
+            row["images_per_second"] = self._timed_steps * self.images_per_step / max(now - self._window_start, 1e-9)
+        self._window, self._window_start, self._timed_steps = [], now, 0
+        for key, value in row.items():
+            if key != "step":
+                self._writer.add_scalar(f"train/{key}", value, step)
+        with open(self._log_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        postfix = {short: f"{row[key]:.3f}" for key, short in _BAR_FIELDS if key in row}
+        if "learning_rate" in row:
+            postfix["lr"] = f"{row['learning_rate']:.1e}"
+        if "images_per_second" in row:
+            postfix["img/s"] = f"{row['images_per_second']:.1f}"
+        self._bar.set_postfix(postfix, refresh=False)
+        self.last_logged = row
+
+    def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
+        """Writes finite numbers of `values` to TensorBoard as `prefix/name`."""
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                self._writer.add_scalar(f"{prefix}/{key}", value, step)
+
+    def close(self) -> None:
+        self._bar.close()
+        self._writer.close()
+
+
+def read_train_log(workdir: str) -> list:
+    """The rows of `train_log.jsonl` (empty if there is none)."""
+    path = os.path.join(workdir, TRAIN_LOG)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_loss_curve(rows: Sequence[Mapping[str, float]], path: str, *, title: str = "training losses") -> None:
+    """Plots the losses of train-log rows against the step (log scale) and saves a PNG."""
+    figure = Figure(figsize=(7, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    steps = [r["step"] for r in rows]
+    for key in _CURVE_FIELDS:
+        values = [r.get(key, float("nan")) for r in rows]
+        if any(math.isfinite(v) and v > 0 for v in values):
+            axes.plot(steps, values, label=key, linewidth=2.0 if key == "loss" else 1.0)
+    if axes.get_legend_handles_labels()[0]:
+        axes.set_yscale("log")
+        axes.legend(loc="upper right", fontsize="small")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss (mean over each logging window)")
+    axes.grid(alpha=0.3, which="both")
+    axes.set_title(title)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, format="png")
+
+
+def eval_bar(total: int, *, show_bar: bool = True) -> tqdm:
+    """A progress bar over `total` evaluation images."""
+    return tqdm(total=total, desc="eval", unit="img", disable=not show_bar, dynamic_ncols=True, mininterval=0.5,
+                file=sys.stderr)
+
+
+def update_metrics_file(workdir: str, values: Mapping) -> dict:
+    """Merges `values` into `metrics.json` (kept from training when only evaluating); returns all of it."""
+    path = os.path.join(workdir, METRICS)
+    metrics = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            metrics = json.load(f)
+    metrics.update(values)
+    with open(path, "w") as f:
+        json.dump(metrics, f, indent=2, sort_keys=True, allow_nan=True)
+        f.write("\n")
+    return metrics
+
+
+def summary_table(rows: Iterable[tuple], *, title: str = "") -> str:
+    """A two-column text table of (name, value) rows; floats with 4 decimals, strings as given."""
+    cells = [(str(name), f"{value:.4f}" if isinstance(value, float) else str(value)) for name, value in rows]
+    left = max([len(n) for n, _ in cells], default=0)
+    right = max([len(v) for _, v in cells], default=0)
+    # A long title widens the value column, never the names.
+    right = max(right, len(title) - left - 3)
+    rule = "+" + "-" * (left + 2) + "+" + "-" * (right + 2) + "+"
+    lines = [rule]
+    if title:
+        lines += [f"| {title.ljust(left + right + 3)} |", rule]
+    lines += [f"| {n.ljust(left)} | {v.rjust(right)} |" for n, v in cells]
+    lines.append(rule)
+    return "\n".join(lines)

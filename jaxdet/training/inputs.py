@@ -1,0 +1,138 @@
+"""From a config's `data` section to datasets and input pipelines (what the training loop reads).
+
+`config.data.dataset` picks the source:
+  "shapes"  the synthetic set (`jaxdet.data.shapes`): generated in memory from `data.shapes`,
+            `num_train`/`num_test` and `train_seed`/`test_seed`, or read from `data.root` when it
+            is set (a VOC tree that `jaxdet make-shapes` wrote, splits "train" and "test").
+  "voc"     a VOCdevkit at `data.root`; `train_splits` like ("VOC2007/trainval", "VOC2012/trainval")
+            are joined, `test_split` like "VOC2007/test".
+  "coco"    a COCO tree at `data.root`: `annotations/instances_{split}.json` and images in
+            `{split}/`, for each of `train_splits` (joined) and `test_split`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from jaxdet.data import (DataError, Dataset, InputPipeline, ShapesConfig, VOC_CLASSES, concat_datasets, make_shapes,
+                         read_coco, read_voc)
+
+DATASETS = ("shapes", "voc", "coco")
+SPLITS = ("train", "test")
+
+
+class DatasetNotFound(FileNotFoundError):
+    """The dataset a config names is not on disk; the message says where it was looked for."""
+
+
+def _get(data: ml_collections.ConfigDict, name: str, default):
+    return data[name] if name in data else default
+
+
+def _require(path: str, what: str, dataset: str) -> None:
+    if not os.path.exists(path):
+        raise DatasetNotFound(
+            f"the {dataset} dataset was not found: {what} {path!r} does not exist. Point "
+            f"--config.data.root at the directory that holds it"
+            + (" (for the synthetic shapes, `jaxdet make-shapes --out DIR` writes one, or leave "
+               "data.root empty to generate them in memory)" if dataset == "shapes" else "")
+            + "; nothing is ever downloaded.")
+
+
+def _shapes_config(data: ml_collections.ConfigDict) -> ShapesConfig:
+    return ShapesConfig(**dict(data.shapes))
+
+
+def load_dataset(config: ml_collections.ConfigDict, split: str) -> Dataset:
+    """The training ("train") or held-out ("test") Dataset of `config.data`.
+
+    Raises:
+      DatasetNotFound: `data.root` (or a split's list or annotation file) is missing.
+      ValueError: an unknown `data.dataset` or split.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    data = config.data
+    kind = data.dataset
+    if kind not in DATASETS:
+        raise ValueError(f"data.dataset must be one of {DATASETS}, got {kind!r}")
+    root = _get(data, "root", "")
+    on_error = _get(data, "on_error", "raise")
+    if kind == "shapes":
+        shapes = _shapes_config(data)
+        if not root:
+            count, seed = ((data.num_train, data.train_seed) if split == "train"
+                           else (data.num_test, data.test_seed))
+            return make_shapes(int(count), seed=int(seed), config=shapes)
+        _require(os.path.join(root, "ImageSets", "Main", f"{split}.txt"), "the split list", kind)
+        return read_voc(root, split, class_names=shapes.classes, on_error=on_error)
+    if not root:
+        raise DatasetNotFound(f"the {kind} dataset needs a location: set --config.data.root=DIR "
+                              f"(the {'VOCdevkit' if kind == 'voc' else 'COCO'} directory); nothing is "
+                              "ever downloaded.")
+    _require(root, "data.root", kind)
+    names = tuple(data.train_splits) if split == "train" else (data.test_split,)
+    parts = []
+    for name in names:
+        if kind == "voc":
+            year, _, image_set = name.partition("/")
+            year_root = os.path.join(root, year)
+            _require(os.path.join(year_root, "ImageSets", "Main", f"{image_set}.txt"),
+                     f"the split list of {name!r}", kind)
+            parts.append(read_voc(year_root, image_set, class_names=VOC_CLASSES, on_error=on_error))
+        else:
+            annotation_file = os.path.join(root, "annotations", f"instances_{name}.json")
+            _require(annotation_file, f"the annotations of {name!r}", kind)
+            parts.append(read_coco(annotation_file, os.path.join(root, name), on_error=on_error,
+                                   keep_empty=split == "test"))
+    dataset = parts[0] if len(parts) == 1 else concat_datasets(*parts)
+    if len(dataset) == 0:
+        raise DataError(f"the {kind} {split} split {names} under {root!r} has no usable images")
+    return dataset
+
+
+def class_names(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> tuple:
+    """The class names the model's labels stand for (from the dataset when given)."""
+    if dataset is not None:
+        return tuple(dataset.class_names)
+    if config.data.dataset == "shapes":
+        return _shapes_config(config.data).classes
+    if config.data.dataset == "voc":
+        return VOC_CLASSES
+    raise ValueError(f"class names of a {config.data.dataset!r} dataset come from the dataset itself")
+
+
+def check_num_classes(config: ml_collections.ConfigDict, dataset: Dataset) -> None:
+    """ValueError when the model's `num_classes` differs from the dataset's."""
+    if config.model.num_classes != dataset.num_classes:
+        raise ValueError(f"model.num_classes is {config.model.num_classes} but the dataset has "
+                         f"{dataset.num_classes} classes {dataset.class_names}; set "
+                         f"--config.model.num_classes={dataset.num_classes}")
+
+
+def train_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, *, num_shards: int = 1,
+                   shard_index: int = 0) -> InputPipeline:
+    """Shuffled, flipped, full batches of `config.train.batch_size` (global) images."""
+    data = config.data
+    batch_size = int(config.train.batch_size)
+    if batch_size % num_shards:
+        raise ValueError(f"train.batch_size {batch_size} is not divisible by the {num_shards} shards")
+    return InputPipeline(dataset, batch_size=batch_size // num_shards, max_boxes=data.max_boxes,
+                         min_size=data.min_size, max_size=data.max_size, normalization=data.normalization,
+                         shuffle=True, flip=data.flip, drop_remainder=True,
+                         keep_difficult=_get(data, "use_difficult", False), seed=config.train.seed,
+                         num_shards=num_shards, shard_index=shard_index)
+
+
+def eval_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, *, batch_size: int | None = None) -> InputPipeline:
+    """Every image once in dataset order (the last batch filled with `image_id` -1), no flip."""
+    data = config.data
+    if batch_size is None:
+        batch_size = int(config.eval.batch_size) if "eval" in config else int(config.train.batch_size)
+    # Evaluation reads the ground truth from the records; batches only need room for it.
+    most = max((len(r.labels) for r in dataset.records), default=0)
+    return InputPipeline(dataset, batch_size=batch_size, max_boxes=max(1, most), min_size=data.min_size,
+                         max_size=data.max_size, normalization=data.normalization, shuffle=False, flip=False,
+                         drop_remainder=False)

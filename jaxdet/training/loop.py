@@ -1,0 +1,368 @@
+"""The training loop and evaluation of a whole run: `train_and_evaluate(config, workdir)`.
+
+`train` runs `train_step` from the last checkpoint (or step 0) to `config.train.num_steps`,
+saving checkpoints every `train.checkpoint_every` steps and at the end, with a progress bar,
+TensorBoard scalars and `train_log.jsonl` (`jaxdet.reporting`). The metrics of each step are
+read back one step late, so the host never waits for the device except at checkpoints; a
+non-finite loss or gradient stops the run (`TrainingDiverged`) before anything after it is
+saved, so the last checkpoint is always a good one.
+
+`evaluate` detects on every image of a dataset and writes, into the work directory,
+`metrics.json` (VOC07 mAP@0.5, VOC area mAP, COCO AP and the rest of COCO's table, per-class AP),
+`pr_curves.png`, `detections.png` (the first held-out images with their detections and dashed
+ground truth) and `detections_coco.json` (the detections as a COCO results list).
+
+Work directory layout: checkpoints/, tensorboard/, train_log.jsonl, loss_curve.png,
+config.json (the run's resolved config), class_names.json, and the evaluation files above.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Mapping, Sequence
+
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from jaxdet import reporting
+from jaxdet.data import Dataset, boxes_to_original, dataset_to_coco, load_image
+from jaxdet.evaluation import STAT_NAMES, draw_detections, eval_detection_coco, eval_detection_voc, plot_pr_curves
+from jaxdet.inference import detections_to_lists, predict
+from jaxdet.training.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
+from jaxdet.training.inputs import check_num_classes, eval_pipeline, load_dataset, train_pipeline
+from jaxdet.training.state import TrainState, create_train_state, test_settings
+from jaxdet.training.step import step_key, train_step
+
+CHECKPOINTS = "checkpoints"
+CONFIG_FILE = "config.json"
+CLASS_NAMES_FILE = "class_names.json"
+PR_CURVES = "pr_curves.png"
+DETECTIONS_PICTURE = "detections.png"
+COCO_RESULTS = "detections_coco.json"
+# What the training step reads from a batch (the rest is for evaluation and bookkeeping).
+TRAIN_KEYS = ("images", "boxes", "labels", "valid", "image_hw", "scale")
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient; the message names the step, the last finite losses and the last checkpoint."""
+
+    def __init__(self, *, step: int, metrics: Mapping[str, float], last_finite: tuple | None,
+                 checkpoint_step: int | None, checkpoint_dir: str):
+        self.step, self.metrics, self.last_finite = step, dict(metrics), last_finite
+        self.checkpoint_step, self.checkpoint_dir = checkpoint_step, checkpoint_dir
+        bad = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if not math.isfinite(v))
+        if last_finite is None:
+            before = "No step before it had finite losses."
+        else:
+            good_step, good = last_finite
+            losses = ", ".join(f"{k}={v:.4g}" for k, v in sorted(good.items()) if "loss" in k)
+            before = f"The last finite losses, at step {good_step}: {losses}."
+        if checkpoint_step is None:
+            kept = "No checkpoint had been saved yet."
+        else:
+            kept = (f"The last good checkpoint, step {checkpoint_step}, is kept in {checkpoint_dir}; "
+                    "continue from it with --resume.")
+        super().__init__(
+            f"Training stopped at step {step}: the loss became NaN or infinite ({bad}). {before} {kept} "
+            "Lower the learning rate (--config.optimizer.learning_rate), add warm-up "
+            "(--config.optimizer.warmup_steps) or gradient clipping (--config.optimizer.clip_norm), "
+            "and check the data for broken boxes.")
+
+
+class CheckpointsExist(RuntimeError):
+    """The work directory already holds a run's checkpoints and resuming was not asked for."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train` returns: the final state and the figures of the run."""
+
+    state: TrainState
+    start_step: int            # the step training started (or resumed) from
+    final_step: int
+    train_seconds: float       # wall time of the steps run, compilation included
+    first_step_seconds: float  # the first step alone (mostly compilation)
+    images_per_second: float   # training throughput after the first step
+
+
+class Placement:
+    """Puts the train state and batches on `devices`: one device, or a data-parallel mesh.
+
+    With several devices the batch is split along its leading axis over a 1-D mesh ("data")
+    and the state replicated; `train_step` is the same program, partitioned by the compiler.
+    """
+
+    def __init__(self, devices: Sequence[Any]):
+        if not devices:
+            raise ValueError("devices must name at least one device")
+        self.devices = tuple(devices)
+        if len(self.devices) == 1:
+            self._replicated = self._split = self.devices[0]
+        else:
+            mesh = jax.sharding.Mesh(np.array(self.devices), ("data",))
+            self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            self._split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+    def state(self, state: TrainState) -> TrainState:
+        return jax.device_put(state, self._replicated)
+
+    def batch(self, batch: Mapping[str, np.ndarray]) -> dict:
+        return jax.device_put(dict(batch), self._split)
+
+
+def _host_metrics(metrics: Mapping[str, jax.Array]) -> dict:
+    return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+
+
+def save_run_files(config: ml_collections.ConfigDict, workdir: str, class_names: Sequence[str]) -> None:
+    """Writes `config.json` and `class_names.json`, what `eval` and `predict` read back."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        f.write(config.to_json(indent=2))
+    with open(os.path.join(workdir, CLASS_NAMES_FILE), "w") as f:
+        json.dump(list(class_names), f)
+
+
+def read_class_names(workdir: str) -> tuple:
+    with open(os.path.join(workdir, CLASS_NAMES_FILE)) as f:
+        return tuple(json.load(f))
+
+
+def _check_trainable(config: ml_collections.ConfigDict) -> None:
+    if config.model.kind != "faster_rcnn":
+        raise ValueError(
+            f"model.kind={config.model.kind!r}: the command-line training loop feeds images and boxes only, "
+            "and does not yet load per-image proposals for Fast R-CNN; train it from a script that adds "
+            "'proposals' [B, P, 4] and 'proposal_valid' [B, P] to each batch (see jaxdet.training.step)")
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
+          devices: Sequence[Any] | None = None, show_progress: bool = True,
+          dataset: Dataset | None = None) -> TrainResult:
+    """Trains to `config.train.num_steps`, checkpointing into `workdir/checkpoints`.
+
+    Args:
+      config: an experiment config (`experiments/configs/*.py`).
+      workdir: the run's directory (created).
+      resume: continue from the latest checkpoint in workdir (from step 0 if there is none).
+      devices: jax devices to train on (data parallel over several); default the first device.
+      show_progress: draw the progress bar.
+      dataset: the training Dataset; default `load_dataset(config, "train")`.
+
+    Raises:
+      CheckpointsExist: workdir has checkpoints and `resume` is False.
+      TrainingDiverged: a non-finite loss or gradient (nothing after the last good checkpoint saved).
+    """
+    _check_trainable(config)
+    devices = tuple(devices or jax.devices()[:1])
+    if dataset is None:
+        dataset = load_dataset(config, "train")
+    check_num_classes(config, dataset)
+    pipeline = train_pipeline(config, dataset)
+    num_steps = int(config.train.num_steps)
+    checkpoint_dir = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+    every = int(config.train.checkpoint_every)
+    manager = checkpoint_manager(checkpoint_dir, save_every=every, keep=int(config.train.keep_checkpoints))
+    latest = manager.latest_step()
+    if latest is not None and not resume:
+        manager.close()
+        raise CheckpointsExist(
+            f"{workdir} already holds the checkpoints of a run (the latest at step {latest}). Pass --resume to "
+            "continue it, or choose another --workdir to start a new run.")
+    state = create_train_state(config, jax.random.key(int(config.train.seed)))
+    start = 0
+    if latest is not None:
+        state, data_state = restore_checkpoint(manager, state)
+        start = int(data_state.get("next_step", int(state.step)))
+    save_run_files(config, workdir, dataset.class_names)
+    placement = Placement(devices)
+    state = placement.state(state)
+    reporter = reporting.TrainingReporter(
+        workdir, start_step=start, total_steps=num_steps, images_per_step=pipeline.batch_size,
+        log_every=int(config.train.log_every), show_bar=show_progress, append=latest is not None)
+
+    last_finite = None  # (step, host metrics)
+
+    def record(step: int, metrics: Mapping[str, jax.Array]) -> None:
+        nonlocal last_finite
+        host = _host_metrics(metrics)
+        if not all(math.isfinite(v) for v in host.values()):
+            manager.wait_until_finished()
+            raise TrainingDiverged(step=step, metrics=host, last_finite=last_finite,
+                                   checkpoint_step=manager.latest_step(), checkpoint_dir=checkpoint_dir)
+        last_finite = (step, host)
+        reporter.step(step, host)
+
+    step, pending = start, None
+    began = time.perf_counter()
+    first_step_seconds = 0.0
+    try:
+        for batch in pipeline.batches(start, max(num_steps - start, 0)):
+            state, metrics = train_step(state, placement.batch({k: batch[k] for k in TRAIN_KEYS}), step_key(state))
+            step += 1
+            if pending is not None:
+                record(*pending)
+            pending = (step, metrics)
+            if step == start + 1:
+                record(*pending)
+                pending = None
+                first_step_seconds = time.perf_counter() - began
+            # A checkpoint is written only once its step's losses and gradient are known to be finite.
+            if step % every == 0 or step == num_steps:
+                if pending is not None:
+                    record(*pending)
+                    pending = None
+                save_checkpoint(manager, state, data_state={"next_step": step}, force=step == num_steps)
+        if pending is not None:
+            record(*pending)
+        jax.block_until_ready(state)
+        train_seconds = time.perf_counter() - began
+    finally:
+        reporter.close()
+        manager.wait_until_finished()
+        manager.close()
+    timed = step - start - 1
+    rate = timed * pipeline.batch_size / max(train_seconds - first_step_seconds, 1e-9) if timed > 0 else float("nan")
+    return TrainResult(state=state, start_step=start, final_step=step, train_seconds=train_seconds,
+                       first_step_seconds=first_step_seconds, images_per_second=rate)
+
+
+def restore_trained(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None) -> TrainState:
+    """The TrainState of a run's checkpoint (the latest if `step` is None).
+
+    Raises:
+      FileNotFoundError: workdir has no checkpoint (or not that step).
+    """
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.pretrained = ""  # the checkpoint holds every weight
+    checkpoint_dir = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+    if not os.path.isdir(checkpoint_dir):
+        raise FileNotFoundError(f"no checkpoints in {workdir}: train there first (jaxdet train --workdir {workdir})")
+    manager = checkpoint_manager(checkpoint_dir, keep=1000)
+    try:
+        state, _ = restore_checkpoint(manager, create_train_state(config, jax.random.key(0)), step=step)
+    finally:
+        manager.close()
+    return state
+
+
+def detect(config: ml_collections.ConfigDict, state: TrainState, dataset: Dataset, *,
+           show_progress: bool = True, batch_size: int | None = None) -> tuple:
+    """Detections on every image of `dataset`.
+
+    Returns:
+      (list over records of {"boxes" [n, 4] xyxy original pixels, "scores" [n], "labels" [n]},
+       seconds spent, compilation included).
+    """
+    pipeline = eval_pipeline(config, dataset, batch_size=batch_size)
+    settings = test_settings(config)
+    found = [None] * len(dataset)
+    began = time.perf_counter()
+    with reporting.eval_bar(len(dataset), show_bar=show_progress) as bar:
+        for batch in pipeline.epoch():
+            detections = predict(state.model, state.variables, batch["images"], batch["image_hw"],
+                                 image_scale=batch["scale"], settings=settings)
+            # Exact per-axis mapping back to the original pixels (the nominal scale is rounded).
+            boxes = boxes_to_original(np.asarray(detections.boxes), image_hw=batch["image_hw"],
+                                      orig_hw=batch["orig_hw"])
+            lists = detections_to_lists(detections._replace(boxes=boxes), scale=np.ones(len(boxes), np.float32),
+                                        orig_hw=batch["orig_hw"])
+            for image_id, result in zip(batch["image_id"], lists):
+                if image_id >= 0:
+                    found[int(image_id)] = result
+            bar.update(int(np.sum(batch["image_id"] >= 0)))
+    return found, time.perf_counter() - began
+
+
+def detection_picture(dataset: Dataset, detections: Sequence[Mapping[str, np.ndarray]], class_names: Sequence[str],
+                      path: str, *, num_images: int = 8, columns: int = 4, score_threshold: float = 0.5) -> None:
+    """A grid of the first `num_images` images with detections above `score_threshold` and dashed ground truth."""
+    tiles = []
+    for record, found in list(zip(dataset.records, detections))[:num_images]:
+        tiles.append(draw_detections(load_image(record), found["boxes"], found["labels"], found["scores"],
+                                     class_names, gt_boxes=record.boxes, gt_labels=record.labels,
+                                     score_threshold=score_threshold, min_side=256))
+    if not tiles:
+        return
+    columns = min(columns, len(tiles))
+    rows = -(-len(tiles) // columns)
+    cell_w, cell_h = max(t.width for t in tiles), max(t.height for t in tiles)
+    grid = Image.new("RGB", (columns * cell_w + (columns + 1) * 4, rows * cell_h + (rows + 1) * 4), (32, 32, 32))
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, columns)
+        grid.paste(tile, (4 + c * (cell_w + 4), 4 + r * (cell_h + 4)))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    grid.save(path, format="PNG")
+
+
+def evaluate(config: ml_collections.ConfigDict, state: TrainState, dataset: Dataset, workdir: str, *,
+             show_progress: bool = True) -> dict:
+    """Detects on `dataset`, computes VOC and COCO metrics, and writes the evaluation files.
+
+    Returns:
+      the figures merged into `workdir/metrics.json`: voc07_map (11-point, IoU 0.5), voc_map
+      (area), coco_ap (IoU 0.50:0.95) and coco_<stat> for the rest of COCO's table, per_class_ap
+      (VOC07, by name), eval_images, eval_seconds, eval_images_per_second, checkpoint_step.
+    """
+    check_num_classes(config, dataset)
+    detections, seconds = detect(config, state, dataset, show_progress=show_progress)
+    boxes = [d["boxes"] for d in detections]
+    labels = [d["labels"] for d in detections]
+    scores = [d["scores"] for d in detections]
+    gt_boxes = [r.boxes for r in dataset.records]
+    gt_labels = [r.labels for r in dataset.records]
+    # VOC's devkit has no crowd regions: matching one is neither right nor wrong, as for `difficult`.
+    ignored = [r.difficult | r.iscrowd for r in dataset.records]
+    voc07 = eval_detection_voc(boxes, labels, scores, gt_boxes, gt_labels, ignored, use_07_metric=True,
+                               num_classes=dataset.num_classes)
+    voc_area = eval_detection_voc(boxes, labels, scores, gt_boxes, gt_labels, ignored, use_07_metric=False,
+                                  num_classes=dataset.num_classes)
+    coco = eval_detection_coco(boxes, labels, scores, gt=dataset_to_coco(dataset),
+                               image_ids=[r.image_id for r in dataset.records], category_ids=dataset.category_ids)
+    os.makedirs(workdir, exist_ok=True)
+    plot_pr_curves(voc07, dataset.class_names, os.path.join(workdir, PR_CURVES),
+                   title=f"held-out PR curves: VOC07 mAP@0.5 {voc07['map']:.4f}, COCO AP {coco['AP']:.4f}")
+    detection_picture(dataset, detections, dataset.class_names, os.path.join(workdir, DETECTIONS_PICTURE))
+    with open(os.path.join(workdir, COCO_RESULTS), "w") as f:
+        json.dump(coco["results"], f)
+    figures = {
+        "voc07_map": voc07["map"],
+        "voc_map": voc_area["map"],
+        "coco_ap": coco["AP"],
+        **{f"coco_{name.lower()}": coco[name] for name in STAT_NAMES[1:]},
+        "per_class_ap": {name: float(ap) for name, ap in zip(dataset.class_names, voc07["ap"])},
+        "eval_images": len(dataset),
+        "eval_seconds": seconds,
+        "eval_images_per_second": len(dataset) / max(seconds, 1e-9),
+        "checkpoint_step": int(jax.device_get(state.step)),
+    }
+    return reporting.update_metrics_file(workdir, figures)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
+                       devices: Sequence[Any] | None = None, show_progress: bool = True) -> dict:
+    """Trains (see `train`), evaluates on the held-out split (see `evaluate`), draws the loss curve.
+
+    Returns:
+      metrics.json's content: `evaluate`'s figures plus train_seconds, first_step_seconds,
+      train_images_per_second, steps, start_step, batch_size and devices.
+    """
+    result = train(config, workdir, resume=resume, devices=devices, show_progress=show_progress)
+    reporting.plot_loss_curve(reporting.read_train_log(workdir), os.path.join(workdir, reporting.LOSS_CURVE))
+    devices = tuple(devices or jax.devices()[:1])
+    reporting.update_metrics_file(workdir, {
+        "train_seconds": result.train_seconds,
+        "first_step_seconds": result.first_step_seconds,
+        "train_images_per_second": result.images_per_second,
+        "steps": result.final_step,
+        "start_step": result.start_step,
+        "batch_size": int(config.train.batch_size),
+        "devices": [str(d) for d in devices],
+    })
+    return evaluate(config, result.state, load_dataset(config, "test"), workdir, show_progress=show_progress)
