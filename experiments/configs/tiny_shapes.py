@@ -54,6 +54,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         sigma=1.0,
     )
 
+    config.loss = dict(
+        box_normalization="samples",  # box losses / sampled anchors or RoIs (py-faster-rcnn), or
+                                      # "positives" (seed 001's N_reg, with rpn_box_weight=10)
+        rpn_box_weight=1.0,          # weight of the RPN box loss in the total
+        roi_box_weight=1.0,          # weight of the RoI-head box loss in the total
+    )
+
     config.test = dict(
         score_threshold=0.05,
         nms_iou=0.3,
@@ -67,7 +74,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         weight_decay=0.0,
         warmup_steps=50,
         warmup_factor=0.1,
-        decay_steps=(1500,),         # x 0.1 for the last part of training
+        decay_steps=(1200,),         # x 0.1 for the last fifth of training
         decay_factor=0.1,
         clip_norm=10.0,              # guards the first steps of a from-scratch RPN
     )
@@ -95,7 +102,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     config.train = dict(
         batch_size=8,
-        num_steps=2000,
+        num_steps=1500,
         seed=0,
         log_every=50,
         checkpoint_every=500,

@@ -56,6 +56,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         sigma=1.0,                   # smooth-L1 sigma of the head box loss
     )
 
+    config.loss = dict(
+        box_normalization="samples",  # box losses / sampled anchors or RoIs (py-faster-rcnn), or
+                                      # "positives" (seed 001's N_reg, with rpn_box_weight=10)
+        rpn_box_weight=1.0,          # weight of the RPN box loss in the total
+        roi_box_weight=1.0,          # weight of the RoI-head box loss in the total
+    )
+
     config.test = dict(
         score_threshold=0.05,        # detections scoring at or below are dropped
         nms_iou=0.3,                 # per-class NMS threshold

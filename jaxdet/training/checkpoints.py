@@ -35,8 +35,10 @@ def checkpoint_manager(directory: str, *, save_every: int = 1000, keep: int = 3,
     """
     if save_every < 1 or keep < 1:
         raise ValueError(f"save_every and keep must be >= 1, got {save_every} and {keep}")
-    options = ocp.CheckpointManagerOptions(save_interval_steps=save_every, max_to_keep=keep, create=True,
-                                           cleanup_tmp_directories=True, enable_async_checkpointing=async_save)
+    # Multiples of save_every only (orbax's own interval would also save the first step seen).
+    options = ocp.CheckpointManagerOptions(should_save_fn=lambda step, _: step % save_every == 0, max_to_keep=keep,
+                                           create=True, cleanup_tmp_directories=True,
+                                           enable_async_checkpointing=async_save)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=(STATE, DATA))
 
 

@@ -6,6 +6,7 @@ prediction from a checkpoint).
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -42,7 +43,8 @@ class TrainState(struct.PyTreeNode):
     params: the "params" collection of the model (float32).
     model_state: the other variable collections, e.g. {"batch_stats": ...} (constant in training).
     opt_state: the optax state.
-    rng: the run's PRNG key; step i draws with `fold_in(rng, i)` (`jaxdet.training.step.step_key`).
+    rng: the run's PRNG key as raw uint32 data; step i draws with `fold_in(rng, i)`
+      (`jaxdet.training.step.step_key`).
     """
 
     step: jax.Array
@@ -89,8 +91,8 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
 
 
 def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
-    """TrainSettings from `config.rpn` and `config.roi`."""
-    rpn, roi = config.rpn, config.roi
+    """TrainSettings from `config.rpn`, `config.roi` and `config.loss`."""
+    rpn, roi, loss = config.rpn, config.roi, config.loss
     return TrainSettings(
         rpn_num_samples=rpn.num_samples, rpn_positive_fraction=rpn.positive_fraction,
         rpn_positive_iou=rpn.positive_iou, rpn_negative_iou=rpn.negative_iou,
@@ -98,7 +100,8 @@ def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
         post_nms=rpn.train_post_nms, rpn_nms_iou=rpn.nms_iou, min_size=rpn.min_size,
         roi_num_samples=roi.num_samples, foreground_fraction=roi.foreground_fraction,
         foreground_iou=roi.foreground_iou, background_iou=tuple(roi.background_iou),
-        box_stds=tuple(roi.box_stds), roi_sigma=roi.sigma)
+        box_stds=tuple(roi.box_stds), roi_sigma=roi.sigma, box_normalization=loss.box_normalization,
+        rpn_box_weight=loss.rpn_box_weight, roi_box_weight=loss.roi_box_weight)
 
 
 def test_settings(config: ml_collections.ConfigDict) -> TestSettings:
@@ -110,6 +113,7 @@ def test_settings(config: ml_collections.ConfigDict) -> TestSettings:
                         max_detections=test.max_detections)
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_variables(model: nn.Module, key: jax.Array) -> dict:
     """Freshly initialised variables of `model` (parameter shapes do not depend on the image size)."""
     size = 4 * model.stride
@@ -134,15 +138,22 @@ def create_train_state(config: ml_collections.ConfigDict, key: jax.Array) -> Tra
 
     Args:
       config: an experiment config (`experiments/configs/*.py`).
-      key: PRNG key; split into the initialisation key and the run key.
+      key: PRNG key (`jax.random.key` or `PRNGKey`); split into the initialisation key and the
+        run key (stored as raw key data).
     """
     model = build_model(config)
     init_key, run_key = jax.random.split(key)
+    if jnp.issubdtype(run_key.dtype, jax.dtypes.prng_key):
+        # Kept as raw uint32 data: checkpoints then hold a plain array, whichever key style the caller uses.
+        run_key = jax.random.key_data(run_key)
     variables = dict(init_variables(model, init_key))
     params = variables.pop("params")
     if config.model.pretrained:
         params = load_pretrained(config.model.pretrained, params, include_fc="fc6" in params["box_head"])
     tx, schedule = make_optimizer(OptimizerSettings.from_config(config.optimizer), FrozenStages(model.backbone))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-                      opt_state=tx.init(params), rng=run_key, model=model, settings=train_settings(config),
-                      tx=tx, learning_rate_fn=schedule)
+    arrays = dict(step=jnp.zeros((), jnp.int32), params=params, model_state=variables, opt_state=tx.init(params),
+                  rng=run_key)
+    # Committed to the default device, as restored checkpoints are: the step compiled for a fresh
+    # state then serves a restored one (jit compiles anew when only the commitment differs).
+    arrays = jax.device_put(arrays, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+    return TrainState(**arrays, model=model, settings=train_settings(config), tx=tx, learning_rate_fn=schedule)

@@ -37,7 +37,10 @@ class TrainSettings:
 
     RPN (`001_*`): anchor sampling and labelling, the proposal layer with training sizes, the
     smooth-L1 sigma. RoI head (`001_*`, `003_*`): RoI sampling and labelling, the box stds the
-    regression targets are divided by, the smooth-L1 sigma.
+    regression targets are divided by, the smooth-L1 sigma. Losses: the box losses are divided
+    by the number of sampled anchors / RoIs ("samples", py-faster-rcnn's normalisation, weight 1)
+    or of positives ("positives", seed 001's N_reg, which it weights by lambda = 10), then
+    multiplied by rpn_box_weight / roi_box_weight in the total.
     """
 
     rpn_num_samples: int = 256
@@ -56,6 +59,9 @@ class TrainSettings:
     background_iou: Tuple[float, float] = (0.0, 0.5)
     box_stds: Tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     roi_sigma: float = 1.0
+    box_normalization: str = "samples"
+    rpn_box_weight: float = 1.0
+    roi_box_weight: float = 1.0
 
 
 def _accuracy(logits: jax.Array, labels: jax.Array, weight: jax.Array) -> jax.Array:
@@ -79,7 +85,7 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
       train: dropout on (the target sampling is the same either way).
 
     Returns:
-      (loss scalar float32, metrics): the four losses, their sum "loss", "rpn_accuracy" and
+      (loss scalar float32, metrics): the four (unweighted) losses, their weighted sum "loss", "rpn_accuracy" and
       "roi_accuracy" over the sampled anchors / RoIs, and "rpn_positives" and "roi_positives",
       the mean number of positive (foreground) samples per image.
     """
@@ -102,8 +108,9 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
             negative_iou=s.rpn_negative_iou, allowed_border=s.rpn_allowed_border))(
             gt_boxes=batch["boxes"], gt_valid=batch["valid"], image_hw=image_hw, key=per_image(anchor_key))
         cls_loss, box_loss = rpn_loss(logits=rpn.logits, deltas=rpn.deltas, labels=targets.labels,
-                                      target_deltas=targets.deltas, sigma=s.rpn_sigma)
-        loss = loss + cls_loss + box_loss
+                                      target_deltas=targets.deltas, sigma=s.rpn_sigma,
+                                      normalize_by=s.box_normalization)
+        loss = loss + cls_loss + s.rpn_box_weight * box_loss
         metrics.update(rpn_cls_loss=cls_loss, rpn_box_loss=box_loss,
                        rpn_accuracy=_accuracy(rpn.logits, targets.labels, targets.labels >= 0),
                        rpn_positives=jnp.mean(jnp.sum(targets.labels == 1, axis=-1).astype(jnp.float32)))
@@ -126,8 +133,9 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
     head = model.apply(variables, features, samples.rois, train, method=model.classify,
                        rngs={"dropout": dropout_key})
     cls_loss, box_loss = roi_head_loss(logits=head.logits, deltas=head.deltas, labels=samples.labels,
-                                       target_deltas=samples.deltas, valid=samples.valid, sigma=s.roi_sigma)
-    loss = loss + cls_loss + box_loss
+                                       target_deltas=samples.deltas, valid=samples.valid, sigma=s.roi_sigma,
+                                       normalize_by=s.box_normalization)
+    loss = loss + cls_loss + s.roi_box_weight * box_loss
     metrics.update(roi_cls_loss=cls_loss, roi_box_loss=box_loss,
                    roi_accuracy=_accuracy(head.logits, samples.labels, samples.valid),
                    roi_positives=jnp.mean(jnp.sum((samples.labels > 0) & samples.valid, axis=-1).astype(jnp.float32)),
@@ -143,7 +151,7 @@ def _train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Arra
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics.update(learning_rate=state.learning_rate_fn(state.step), grad_norm=optax.global_norm(grads))
+    metrics.update(learning_rate=state.learning_rate_fn(state.step), grad_norm=optax.tree.norm(grads))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 

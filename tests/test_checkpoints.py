@@ -1,0 +1,111 @@
+"""Checkpoints: exact resume, retention, the save interval, and a kill while saving."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from jaxdet.training import checkpoint_manager, create_train_state, restore_checkpoint, save_checkpoint
+from jaxdet.training.step import step_key, train_step
+from test_training import load_config, synthetic_batch
+
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config()
+
+
+def run(state, batches, start, count):
+    """`count` steps from global step `start`; batch i is batches[i] (the data position is the step)."""
+    losses = []
+    for i in range(start, start + count):
+        state, metrics = train_step(state, batches[i], step_key(state))
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+def test_resume_continues_the_same_run(config, tmp_path):
+    batches = [synthetic_batch(100 + i) for i in range(6)]
+    straight, straight_losses = run(create_train_state(config, jax.random.PRNGKey(7)), batches, 0, 6)
+
+    manager = checkpoint_manager(str(tmp_path / "ckpt"), save_every=3, keep=2)
+    first, first_losses = run(create_train_state(config, jax.random.PRNGKey(7)), batches, 0, 3)
+    assert save_checkpoint(manager, first, data_state={"position": 3, "epoch": 0})
+    manager.close()
+
+    # A new process would do this: a fresh state (another key, so nothing is shared by accident),
+    # then the checkpoint's parameters, optimizer state, step, run key and data position.
+    fresh = create_train_state(config, jax.random.PRNGKey(123))
+    restored, data_state = restore_checkpoint(checkpoint_manager(str(tmp_path / "ckpt")), fresh)
+    assert data_state == {"position": 3, "epoch": 0}
+    assert int(restored.step) == 3
+    np.testing.assert_array_equal(restored.rng, jax.random.split(jax.random.PRNGKey(7))[1])
+    resumed, resumed_losses = run(restored, batches, data_state["position"], 3)
+
+    np.testing.assert_allclose(first_losses + resumed_losses, straight_losses, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves((resumed.params, resumed.opt_state)),
+                    jax.tree.leaves((straight.params, straight.opt_state))):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_interval_retention_and_forced_final_save(config, tmp_path):
+    state = create_train_state(config, jax.random.PRNGKey(0))
+    manager = checkpoint_manager(str(tmp_path / "ckpt"), save_every=2, keep=2, async_save=False)
+    saved = []
+    for step in range(1, 8):
+        state = state.replace(step=jax.numpy.int32(step))
+        saved.append(save_checkpoint(manager, state, data_state={"position": step}, force=step == 7))
+    assert saved == [False, True, False, True, False, True, True]
+    assert manager.all_steps() == [6, 7]
+    _, data_state = restore_checkpoint(manager, state, step=6)
+    assert data_state == {"position": 6}
+    with pytest.raises(FileNotFoundError, match="no checkpoint for step 2"):
+        restore_checkpoint(manager, state, step=2)
+    with pytest.raises(FileNotFoundError, match="no checkpoint in"):
+        restore_checkpoint(checkpoint_manager(str(tmp_path / "empty")), state)
+
+
+KILLED_WHILE_SAVING = textwrap.dedent("""
+    import os, signal, sys
+    import jax, jax.numpy as jnp
+    sys.path.insert(0, {tests!r})
+    from test_training import load_config
+    from jaxdet.training import checkpoint_manager, create_train_state, save_checkpoint
+    state = create_train_state(load_config(), jax.random.PRNGKey(0))
+    manager = checkpoint_manager({directory!r}, save_every=1, keep=5)
+    save_checkpoint(manager, state.replace(step=jnp.int32(1)), data_state={{"position": 1}})
+    manager.wait_until_finished()
+    # Step 2 carries 256 MB, so its background write is far from done when the process dies.
+    big = state.replace(step=jnp.int32(2), params={{**state.params, "ballast": jnp.ones((64, 1024, 1024))}})
+    save_checkpoint(manager, big, data_state={{"position": 2}})
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_a_kill_while_saving_leaves_the_previous_checkpoint_intact(config, tmp_path):
+    directory = str(tmp_path / "ckpt")
+    script = KILLED_WHILE_SAVING.format(tests=os.path.dirname(os.path.abspath(__file__)), directory=directory)
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(REPO), JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    # The process died with step 2 half written (orbax's temporary directory) ...
+    assert sorted(os.listdir(directory))[0] == "1" and any(n.startswith("2.") for n in os.listdir(directory))
+    # ... which the next manager ignores (and clears).
+    manager = checkpoint_manager(directory)
+    assert manager.all_steps() == [1]
+    state = create_train_state(config, jax.random.PRNGKey(0))
+    restored, data_state = restore_checkpoint(manager, state)
+    assert int(restored.step) == 1 and data_state == {"position": 1}
+    for a, b in zip(jax.tree.leaves(restored.params), jax.tree.leaves(state.params)):
+        np.testing.assert_array_equal(a, b)
+    # The half-written step 2 is not in the way of saving step 2 again.
+    assert save_checkpoint(manager, state.replace(step=jax.numpy.int32(2)), force=True)
+    manager.wait_until_finished()
+    assert manager.all_steps() == [1, 2]

@@ -1,0 +1,170 @@
+"""VGG16 weight conversion: PyTorch-layout state dicts -> detector params, and back.
+
+The state dicts are synthetic but have torchvision's real key names and shapes (the 13 convs,
+fc6 [4096, 25088], fc7, and the 1000-way classifier.6 the detector does not use). Beyond the
+round trip, the converted network is checked against an NCHW computation written here from
+the PyTorch-layout weights, so two mutually inverse but wrong permutations cannot pass.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from jaxdet.models import VGG16, FCHead, FasterRCNN
+from jaxdet.training.weights import (VGG16_CONVS, WeightsError, convert_vgg16, load_pretrained, load_state_dict,
+                                     vgg16_state_dict)
+
+# torchvision.models.vgg16().features: (index, in, out) of each 3x3 conv.
+TORCHVISION_CONVS = [(0, 3, 64), (2, 64, 64), (5, 64, 128), (7, 128, 128), (10, 128, 256), (12, 256, 256),
+                     (14, 256, 256), (17, 256, 512), (19, 512, 512), (21, 512, 512), (24, 512, 512),
+                     (26, 512, 512), (28, 512, 512)]
+
+
+def synthetic_state_dict(rng, *, include_fc=True, hidden=4096):
+    sd = {}
+    for index, cin, cout in TORCHVISION_CONVS:
+        sd[f"features.{index}.weight"] = rng.standard_normal((cout, cin, 3, 3), np.float32) * 0.05
+        sd[f"features.{index}.bias"] = rng.standard_normal((cout,), np.float32)
+    if include_fc:
+        sd["classifier.0.weight"] = rng.standard_normal((hidden, 25088), np.float32) * 0.01
+        sd["classifier.0.bias"] = rng.standard_normal((hidden,), np.float32)
+        sd["classifier.3.weight"] = rng.standard_normal((hidden, hidden), np.float32) * 0.02
+        sd["classifier.3.bias"] = rng.standard_normal((hidden,), np.float32)
+        sd["classifier.6.weight"] = np.zeros((1000, hidden), np.float32)
+        sd["classifier.6.bias"] = np.zeros((1000,), np.float32)
+    return sd
+
+
+def detector_shapes(hidden=(4096, 4096)):
+    """Parameter shapes of a VGG16 Faster R-CNN (no memory spent on values)."""
+    model = FasterRCNN(backbone=VGG16(), box_head=FCHead(hidden=hidden), num_classes=20)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 1, 4)))
+    return variables["params"]
+
+
+@pytest.fixture(scope="module")
+def full():
+    sd = synthetic_state_dict(np.random.default_rng(0))
+    return sd, convert_vgg16(sd, detector_shapes())
+
+
+def torch_style_vgg16(x_nchw, sd):
+    """conv5_3 features computed the PyTorch way: NCHW activations, OIHW weights."""
+    x = jnp.asarray(x_nchw)
+    for n, (index, _, _) in enumerate(TORCHVISION_CONVS):
+        if n in (2, 4, 7, 10):  # max pool before conv2_1, conv3_1, conv4_1, conv5_1
+            x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+        x = jax.lax.conv_general_dilated(x, sd[f"features.{index}.weight"], (1, 1), ((1, 1), (1, 1)),
+                                         dimension_numbers=("NCHW", "OIHW", "NCHW"),
+                                         precision=jax.lax.Precision.HIGHEST)
+        x = jax.nn.relu(x + sd[f"features.{index}.bias"][None, :, None, None])
+    return x
+
+
+def test_round_trip_real_names_and_shapes(full):
+    sd, params = full
+    assert list(params["backbone"]) == list(VGG16_CONVS)
+    assert params["box_head"]["fc6"]["kernel"].shape == (25088, 4096)
+    back = vgg16_state_dict(params)
+    assert set(back) == set(sd) - {"classifier.6.weight", "classifier.6.bias"}
+    for key, value in back.items():
+        np.testing.assert_array_equal(value, sd[key], err_msg=key)
+    # Layers the file does not hold keep their (abstract) initial values.
+    assert isinstance(params["rpn"]["conv"]["kernel"], jax.ShapeDtypeStruct)
+
+
+def test_converted_backbone_computes_what_torch_layout_computes(full):
+    sd, params = full
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 48), np.float32)
+    ours = VGG16().apply({"params": params["backbone"]}, jnp.asarray(x.transpose(0, 2, 3, 1)))
+    ref = torch_style_vgg16(x, sd)
+    np.testing.assert_allclose(np.asarray(ours).transpose(0, 3, 1, 2), ref, rtol=2e-4, atol=2e-4)
+
+
+def test_converted_fc6_fc7_match_torch_flatten_order(full):
+    sd, params = full
+    pooled_nchw = np.random.default_rng(2).standard_normal((2, 512, 7, 7), np.float32)
+    # PyTorch: x.view(N, -1) of NCHW, then Linear layers with ReLU.
+    h = np.maximum(pooled_nchw.reshape(2, -1) @ sd["classifier.0.weight"].T + sd["classifier.0.bias"], 0)
+    ref = np.maximum(h @ sd["classifier.3.weight"].T + sd["classifier.3.bias"], 0)
+    ours = FCHead().apply({"params": params["box_head"]}, jnp.asarray(pooled_nchw.transpose(0, 2, 3, 1)))
+    np.testing.assert_allclose(ours, ref, rtol=1e-3, atol=1e-3)
+
+
+def test_caffe_layer_names_give_the_same_params():
+    sd = synthetic_state_dict(np.random.default_rng(7), hidden=64)
+    params = convert_vgg16(sd, detector_shapes(hidden=(64, 64)))
+    caffe = {}
+    for n, (index, _, _) in enumerate(TORCHVISION_CONVS):
+        for kind in ("weight", "bias"):
+            caffe[f"{VGG16_CONVS[n]}.{kind}"] = sd[f"features.{index}.{kind}"]
+    for fc, index in (("fc6", 0), ("fc7", 3)):
+        for kind in ("weight", "bias"):
+            caffe[f"{fc}.{kind}"] = sd[f"classifier.{index}.{kind}"]
+    converted = convert_vgg16(caffe, detector_shapes(hidden=(64, 64)))
+    for a, b in zip(jax.tree.leaves(converted["backbone"]) + jax.tree.leaves(converted["box_head"]),
+                    jax.tree.leaves(params["backbone"]) + jax.tree.leaves(params["box_head"])):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("fmt", ["npz", "safetensors"])
+def test_files_load_and_missing_fc_is_named(tmp_path, fmt):
+    sd = synthetic_state_dict(np.random.default_rng(3), include_fc=False)
+    path = str(tmp_path / f"vgg16.{fmt}")
+    if fmt == "npz":
+        np.savez(path, **sd)
+    else:
+        save_file(sd, path)
+    loaded = load_state_dict(path)
+    assert set(loaded) == set(sd)
+    shapes = detector_shapes(hidden=(64, 64))
+    params = load_pretrained(path, shapes, include_fc=False)
+    np.testing.assert_array_equal(params["backbone"]["conv1_1"]["kernel"],
+                                  sd["features.0.weight"].transpose(2, 3, 1, 0))
+    with pytest.raises(WeightsError, match=r"missing key 'classifier\.0\.weight'.*box_head/fc6/kernel") as err:
+        load_pretrained(path, shapes)
+    assert path in str(err.value)
+
+
+def test_mis_shaped_and_missing_keys_are_named():
+    sd = synthetic_state_dict(np.random.default_rng(4), include_fc=False)
+    shapes = detector_shapes()
+    bad = dict(sd, **{"features.2.weight": np.zeros((64, 32, 3, 3), np.float32)})
+    with pytest.raises(WeightsError, match=r"'features\.2\.weight' has shape \(64, 32, 3, 3\).*backbone/conv1_2/kernel"
+                                           r".*expected \(3, 3, 64, 64\)"):
+        convert_vgg16(bad, shapes, include_fc=False)
+    del sd["features.28.bias"]
+    with pytest.raises(WeightsError, match=r"missing key 'features\.28\.bias'.*backbone/conv5_3/bias"):
+        convert_vgg16(sd, shapes, include_fc=False)
+
+
+def test_fc6_of_another_width_is_an_error_naming_the_key(full):
+    sd, _ = full
+    with pytest.raises(WeightsError, match=r"'classifier\.0\.weight' has shape \(4096, 25088\)"):
+        convert_vgg16(sd, detector_shapes(hidden=(64, 64)))
+
+
+def test_pth_needs_torch_or_loads_with_it(tmp_path):
+    path = str(tmp_path / "vgg16.pth")
+    sd = synthetic_state_dict(np.random.default_rng(6), include_fc=False)
+    try:
+        import torch
+    except ImportError:
+        open(path, "wb").close()
+        with pytest.raises(ImportError, match="needs PyTorch"):
+            load_state_dict(path)
+        return
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in sd.items()}}, path)
+    loaded = load_state_dict(path)
+    np.testing.assert_array_equal(loaded["features.28.weight"], sd["features.28.weight"])
+
+
+def test_unknown_and_absent_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="never downloaded"):
+        load_state_dict(str(tmp_path / "absent.npz"))
+    path = tmp_path / "weights.h5"
+    path.write_bytes(b"")
+    with pytest.raises(WeightsError, match=r"unknown weight file type '\.h5'"):
+        load_state_dict(str(path))
