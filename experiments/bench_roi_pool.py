@@ -151,8 +151,9 @@ def main():
                                         for fn in jax_fns(features, rois, "reference")]
         if have_torch:
             for name, fns in torch_fns(features, rois, torch_device).items():
-                repeats = args.repeats if "torchvision" in name else max(3, args.repeats // 5)
-                results[name] = [timed(fn, repeats) for fn in fns]
+                slow = "torchvision" not in name  # the seed's Python loop: seconds per call
+                repeats = max(2, args.repeats // 10) if slow else args.repeats
+                results[name] = [timed(fn, repeats, warmup=1 if slow else 2) for fn in fns]
         ffi_fwd, ffi_both = results["ffi (custom call)"]
         for name, (fwd, both) in results.items():
             lines.append(f"| {num_rois} | {name} | {fwd * 1e3:.3f} | {both * 1e3:.3f} | "
