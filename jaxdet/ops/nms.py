@@ -47,7 +47,7 @@ def _check_static(iou_threshold, max_output, block_size):
             raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def nms(boxes, scores, *, iou_threshold, max_output, valid=None, block_size=128):
+def nms(boxes, scores, *, iou_threshold, max_output, valid=None, block_size=64):
     """Greedy NMS: the indices of the kept boxes in descending score order.
 
     A box is suppressed by a kept, higher-ranked box when their IoU is strictly greater than
@@ -84,8 +84,10 @@ def nms(boxes, scores, *, iou_threshold, max_output, valid=None, block_size=128)
     block = min(block_size, num_boxes)
     num_blocks = -(-num_boxes // block)
     padding = num_blocks * block - num_boxes
-    # Coordinates as rows [4, *] (x1, y1, x2, y2) and areas computed once: the pairwise tests
-    # below are the whole cost, and contiguous rows without per-pair areas are cheaper on CPU.
+    # The pairwise tests below are the whole cost. Three things keep them fast on CPU:
+    # coordinates as rows [4, *] (x1, y1, x2, y2), areas computed once, and blocks taken by
+    # gathers, not dynamic slices: XLA:CPU fuses a dynamic slice into the pairwise loop, which
+    # then stops vectorising (measured 2-5x slower, experiments/results/targets.md).
     sorted_boxes = jnp.pad(boxes[order], ((0, padding), (0, 0))).T  # [4, num_blocks * B]
     sorted_area = box_area(sorted_boxes.T)
     sorted_index = jnp.pad(order, (0, padding))
@@ -103,10 +105,9 @@ def nms(boxes, scores, *, iou_threshold, max_output, valid=None, block_size=128)
 
         def body(state):
             chunk, hit = state
-            start = chunk * block
-            others = lax.dynamic_slice_in_dim(kept_boxes, start, block, axis=1)  # [4, B]
-            others_area = lax.dynamic_slice_in_dim(kept_area, start, block)
-            others_valid = start + jnp.arange(block) < count
+            rows = chunk * block + jnp.arange(block)
+            others, others_area = kept_boxes[:, rows], kept_area[rows]  # [4, B], [B]
+            others_valid = rows < count
             overlap = _overlap_above(candidates, candidates_area, others, others_area,
                                      iou_threshold) & others_valid[None, :]
             return chunk + 1, hit | jnp.any(overlap, axis=1)
@@ -139,10 +140,9 @@ def nms(boxes, scores, *, iou_threshold, max_output, valid=None, block_size=128)
 
     def body(state):
         b, count, kept_boxes, kept_area, kept_index = state
-        start = b * block
-        candidates = lax.dynamic_slice_in_dim(sorted_boxes, start, block, axis=1)  # [4, B]
-        candidates_area = lax.dynamic_slice_in_dim(sorted_area, start, block)
-        alive_in_block = lax.dynamic_slice_in_dim(alive, start, block)
+        rows = b * block + jnp.arange(block)
+        candidates, candidates_area = sorted_boxes[:, rows], sorted_area[rows]  # [4, B], [B]
+        alive_in_block = alive[rows]
         alive_in_block &= ~suppressed_by_kept(candidates, candidates_area, alive_in_block, count,
                                               kept_boxes, kept_area)
         keep = suppress_within(candidates, candidates_area, alive_in_block)
@@ -151,8 +151,7 @@ def nms(boxes, scores, *, iou_threshold, max_output, valid=None, block_size=128)
         slot = jnp.where(keep & (slot < max_output), slot, capacity)
         kept_boxes = kept_boxes.at[:, slot].set(candidates, mode="drop")
         kept_area = kept_area.at[slot].set(candidates_area, mode="drop")
-        kept_index = kept_index.at[slot].set(
-            lax.dynamic_slice_in_dim(sorted_index, start, block), mode="drop")
+        kept_index = kept_index.at[slot].set(sorted_index[rows], mode="drop")
         count = jnp.minimum(count + jnp.sum(keep, dtype=jnp.int32), max_output)
         return b + 1, count, kept_boxes, kept_area, kept_index
 
