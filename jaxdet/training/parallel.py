@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxdet.training.step import train_step
@@ -90,10 +91,13 @@ class BatchLayout:
     num_processes: int
 
     def __str__(self) -> str:
-        hosts = (f" = {self.num_processes} processes x {self.per_process} images"
-                 if self.num_processes > 1 else "")
-        return (f"global batch {self.global_batch}{hosts} = {self.num_devices} "
-                f"device{'s' if self.num_devices > 1 else ''} x {self.per_device} images")
+        hosts = f" = {_count(self.num_processes, 'process')} x {_count(self.per_process, 'image')}"
+        return (f"global batch {self.global_batch}{hosts if self.num_processes > 1 else ''} = "
+                f"{_count(self.num_devices, 'device')} x {_count(self.per_device, 'image')}")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 'es' if noun.endswith('s') else 's'}"
 
 
 def batch_layout(global_batch: int, mesh: Mesh) -> BatchLayout:
@@ -116,10 +120,13 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
     """A copy of `tree` (e.g. a TrainState) on every device of the mesh. With several processes,
     every process must pass the same values (e.g. the state built from the same key).
 
-    The result may share buffers with `tree` (a device's copy is the original array): once it
-    is donated to the train step, `tree` is deleted too. Replicate, then use only the result.
+    The result may share buffers with `tree` (one device's copy can be the original array):
+    once it is donated to the train step, `tree` is deleted too. Replicate, then use only the
+    result.
     """
-    return jax.device_put(tree, replicated(mesh))
+    # Not jax.device_put: with several processes it would take a process's local array for a
+    # cross-host transfer. Each process fills its own devices from its own copy instead.
+    return jax.tree.map(lambda x: multihost_utils.host_local_array_to_global_array(x, mesh, PartitionSpec()), tree)
 
 
 def shard_batch(local_batch: Mapping[str, Any], mesh: Mesh) -> dict:
