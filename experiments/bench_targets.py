@@ -9,7 +9,9 @@ implementations in one loop (shared machines are noisy, so the ratio is the figu
   stages:    each of the three steps alone;
   nms:       greedy NMS of the 12000 top-scoring decoded boxes, jaxdet.ops.nms (max_output
              2000, the proposal layer's setting, and 12000, every kept box) against the
-             seed's numpy loop, and the temporary memory XLA allocates for it.
+             seed's numpy loop, and the temporary memory XLA allocates for it;
+  block size: jaxdet.ops.nms per block_size, on one image and vmapped over 2 (wall and
+             process CPU time, which shows the cost of XLA:CPU's multi-threaded small ops).
 The numpy side is tests/numpy_reference_detection.py, the reference the tests check against.
 
 Run: .venv/bin/python experiments/bench_targets.py [--repeats 15]
@@ -105,16 +107,19 @@ def block(tree):
 
 
 def side_by_side(candidates, repeats):
-    """{name: thunk} -> {name: [ms]}, the thunks called in turn, after one warm-up call each."""
+    """{name: thunk} -> ({name: [wall ms]}, {name: [process CPU ms]}), the thunks called in
+    turn, after one warm-up call each."""
     for thunk in candidates.values():
         block(thunk())
-    times = {name: [] for name in candidates}
+    wall = {name: [] for name in candidates}
+    cpu = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, thunk in candidates.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             block(thunk())
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return times
+            wall[name].append((time.perf_counter() - start) * 1e3)
+            cpu[name].append((time.process_time() - start_cpu) * 1e3)
+    return wall, cpu
 
 
 def report(title, times, baseline):
@@ -124,6 +129,24 @@ def report(title, times, baseline):
     for name, values in times.items():
         print(f"| {name} | {np.median(values):.1f} | {np.min(values):.1f} | "
               f"{base / np.median(values):.1f}x |")
+
+
+def block_sizes(boxes, scores, repeats):
+    """NMS (max_output 2000) per block size, one image and vmapped over 2, wall and CPU time."""
+    pair = (jnp.stack([boxes, boxes]), jnp.stack([scores, scores]))
+    candidates = {}
+    for size in (32, 64, 128, 256):
+        run = functools.partial(nms, iou_threshold=0.7, max_output=POST_NMS, block_size=size)
+        single, batched = jax.jit(run), jax.jit(jax.vmap(run))
+        candidates[(size, 1)] = functools.partial(single, boxes, scores)
+        candidates[(size, 2)] = functools.partial(batched, *pair)
+    wall, cpu = side_by_side(candidates, repeats)
+    print("\nNMS block size (max_output 2000); per image; CPU = process time, all threads")
+    print("| block_size | 1 image: wall ms | 1 image: CPU ms | vmap 2: wall ms | vmap 2: CPU ms |")
+    print("|---:|---:|---:|---:|---:|")
+    for size in (32, 64, 128, 256):
+        print(f"| {size} | {np.median(wall[size, 1]):.1f} | {np.median(cpu[size, 1]):.1f} | "
+              f"{np.median(wall[size, 2]) / 2:.1f} | {np.median(cpu[size, 2]) / 2:.1f} |")
 
 
 def main():
@@ -144,7 +167,7 @@ def main():
     batch = jax.tree.map(lambda a: jnp.stack([a, a]), xj)
     batched = jax.jit(jax.vmap(jax_pipeline))
     batch_keys = jax.random.split(key, 2)
-    times = side_by_side({
+    times, _ = side_by_side({
         "numpy (seed 001 steps)": lambda: numpy_pipeline(x, rng),
         "jaxdet, jit": lambda: pipeline(xj, key),
         "jaxdet, jit + vmap over 2 images (per image)": lambda: batched(batch, batch_keys),
@@ -156,7 +179,7 @@ def main():
 
     proposals = pipeline(xj, key)[1]
     rois, _ = numpy_propose(x)
-    stages = side_by_side({
+    stages, _ = side_by_side({
         "numpy anchor targets": lambda: numpy_anchor_targets(x, rng),
         "jaxdet anchor targets": functools.partial(jax.jit(jax_anchor_targets), xj, key),
         "numpy proposal layer": lambda: numpy_propose(x),
@@ -177,7 +200,7 @@ def main():
     nms_2000 = jax.jit(functools.partial(nms, iou_threshold=0.7, max_output=POST_NMS))
     nms_all = jax.jit(functools.partial(nms, iou_threshold=0.7, max_output=PRE_NMS))
     boxes_j, scores_j = jnp.asarray(boxes), jnp.asarray(scores)
-    times = side_by_side({
+    times, _ = side_by_side({
         "numpy greedy loop (seed 001)": lambda: ref.nms(boxes, scores, 0.7),
         "jaxdet.ops.nms, max_output 2000": lambda: nms_2000(boxes_j, scores_j),
         "jaxdet.ops.nms, max_output 12000": lambda: nms_all(boxes_j, scores_j),
@@ -188,6 +211,7 @@ def main():
     print("\nXLA temporary memory (compiled memory_analysis): "
           f"jaxdet.ops.nms, max_output 12000: {temp_megabytes(nms_all, boxes_j, scores_j):.2f} MB; "
           f"a dense any(IoU > 0.7) over [12000, 12000]: {temp_megabytes(full_matrix, boxes_j):.0f} MB")
+    block_sizes(boxes_j, scores_j, args.repeats)
 
 
 def temp_megabytes(jitted, *args):

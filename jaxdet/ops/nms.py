@@ -39,15 +39,28 @@ class Detections(NamedTuple):
     valid: jax.Array
 
 
+# Boxes per block when the caller does not choose. CPU: small blocks keep each pairwise op under
+# the size at which XLA:CPU splits it across threads, whose per-op overhead then dominates
+# (also under vmap over 2 images); measured in experiments/results/targets.md. Elsewhere
+# (GPU): large blocks, because every loop step costs kernel launches; not measured here.
+CPU_BLOCK_SIZE = 32
+ACCELERATOR_BLOCK_SIZE = 512
+
+
+def _check_positive_int(name, value):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
 def _check_static(iou_threshold, max_output, block_size):
     if not isinstance(iou_threshold, numbers.Real) or not 0.0 <= iou_threshold <= 1.0:
         raise ValueError(f"iou_threshold must be a Python number in [0, 1], got {iou_threshold!r}")
-    for name, value in (("max_output", max_output), ("block_size", block_size)):
-        if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    _check_positive_int("max_output", max_output)
+    if block_size is not None:
+        _check_positive_int("block_size", block_size)
 
 
-def nms(boxes, scores, *, iou_threshold, max_output, valid=None, block_size=64):
+def nms(boxes, scores, *, iou_threshold, max_output, valid=None, block_size=None):
     """Greedy NMS: the indices of the kept boxes in descending score order.
 
     A box is suppressed by a kept, higher-ranked box when their IoU is strictly greater than
@@ -60,7 +73,8 @@ def nms(boxes, scores, *, iou_threshold, max_output, valid=None, block_size=64):
       iou_threshold: Python float in [0, 1].
       max_output: Python int, the size of the output.
       valid: optional [M] bool; boxes with False take no part (as if absent).
-      block_size: Python int, boxes visited per step; any value gives the same result.
+      block_size: Python int, boxes visited per step; any value gives the same result, only
+        the speed changes. None: ``CPU_BLOCK_SIZE`` on CPU, ``ACCELERATOR_BLOCK_SIZE`` elsewhere.
 
     Returns:
       keep: [max_output] int32 indices into ``boxes``, padded with -1 after ``count``.
@@ -74,7 +88,17 @@ def nms(boxes, scores, *, iou_threshold, max_output, valid=None, block_size=64):
         return jnp.full((max_output,), -1, jnp.int32), jnp.zeros((), jnp.int32)
     if valid is None:
         valid = jnp.ones((num_boxes,), bool)
+    greedy = functools.partial(_greedy_nms, iou_threshold=iou_threshold, max_output=max_output)
+    if block_size is not None:
+        return greedy(boxes, scores, valid, block_size=block_size)
+    return lax.platform_dependent(
+        boxes, scores, valid, cpu=functools.partial(greedy, block_size=CPU_BLOCK_SIZE),
+        default=functools.partial(greedy, block_size=ACCELERATOR_BLOCK_SIZE))
 
+
+def _greedy_nms(boxes, scores, valid, *, iou_threshold, max_output, block_size):
+    """:func:`nms` on non-empty [M, 4] boxes with a [M] valid mask and a fixed block size."""
+    num_boxes = boxes.shape[0]
     # Valid boxes first, then descending score; the stable sort breaks ties by index.
     index = jnp.arange(num_boxes, dtype=jnp.int32)
     _, _, order = lax.sort(
