@@ -111,7 +111,7 @@ def _greedy_nms(boxes, scores, valid, *, iou_threshold, max_output, block_size):
     # The pairwise tests below are the whole cost. Three things keep them fast on CPU:
     # coordinates as rows [4, *] (x1, y1, x2, y2), areas computed once, and blocks taken by
     # gathers, not dynamic slices: XLA:CPU fuses a dynamic slice into the pairwise loop, which
-    # then stops vectorising (measured 2-5x slower, experiments/results/targets.md).
+    # then runs 3-5x slower at blocks of 64-256 (experiments/results/targets.md).
     sorted_boxes = jnp.pad(boxes[order], ((0, padding), (0, 0))).T  # [4, num_blocks * B]
     sorted_area = box_area(sorted_boxes.T)
     sorted_index = jnp.pad(order, (0, padding))
