@@ -124,7 +124,7 @@ def _parse_like(text: str, current: Any) -> Any:
         return text
     if isinstance(current, (tuple, list)):
         stripped = text.strip()
-        if stripped[:1] in "([":
+        if stripped.startswith(("(", "[")):
             value = ast.literal_eval(stripped)
             items = list(value) if isinstance(value, (tuple, list)) else [value]
         else:
@@ -212,9 +212,20 @@ def _config_for(args, default_spec: str | None = None):
 # Devices
 
 
+def join_processes(args) -> None:
+    """Joins the other processes of a multi-host run (flags or JAX_* environment; nothing with one)."""
+    from jaxdet.training import distributed
+
+    if hasattr(args, "num_processes"):
+        try:
+            distributed.initialize(distributed.settings_from_args(args))
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+
+
 def select_devices(device: str, num_devices: int | None) -> list:
     """The jax devices to run on: the platform asked for ("auto": JAX's default, a GPU when it finds
-    one), all of them or the first `num_devices`.
+    one), all of them or `num_devices` of them (the same number from each process).
 
     Raises:
       DeviceError: no GPU when one was asked for, or fewer devices than asked for.
@@ -245,8 +256,10 @@ def select_devices(device: str, num_devices: int | None) -> list:
                 f"{devices[0].platform} device{'s' if len(devices) > 1 else ''}). Use at most {len(devices)}; "
                 "to simulate several CPU devices set XLA_FLAGS=--xla_force_host_platform_device_count=N "
                 "before starting.")
-        devices = devices[:num_devices]
-    return list(devices)
+    from jaxdet.training.parallel import make_mesh
+
+    # make_mesh takes the same number of devices from each process of a multi-host run.
+    return list(make_mesh(num_devices, devices=devices).devices.flat)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -290,21 +303,33 @@ RUN_FILES = (("metrics.json", "the figures above, as JSON"), ("detections.png", 
 # Commands
 
 
+def _announce(config, devices: Sequence[Any], what: str) -> None:
+    from jaxdet.training import loop, parallel
+
+    layout = parallel.batch_layout(int(config.train.batch_size), parallel.make_mesh(devices=devices))
+    if loop.is_main_process():
+        print(f"training {what} for {config.train.num_steps} steps on {devices[0].platform}: {layout}", flush=True)
+
+
 def _run_train(args) -> int:
     from jaxdet.training import loop
 
     config = _config_for(args)
+    join_processes(args)
     devices = select_devices(args.device, args.num_devices)
+    _announce(config, devices, f"a {config.model.kind} ({config.model.backbone})")
     if args.no_eval:
         result = loop.train(config, args.workdir, resume=args.resume, devices=devices,
                             show_progress=not args.no_progress)
-        print(f"trained to step {result.final_step} in {result.train_seconds:.1f} s "
-              f"({result.images_per_second:.1f} images/s); checkpoints in {os.path.join(args.workdir, loop.CHECKPOINTS)}")
+        if loop.is_main_process():
+            print(f"trained to step {result.final_step} in {result.train_seconds:.1f} s ({result.images_per_second:.1f} "
+                  f"images/s); checkpoints in {os.path.join(args.workdir, loop.CHECKPOINTS)}")
         return 0
     metrics = loop.train_and_evaluate(config, args.workdir, resume=args.resume, devices=devices,
                                       show_progress=not args.no_progress)
-    _print_summary(metrics, "jaxdet train")
-    _print_files(args.workdir, RUN_FILES)
+    if loop.is_main_process():
+        _print_summary(metrics, "jaxdet train")
+        _print_files(args.workdir, RUN_FILES)
     return 0
 
 
@@ -312,10 +337,13 @@ def _run_eval(args) -> int:
     from jaxdet.training import inputs, loop
 
     config = _config_for(args)
+    join_processes(args)
     select_devices(args.device, args.num_devices)
     state = loop.restore_trained(config, args.workdir, step=args.step)
     metrics = loop.evaluate(config, state, inputs.load_dataset(config, args.split), args.workdir,
                             show_progress=not args.no_progress)
+    if not loop.is_main_process():
+        return 0
     _print_summary(metrics, f"jaxdet eval ({args.split} split, step {metrics['checkpoint_step']})")
     _print_files(args.workdir, RUN_FILES[:3] + RUN_FILES[4:5])
     return 0
@@ -340,7 +368,7 @@ def _run_predict(args) -> int:
     import numpy as np
     from PIL import Image
 
-    from jaxdet.data import Record, load_image, make_dataset
+    from jaxdet.data import Record, attach_proposals, load_image, make_dataset
     from jaxdet.evaluation import draw_detections
     from jaxdet.training import loop
 
@@ -357,8 +385,13 @@ def _run_predict(args) -> int:
             raise UsageError(f"{path}: not an image PIL can read ({type(e).__name__}: {e})") from None
         records.append(Record(image_id=0, height=height, width=width, boxes=np.zeros((0, 4), np.float32),
                               labels=np.zeros(0, np.int32), difficult=np.zeros(0, bool), iscrowd=np.zeros(0, bool),
-                              path=path))
+                              path=path, source_id=os.path.splitext(os.path.basename(path))[0]))
     dataset = make_dataset(records, class_names)
+    if config.model.kind == "fast_rcnn":
+        if not config.data.get("proposals"):
+            raise UsageError("a Fast R-CNN run detects on given proposals: pass --config.data.proposals=FILE with "
+                             "boxes for each image's file stem (jaxdet.data.save_proposals)")
+        dataset = attach_proposals(dataset, config.data.proposals)
     state = loop.restore_trained(config, args.workdir, step=args.step)
     detections, _ = loop.detect(config, state, dataset, show_progress=not args.no_progress)
     out = args.out or os.path.join(args.workdir, "predictions")
@@ -452,8 +485,7 @@ def _run_demo(args) -> int:
             elif os.path.exists(path):
                 os.remove(path)
     config.data.root = _prepare_demo_data(config, workdir)
-    print(f"training the tiny Faster R-CNN for {config.train.num_steps} steps of {config.train.batch_size} images "
-          f"on {devices[0].platform} ({len(devices)} device{'s' if len(devices) > 1 else ''}) ...", flush=True)
+    _announce(config, devices, "the tiny Faster R-CNN")
     metrics = loop.train_and_evaluate(config, workdir, resume=args.resume, devices=devices,
                                       show_progress=not args.no_progress)
     _print_summary(metrics, "jaxdet demo: tiny Faster R-CNN on held-out shapes")
@@ -520,6 +552,8 @@ def _common(parser: argparse.ArgumentParser, *, workdir_default: str | None, wor
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from jaxdet.training import distributed
+
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, formatter_class=_Formatter)
     parser.add_argument("--traceback", action="store_true",
                         help="on an error, show the full Python traceback instead of the short explanation")
@@ -549,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(train, workdir_default=None, workdir_help="the run's directory (required)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in WORKDIR")
     train.add_argument("--no-eval", action="store_true", help="train only, no evaluation at the end")
+    distributed.add_arguments(train)
     train.set_defaults(func=_run_train)
 
     evaluate = commands.add_parser(
@@ -564,6 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--step", type=int, help="the checkpoint's step (default: the latest)")
     evaluate.add_argument("--split", choices=("test", "train"), default="test",
                           help="which split of the config's dataset (default test)")
+    distributed.add_arguments(evaluate)
     evaluate.set_defaults(func=_run_eval)
 
     predict = commands.add_parser(
@@ -629,7 +665,7 @@ def explain(error: BaseException) -> tuple:
     if isinstance(error, DeviceError):
         return 1, str(error)
     if isinstance(error, DatasetNotFound):
-        return 1, f"dataset not found: {error}"
+        return 1, str(error)
     if isinstance(error, DataError):
         return 1, (f"bad data: {error}. Fix or remove that file, or set --config.data.on_error=skip to drop "
                    "the images with bad annotations (they are counted and named in a warning).")

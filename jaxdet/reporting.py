@@ -50,10 +50,14 @@ class TrainingReporter:
       log_every: steps per logging window (TensorBoard, the log, the bar's numbers).
       show_bar: draw the bar (on stderr).
       append: keep an existing `train_log.jsonl` (a resumed run) instead of starting it anew.
+      enabled: False makes every method a no-op (the processes of a run other than the first).
     """
 
     def __init__(self, workdir: str, *, start_step: int, total_steps: int, images_per_step: int,
-                 log_every: int, show_bar: bool = True, append: bool = False):
+                 log_every: int, show_bar: bool = True, append: bool = False, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
         self.workdir = workdir
         self.images_per_step = int(images_per_step)
         self.log_every = max(1, int(log_every))
@@ -67,10 +71,11 @@ class TrainingReporter:
         self._window: list = []
         self._window_start = None
         self._timed_steps = 0
-        self.last_logged: dict = {}
 
     def step(self, step: int, metrics: Mapping[str, float]) -> None:
         """Records the metrics of the step that brought the state to `step` (host floats)."""
+        if not self.enabled:
+            return
         now = time.perf_counter()
         self._window.append(dict(metrics))
         if self._window_start is None:
@@ -100,17 +105,21 @@ class TrainingReporter:
         if "images_per_second" in row:
             postfix["img/s"] = f"{row['images_per_second']:.1f}"
         self._bar.set_postfix(postfix, refresh=False)
-        self.last_logged = row
-
-    def scalars(self, prefix: str, values: Mapping[str, float], step: int) -> None:
-        """Writes finite numbers of `values` to TensorBoard as `prefix/name`."""
-        for key, value in values.items():
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self._writer.add_scalar(f"{prefix}/{key}", value, step)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._bar.close()
         self._writer.close()
+
+
+def write_scalars(workdir: str, prefix: str, values: Mapping[str, float], step: int) -> None:
+    """Adds the finite numbers of `values` to the run's TensorBoard logs as `prefix/name` at `step`."""
+    writer = _summary_writer(workdir)
+    for key, value in values.items():
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            writer.add_scalar(f"{prefix}/{key}", value, step)
+    writer.close()
 
 
 def read_train_log(workdir: str) -> list:
@@ -143,9 +152,9 @@ def plot_loss_curve(rows: Sequence[Mapping[str, float]], path: str, *, title: st
     figure.savefig(path, format="png")
 
 
-def eval_bar(total: int, *, show_bar: bool = True) -> tqdm:
-    """A progress bar over `total` evaluation images."""
-    return tqdm(total=total, desc="eval", unit="img", disable=not show_bar, dynamic_ncols=True, mininterval=0.5,
+def detection_bar(total: int, *, show_bar: bool = True) -> tqdm:
+    """A progress bar over `total` images to detect on (evaluation, predict)."""
+    return tqdm(total=total, desc="detect", unit="img", disable=not show_bar, dynamic_ncols=True, mininterval=0.5,
                 file=sys.stderr)
 
 

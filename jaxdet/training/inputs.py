@@ -7,7 +7,12 @@
   "voc"     a VOCdevkit at `data.root`; `train_splits` like ("VOC2007/trainval", "VOC2012/trainval")
             are joined, `test_split` like "VOC2007/test".
   "coco"    a COCO tree at `data.root`: `annotations/instances_{split}.json` and images in
-            `{split}/`, for each of `train_splits` (joined) and `test_split`.
+            `{split}/`, for each of `train_splits` (joined) and `test_split` ("train" and "test"
+            when the config has none: the splits `jaxdet make-shapes --format coco` writes).
+
+A Fast R-CNN config (`model.kind = "fast_rcnn"`) also names `data.proposals`, an `.npz` of
+[P, 4] boxes per image `source_id` (`jaxdet.data.save_proposals`), and `data.max_proposals`;
+its batches then carry "proposals" and "proposal_valid".
 """
 
 from __future__ import annotations
@@ -16,8 +21,8 @@ import os
 
 import ml_collections
 
-from jaxdet.data import (DataError, Dataset, InputPipeline, ShapesConfig, VOC_CLASSES, concat_datasets, make_shapes,
-                         read_coco, read_voc)
+from jaxdet.data import (DataError, Dataset, InputPipeline, ShapesConfig, VOC_CLASSES, attach_proposals,
+                         concat_datasets, make_shapes, read_coco, read_voc)
 
 DATASETS = ("shapes", "voc", "coco")
 SPLITS = ("train", "test")
@@ -52,6 +57,19 @@ def load_dataset(config: ml_collections.ConfigDict, split: str) -> Dataset:
       DatasetNotFound: `data.root` (or a split's list or annotation file) is missing.
       ValueError: an unknown `data.dataset` or split.
     """
+    dataset = _read(config, split)
+    if config.model.kind == "fast_rcnn":
+        path = _get(config.data, "proposals", "")
+        if not path:
+            raise DatasetNotFound("Fast R-CNN trains and detects on proposals given with the images: set "
+                                  "--config.data.proposals=FILE, an .npz of [P, 4] xyxy boxes per image source_id "
+                                  "(jaxdet.data.save_proposals writes one, e.g. from a trained RPN).")
+        _require(path, "the proposals file", config.data.dataset)
+        dataset = attach_proposals(dataset, path)
+    return dataset
+
+
+def _read(config: ml_collections.ConfigDict, split: str) -> Dataset:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     data = config.data
@@ -73,7 +91,7 @@ def load_dataset(config: ml_collections.ConfigDict, split: str) -> Dataset:
                               f"(the {'VOCdevkit' if kind == 'voc' else 'COCO'} directory); nothing is "
                               "ever downloaded.")
     _require(root, "data.root", kind)
-    names = tuple(data.train_splits) if split == "train" else (data.test_split,)
+    names = tuple(_get(data, "train_splits", ("train",))) if split == "train" else (_get(data, "test_split", "test"),)
     parts = []
     for name in names:
         if kind == "voc":
@@ -112,6 +130,10 @@ def check_num_classes(config: ml_collections.ConfigDict, dataset: Dataset) -> No
                          f"--config.model.num_classes={dataset.num_classes}")
 
 
+def _max_proposals(config: ml_collections.ConfigDict) -> int | None:
+    return int(config.data.max_proposals) if config.model.kind == "fast_rcnn" else None
+
+
 def train_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, *, num_shards: int = 1,
                    shard_index: int = 0) -> InputPipeline:
     """Shuffled, flipped, full batches of `config.train.batch_size` (global) images."""
@@ -123,11 +145,13 @@ def train_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, *, num_s
                          min_size=data.min_size, max_size=data.max_size, normalization=data.normalization,
                          shuffle=True, flip=data.flip, drop_remainder=True,
                          keep_difficult=_get(data, "use_difficult", False), seed=config.train.seed,
-                         num_shards=num_shards, shard_index=shard_index)
+                         num_shards=num_shards, shard_index=shard_index, max_proposals=_max_proposals(config))
 
 
-def eval_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, *, batch_size: int | None = None) -> InputPipeline:
-    """Every image once in dataset order (the last batch filled with `image_id` -1), no flip."""
+def eval_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, *, batch_size: int | None = None,
+                  num_shards: int = 1, shard_index: int = 0) -> InputPipeline:
+    """Every image once in dataset order (the last batch filled with `image_id` -1), no flip;
+    `batch_size` images per shard (default `eval.batch_size`, else `train.batch_size`)."""
     data = config.data
     if batch_size is None:
         batch_size = int(config.eval.batch_size) if "eval" in config else int(config.train.batch_size)
@@ -135,4 +159,5 @@ def eval_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, *, batch_
     most = max((len(r.labels) for r in dataset.records), default=0)
     return InputPipeline(dataset, batch_size=batch_size, max_boxes=max(1, most), min_size=data.min_size,
                          max_size=data.max_size, normalization=data.normalization, shuffle=False, flip=False,
-                         drop_remainder=False)
+                         drop_remainder=False, num_shards=num_shards, shard_index=shard_index,
+                         max_proposals=_max_proposals(config))

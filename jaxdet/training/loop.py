@@ -19,6 +19,7 @@ config.json (the run's resolved config), class_names.json, and the evaluation fi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import time
 from typing import Any, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from PIL import Image
@@ -34,6 +36,7 @@ from jaxdet import reporting
 from jaxdet.data import Dataset, boxes_to_original, dataset_to_coco, load_image
 from jaxdet.evaluation import STAT_NAMES, draw_detections, eval_detection_coco, eval_detection_voc, plot_pr_curves
 from jaxdet.inference import detections_to_lists, predict
+from jaxdet.training import distributed, parallel
 from jaxdet.training.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 from jaxdet.training.inputs import check_num_classes, eval_pipeline, load_dataset, train_pipeline
 from jaxdet.training.state import TrainState, create_train_state, test_settings
@@ -45,8 +48,9 @@ CLASS_NAMES_FILE = "class_names.json"
 PR_CURVES = "pr_curves.png"
 DETECTIONS_PICTURE = "detections.png"
 COCO_RESULTS = "detections_coco.json"
-# What the training step reads from a batch (the rest is for evaluation and bookkeeping).
-TRAIN_KEYS = ("images", "boxes", "labels", "valid", "image_hw", "scale")
+# What the training step reads from a batch (the rest is for evaluation and bookkeeping);
+# Fast R-CNN batches also carry "proposals" and "proposal_valid".
+TRAIN_KEYS = ("images", "boxes", "labels", "valid", "image_hw", "scale", "proposals", "proposal_valid")
 
 
 class TrainingDiverged(RuntimeError):
@@ -57,6 +61,8 @@ class TrainingDiverged(RuntimeError):
         self.step, self.metrics, self.last_finite = step, dict(metrics), last_finite
         self.checkpoint_step, self.checkpoint_dir = checkpoint_step, checkpoint_dir
         bad = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()) if not math.isfinite(v))
+        what = "a loss or training value became NaN or infinite" if bad else "the parameters became NaN or infinite"
+        bad = f" ({bad})" if bad else " after the update"
         if last_finite is None:
             before = "No step before it had finite losses."
         else:
@@ -69,7 +75,7 @@ class TrainingDiverged(RuntimeError):
             kept = (f"The last good checkpoint, step {checkpoint_step}, is kept in {checkpoint_dir}; "
                     "continue from it with --resume.")
         super().__init__(
-            f"Training stopped at step {step}: the loss became NaN or infinite ({bad}). {before} {kept} "
+            f"Training stopped at step {step}: {what}{bad}. {before} {kept} "
             "Lower the learning rate (--config.optimizer.learning_rate), add warm-up "
             "(--config.optimizer.warmup_steps) or gradient clipping (--config.optimizer.clip_norm), "
             "and check the data for broken boxes.")
@@ -89,31 +95,24 @@ class TrainResult:
     train_seconds: float       # wall time of the steps run, compilation included
     first_step_seconds: float  # the first step alone (mostly compilation)
     images_per_second: float   # training throughput after the first step
+    layout: str                # how the global batch was spread over processes and devices
 
 
-class Placement:
-    """Puts the train state and batches on `devices`: one device, or a data-parallel mesh.
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+    """bool scalar: every element of every leaf of `tree` is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
-    With several devices the batch is split along its leading axis over a 1-D mesh ("data")
-    and the state replicated; `train_step` is the same program, partitioned by the compiler.
-    """
 
-    def __init__(self, devices: Sequence[Any]):
-        if not devices:
-            raise ValueError("devices must name at least one device")
-        self.devices = tuple(devices)
-        if len(self.devices) == 1:
-            self._replicated = self._split = self.devices[0]
-        else:
-            mesh = jax.sharding.Mesh(np.array(self.devices), ("data",))
-            self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-            self._split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+@functools.lru_cache(maxsize=8)
+def _parallel_step(mesh: jax.sharding.Mesh, step_fn):
+    # One jitted program per mesh: a second run in the same process (resume, evaluate) reuses it.
+    return parallel.make_parallel_train_step(mesh, step_fn)
 
-    def state(self, state: TrainState) -> TrainState:
-        return jax.device_put(state, self._replicated)
 
-    def batch(self, batch: Mapping[str, np.ndarray]) -> dict:
-        return jax.device_put(dict(batch), self._split)
+def is_main_process() -> bool:
+    """Whether this process writes the run's files (the first of several, or the only one)."""
+    return jax.process_index() == 0
 
 
 def _host_metrics(metrics: Mapping[str, jax.Array]) -> dict:
@@ -134,14 +133,6 @@ def read_class_names(workdir: str) -> tuple:
         return tuple(json.load(f))
 
 
-def _check_trainable(config: ml_collections.ConfigDict) -> None:
-    if config.model.kind != "faster_rcnn":
-        raise ValueError(
-            f"model.kind={config.model.kind!r}: the command-line training loop feeds images and boxes only, "
-            "and does not yet load per-image proposals for Fast R-CNN; train it from a script that adds "
-            "'proposals' [B, P, 4] and 'proposal_valid' [B, P] to each batch (see jaxdet.training.step)")
-
-
 def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
           devices: Sequence[Any] | None = None, show_progress: bool = True,
           dataset: Dataset | None = None) -> TrainResult:
@@ -151,7 +142,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
       config: an experiment config (`experiments/configs/*.py`).
       workdir: the run's directory (created).
       resume: continue from the latest checkpoint in workdir (from step 0 if there is none).
-      devices: jax devices to train on (data parallel over several); default the first device.
+      devices: jax devices to train on, data parallel over several (`jaxdet.training.parallel`);
+        default all of `jax.devices()` (every process's).
       show_progress: draw the progress bar.
       dataset: the training Dataset; default `load_dataset(config, "train")`.
 
@@ -159,12 +151,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
       CheckpointsExist: workdir has checkpoints and `resume` is False.
       TrainingDiverged: a non-finite loss or gradient (nothing after the last good checkpoint saved).
     """
-    _check_trainable(config)
-    devices = tuple(devices or jax.devices()[:1])
+    mesh = parallel.make_mesh(devices=devices)
+    global_batch = int(config.train.batch_size)
+    layout = parallel.batch_layout(global_batch, mesh)
+    shard = distributed.process_shard(global_batch)
     if dataset is None:
         dataset = load_dataset(config, "train")
     check_num_classes(config, dataset)
-    pipeline = train_pipeline(config, dataset)
+    pipeline = train_pipeline(config, dataset, num_shards=shard.num_shards, shard_index=shard.shard_index)
     num_steps = int(config.train.num_steps)
     checkpoint_dir = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
     every = int(config.train.checkpoint_every)
@@ -180,12 +174,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     if latest is not None:
         state, data_state = restore_checkpoint(manager, state)
         start = int(data_state.get("next_step", int(state.step)))
-    save_run_files(config, workdir, dataset.class_names)
-    placement = Placement(devices)
-    state = placement.state(state)
+    main = is_main_process()
+    if main:
+        save_run_files(config, workdir, dataset.class_names)
+    state = parallel.replicate(state, mesh)
+    step_fn = _parallel_step(mesh, train_step)
     reporter = reporting.TrainingReporter(
-        workdir, start_step=start, total_steps=num_steps, images_per_step=pipeline.batch_size,
-        log_every=int(config.train.log_every), show_bar=show_progress, append=latest is not None)
+        workdir, start_step=start, total_steps=num_steps, images_per_step=global_batch,
+        log_every=int(config.train.log_every), show_bar=show_progress, append=latest is not None, enabled=main)
 
     last_finite = None  # (step, host metrics)
 
@@ -204,7 +200,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     first_step_seconds = 0.0
     try:
         for batch in pipeline.batches(start, max(num_steps - start, 0)):
-            state, metrics = train_step(state, placement.batch({k: batch[k] for k in TRAIN_KEYS}), step_key(state))
+            batch = parallel.shard_batch({k: batch[k] for k in TRAIN_KEYS if k in batch}, mesh)
+            state, metrics = step_fn(state, batch, step_key(state))
             step += 1
             if pending is not None:
                 record(*pending)
@@ -213,11 +210,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
                 record(*pending)
                 pending = None
                 first_step_seconds = time.perf_counter() - began
-            # A checkpoint is written only once its step's losses and gradient are known to be finite.
+            # A checkpoint is written only once its step's losses and the parameters are known to be finite.
             if step % every == 0 or step == num_steps:
                 if pending is not None:
                     record(*pending)
                     pending = None
+                if not bool(_all_finite(state.params)):
+                    manager.wait_until_finished()
+                    raise TrainingDiverged(step=step, metrics={}, last_finite=last_finite,
+                                           checkpoint_step=manager.latest_step(), checkpoint_dir=checkpoint_dir)
                 save_checkpoint(manager, state, data_state={"next_step": step}, force=step == num_steps)
         if pending is not None:
             record(*pending)
@@ -228,9 +229,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
         manager.wait_until_finished()
         manager.close()
     timed = step - start - 1
-    rate = timed * pipeline.batch_size / max(train_seconds - first_step_seconds, 1e-9) if timed > 0 else float("nan")
+    rate = timed * global_batch / max(train_seconds - first_step_seconds, 1e-9) if timed > 0 else float("nan")
     return TrainResult(state=state, start_step=start, final_step=step, train_seconds=train_seconds,
-                       first_step_seconds=first_step_seconds, images_per_second=rate)
+                       first_step_seconds=first_step_seconds, images_per_second=rate, layout=str(layout))
 
 
 def restore_trained(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None) -> TrainState:
@@ -254,30 +255,38 @@ def restore_trained(config: ml_collections.ConfigDict, workdir: str, *, step: in
 
 def detect(config: ml_collections.ConfigDict, state: TrainState, dataset: Dataset, *,
            show_progress: bool = True, batch_size: int | None = None) -> tuple:
-    """Detections on every image of `dataset`.
+    """Detections on every image of `dataset` (with several processes, each detects on its shard
+    of the images and all of them receive everyone's detections).
 
     Returns:
       (list over records of {"boxes" [n, 4] xyxy original pixels, "scores" [n], "labels" [n]},
        seconds spent, compilation included).
     """
-    pipeline = eval_pipeline(config, dataset, batch_size=batch_size)
+    pipeline = eval_pipeline(config, dataset, batch_size=batch_size, num_shards=jax.process_count(),
+                             shard_index=jax.process_index())
     settings = test_settings(config)
-    found = [None] * len(dataset)
+    # This process's copy of the (replicated) weights: detection runs on one local device.
+    variables = jax.tree.map(lambda x: x.addressable_data(0), state.variables)
+    found = {}
     began = time.perf_counter()
-    with reporting.eval_bar(len(dataset), show_bar=show_progress) as bar:
+    with reporting.detection_bar(len(dataset), show_bar=show_progress and is_main_process()) as bar:
         for batch in pipeline.epoch():
-            detections = predict(state.model, state.variables, batch["images"], batch["image_hw"],
-                                 image_scale=batch["scale"], settings=settings)
+            detections = predict(state.model, variables, batch["images"], batch["image_hw"],
+                                 image_scale=batch["scale"], proposals=batch.get("proposals"),
+                                 proposal_valid=batch.get("proposal_valid"), settings=settings)
             # Exact per-axis mapping back to the original pixels (the nominal scale is rounded).
-            boxes = boxes_to_original(np.asarray(detections.boxes), image_hw=batch["image_hw"],
+            # Filler slots of a last partial batch have size 0: keep their (ignored) boxes finite.
+            boxes = boxes_to_original(np.asarray(detections.boxes), image_hw=np.maximum(batch["image_hw"], 1),
                                       orig_hw=batch["orig_hw"])
             lists = detections_to_lists(detections._replace(boxes=boxes), scale=np.ones(len(boxes), np.float32),
                                         orig_hw=batch["orig_hw"])
             for image_id, result in zip(batch["image_id"], lists):
                 if image_id >= 0:
                     found[int(image_id)] = result
-            bar.update(int(np.sum(batch["image_id"] >= 0)))
-    return found, time.perf_counter() - began
+            bar.update(len(found) * jax.process_count() - bar.n)
+    if jax.process_count() > 1:
+        found = distributed.gather_detections(found)
+    return [found[i] for i in range(len(dataset))], time.perf_counter() - began
 
 
 def detection_picture(dataset: Dataset, detections: Sequence[Mapping[str, np.ndarray]], class_names: Sequence[str],
@@ -325,12 +334,6 @@ def evaluate(config: ml_collections.ConfigDict, state: TrainState, dataset: Data
                                   num_classes=dataset.num_classes)
     coco = eval_detection_coco(boxes, labels, scores, gt=dataset_to_coco(dataset),
                                image_ids=[r.image_id for r in dataset.records], category_ids=dataset.category_ids)
-    os.makedirs(workdir, exist_ok=True)
-    plot_pr_curves(voc07, dataset.class_names, os.path.join(workdir, PR_CURVES),
-                   title=f"held-out PR curves: VOC07 mAP@0.5 {voc07['map']:.4f}, COCO AP {coco['AP']:.4f}")
-    detection_picture(dataset, detections, dataset.class_names, os.path.join(workdir, DETECTIONS_PICTURE))
-    with open(os.path.join(workdir, COCO_RESULTS), "w") as f:
-        json.dump(coco["results"], f)
     figures = {
         "voc07_map": voc07["map"],
         "voc_map": voc_area["map"],
@@ -340,8 +343,18 @@ def evaluate(config: ml_collections.ConfigDict, state: TrainState, dataset: Data
         "eval_images": len(dataset),
         "eval_seconds": seconds,
         "eval_images_per_second": len(dataset) / max(seconds, 1e-9),
-        "checkpoint_step": int(jax.device_get(state.step)),
+        "checkpoint_step": int(jax.device_get(state.step.addressable_data(0))),
     }
+    if not is_main_process():
+        return figures
+    os.makedirs(workdir, exist_ok=True)
+    plot_pr_curves(voc07, dataset.class_names, os.path.join(workdir, PR_CURVES),
+                   title=f"held-out PR curves: VOC07 mAP@0.5 {voc07['map']:.4f}, COCO AP {coco['AP']:.4f}")
+    detection_picture(dataset, detections, dataset.class_names, os.path.join(workdir, DETECTIONS_PICTURE))
+    with open(os.path.join(workdir, COCO_RESULTS), "w") as f:
+        json.dump(coco["results"], f)
+    reporting.write_scalars(workdir, "eval", {k: v for k, v in figures.items() if k.startswith(("voc", "coco"))},
+                            figures["checkpoint_step"])
     return reporting.update_metrics_file(workdir, figures)
 
 
@@ -351,18 +364,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
 
     Returns:
       metrics.json's content: `evaluate`'s figures plus train_seconds, first_step_seconds,
-      train_images_per_second, steps, start_step, batch_size and devices.
+      train_images_per_second, steps, start_step, batch_size, batch_layout and devices.
     """
     result = train(config, workdir, resume=resume, devices=devices, show_progress=show_progress)
-    reporting.plot_loss_curve(reporting.read_train_log(workdir), os.path.join(workdir, reporting.LOSS_CURVE))
-    devices = tuple(devices or jax.devices()[:1])
-    reporting.update_metrics_file(workdir, {
+    figures = {
         "train_seconds": result.train_seconds,
         "first_step_seconds": result.first_step_seconds,
         "train_images_per_second": result.images_per_second,
         "steps": result.final_step,
         "start_step": result.start_step,
         "batch_size": int(config.train.batch_size),
-        "devices": [str(d) for d in devices],
-    })
-    return evaluate(config, result.state, load_dataset(config, "test"), workdir, show_progress=show_progress)
+        "batch_layout": result.layout,
+        "devices": [str(d) for d in result.state.step.sharding.device_set],
+    }
+    if is_main_process():
+        reporting.plot_loss_curve(reporting.read_train_log(workdir), os.path.join(workdir, reporting.LOSS_CURVE))
+        reporting.update_metrics_file(workdir, figures)
+    metrics = evaluate(config, result.state, load_dataset(config, "test"), workdir, show_progress=show_progress)
+    return {**figures, **metrics}

@@ -1,0 +1,301 @@
+"""The `jaxdet` command end to end, in this process (so the compiled programs are shared):
+make-shapes, train a few steps, resume, eval, predict on two images, the demo as the Makefile
+runs it with a smaller step count, --help of each command, and each user error as one
+paragraph (never a traceback).
+
+Every run uses `shapes_demo:smoke` (the demo's model and image size, a handful of steps on 16
+images): one training program and one detection program are compiled for the whole module.
+"""
+
+import json
+import math
+import os
+import re
+import shlex
+import struct
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from jaxdet import cli
+from jaxdet.data import dataset_to_coco, read_voc
+from jaxdet.training import loop
+
+SMOKE = "shapes_demo:smoke"
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(capsys, *argv):
+    """(exit status, stdout, stderr) of `jaxdet ARGV`."""
+    status = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def assert_one_paragraph(err: str, *phrases: str) -> str:
+    """The error is a single paragraph (no traceback) that contains each phrase."""
+    assert "Traceback" not in err
+    text = " ".join(err.split())
+    assert text.startswith("jaxdet: error:"), err
+    assert "\n\n" not in err.strip()
+    for phrase in phrases:
+        assert phrase in text, f"{phrase!r} not in: {text}"
+    return text
+
+
+def read_scalars(event_dir: str) -> dict:
+    """tag -> [(step, value)] from TensorBoard event files, decoded from the TFRecord framing."""
+    from tensorboardX.proto import event_pb2
+
+    scalars = {}
+    for name in os.listdir(event_dir):
+        with open(os.path.join(event_dir, name), "rb") as f:
+            data = f.read()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset:offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+            offset += 12 + length + 4  # length, its crc, the record, its crc
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes")
+    assert cli.main(["make-shapes", "--out", str(out), "--config", SMOKE]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, shapes_dir):
+    workdir = tmp_path_factory.mktemp("run") / "w"
+    status = cli.main(["train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir", str(workdir),
+                       "--no-progress"])
+    assert status == 0
+    return workdir
+
+
+def test_make_shapes_writes_voc_the_reader_takes(shapes_dir):
+    train = read_voc(str(shapes_dir), "train", class_names=("circle", "square", "triangle"))
+    test = read_voc(str(shapes_dir), "test", class_names=("circle", "square", "triangle"))
+    assert (len(train), len(test)) == (16, 8)  # shapes_demo:smoke's num_train, num_test
+    for record in train.records[:3] + test.records[:3]:
+        image = np.asarray(Image.open(record.path))
+        assert image.shape == (128, 128, 3)
+        assert len(record.labels) >= 1 and np.all(record.boxes[:, 2:] > record.boxes[:, :2])
+    # Held-out images come from another seed: no image is in both sets.
+    assert not {r.path for r in train.records} & {r.path for r in test.records}
+
+
+def test_train_writes_what_it_promises(trained):
+    files = set(os.listdir(trained))
+    for name in ("metrics.json", "pr_curves.png", "detections.png", "loss_curve.png", "train_log.jsonl",
+                 "detections_coco.json", "config.json", "class_names.json", "checkpoints", "tensorboard"):
+        assert name in files, name
+    metrics = json.loads((trained / "metrics.json").read_text())
+    for key in ("voc07_map", "voc_map", "coco_ap", "coco_ap50", "train_seconds", "train_images_per_second"):
+        assert isinstance(metrics[key], float), key
+    assert 0.0 <= metrics["voc07_map"] <= 1.0 and -1.0 <= metrics["coco_ap"] <= 1.0
+    assert metrics["steps"] == 4 and metrics["checkpoint_step"] == 4 and metrics["eval_images"] == 8
+    assert metrics["train_seconds"] >= metrics["first_step_seconds"] > 0
+    # Checkpoints every 2 steps (smoke) and at the end.
+    assert sorted(int(d) for d in os.listdir(trained / "checkpoints") if d.isdigit()) == [2, 4]
+    rows = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(math.isfinite(r["loss"]) and r["learning_rate"] > 0 for r in rows)
+    scalars = read_scalars(trained / "tensorboard")
+    assert [step for step, _ in scalars["train/loss"]] == [2, 4]
+    assert scalars["train/loss"][0][1] == pytest.approx(rows[0]["loss"], rel=1e-6)
+    for name in ("pr_curves.png", "detections.png", "loss_curve.png"):
+        with Image.open(trained / name) as picture:
+            assert picture.format == "PNG" and min(picture.size) >= 200
+
+
+def test_coco_ap_matches_pycocotools_on_the_written_results(trained, shapes_dir):
+    metrics = json.loads((trained / "metrics.json").read_text())
+    results = json.loads((trained / "detections_coco.json").read_text())
+    test = read_voc(str(shapes_dir), "test", class_names=("circle", "square", "triangle"))
+    gt = COCO()
+    gt.dataset = dataset_to_coco(test)
+    gt.createIndex()
+    evaluator = COCOeval(gt, gt.loadRes(results) if results else COCO(), iouType="bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    assert metrics["coco_ap"] == pytest.approx(evaluator.stats[0], abs=1e-9)
+    assert metrics["coco_ap50"] == pytest.approx(evaluator.stats[1], abs=1e-9)
+
+
+def test_eval_of_the_checkpoint_reproduces_the_final_evaluation(trained, capsys):
+    before = json.loads((trained / "metrics.json").read_text())
+    status, out, _ = run(capsys, "eval", "--workdir", trained, "--no-progress")
+    assert status == 0
+    after = json.loads((trained / "metrics.json").read_text())
+    # Restored from the checkpoint with the run's own config.json: the very same detections.
+    for key in ("voc07_map", "voc_map", "coco_ap", "coco_ap50"):
+        assert after[key] == pytest.approx(before[key], abs=1e-12), key
+    assert after["train_seconds"] == before["train_seconds"]  # training figures are kept
+    assert "VOC07 mAP@0.5" in out and str(trained / "metrics.json") in out
+
+
+def test_predict_two_images_matches_the_evaluation_detections(trained, shapes_dir, tmp_path, capsys):
+    images = [shapes_dir / "JPEGImages" / f"s1_{i:06d}.png" for i in range(2)]  # held-out images 0 and 1
+    status, out, _ = run(capsys, "predict", "--workdir", trained, *images, "--out", tmp_path,
+                         "--score-threshold", "0.05", "--no-progress")
+    assert status == 0 and str(tmp_path) in out
+    found = json.loads((tmp_path / "detections.json").read_text())
+    assert [e["file"] for e in found["images"]] == [str(p) for p in images]
+    coco = json.loads((trained / "detections_coco.json").read_text())
+    for image_id, entry in enumerate(found["images"]):
+        with Image.open(tmp_path / f"s1_{image_id:06d}.png") as picture:
+            assert picture.size == (128, 128)
+        ours = sorted((d["score"], d["label"], *d["box"]) for d in entry["detections"])
+        theirs = sorted((r["score"], r["category_id"] - 1, r["bbox"][0], r["bbox"][1], r["bbox"][0] + r["bbox"][2],
+                         r["bbox"][1] + r["bbox"][3]) for r in coco if r["image_id"] == image_id)
+        assert len(ours) == len(theirs) > 0
+        np.testing.assert_allclose(np.array(ours), np.array(theirs), rtol=1e-5, atol=1e-3)
+        for d in entry["detections"]:
+            x1, y1, x2, y2 = d["box"]
+            assert 0 <= x1 <= x2 <= 128 and 0 <= y1 <= y2 <= 128
+            assert d["class"] == ("circle", "square", "triangle")[d["label"]]
+
+
+def test_resume_continues_and_a_second_run_needs_resume(trained, capsys):
+    status, _, err = run(capsys, "train", "--workdir", trained, "--config.train.num_steps=6", "--no-eval",
+                         "--no-progress")
+    assert status == 1
+    assert_one_paragraph(err, "already holds the checkpoints", "step 4", "--resume")
+    status, out, _ = run(capsys, "train", "--workdir", trained, "--config.train.num_steps=6", "--no-eval",
+                         "--resume", "--no-progress")
+    assert status == 0 and "step 6" in out
+    assert 6 in [int(d) for d in os.listdir(trained / "checkpoints") if d.isdigit()]
+    rows = [json.loads(line) for line in (trained / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6]
+
+
+def test_demo_as_the_makefile_runs_it(tmp_path, capsys):
+    with open(os.path.join(REPO, "Makefile")) as f:
+        recipe = re.search(r"^demo:.*\n\t(.+)$", f.read(), re.MULTILINE).group(1)
+    words = shlex.split(recipe)
+    assert words[:3] == ["$(PY)", "-m", "jaxdet"], recipe  # the README's first command runs this CLI
+    workdir = tmp_path / "demo"
+    status, out, _ = run(capsys, *words[3:], "--config", SMOKE, "--workdir", workdir, "--no-progress")
+    assert status == 0
+    metrics = json.loads((workdir / "metrics.json").read_text())
+    assert {"voc07_map", "coco_ap", "train_seconds"} <= set(metrics)
+    for name in ("metrics.json", "detections.png", "pr_curves.png", "loss_curve.png"):
+        assert str(workdir / name) in out  # the demo says where each result is
+        assert (workdir / name).is_file()
+    assert len((workdir / "data" / "ImageSets" / "Main" / "test.txt").read_text().split()) == 8
+    assert "VOC07 mAP@0.5" in out and "COCO AP" in out
+
+
+@pytest.mark.parametrize("command", ["demo", "train", "eval", "predict", "make-shapes"])
+def test_help_of_each_command(command, capsys):
+    with pytest.raises(SystemExit) as stop:
+        cli.main([command, "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: jaxdet {command}")
+    assert "example:" in out and "--config" in out
+
+
+def test_top_level_help_starts_with_the_demo(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "python -m jaxdet demo" in out
+    for command in ("demo", "train", "eval", "predict", "make-shapes"):
+        assert re.search(rf"^\s+{command}\b", out, re.MULTILINE), command
+
+
+def test_config_typo_names_the_key_and_close_matches(tmp_path, capsys):
+    status, _, err = run(capsys, "train", "--config", SMOKE, "--config.optimizer.lerning_rate=1e-3",
+                         "--workdir", tmp_path)
+    assert status == 2
+    assert_one_paragraph(err, "unknown config key 'optimizer.lerning_rate'", "'optimizer.learning_rate'")
+    status, _, err = run(capsys, "train", "--config", SMOKE, "--config.train.num_stepz", "5", "--workdir", tmp_path)
+    assert status == 2
+    assert_one_paragraph(err, "'train.num_stepz'", "'train.num_steps'")
+    status, _, err = run(capsys, "train", "--config", SMOKE, "--config.train.num_steps=many", "--workdir", tmp_path)
+    assert status == 2
+    assert_one_paragraph(err, "--config.train.num_steps=many", "int")
+    status, _, err = run(capsys, "train", "--config", "no_such_config.py", "--workdir", tmp_path)
+    assert status == 2
+    assert_one_paragraph(err, "'no_such_config.py' not found", "tiny_shapes")
+    assert not os.listdir(tmp_path)  # nothing written by a run that never started
+
+
+@pytest.mark.parametrize("text, current, expected", [
+    ("3e-4", 1e-3, 3e-4), ("7", 1.0, 7.0), ("12", 5, 12), ("false", True, False), ("1", False, True),
+    ("4,8,16", (2, 4, 8), (4, 8, 16)), ("(0.5, 1.0)", (1.0,), (0.5, 1.0)), ("", (1500,), ()),
+    ("circle,ring", ("circle",), ("circle", "ring")), ("/data/VOC", "", "/data/VOC"), ("600", None, 600),
+])
+def test_overrides_are_typed_like_the_field(text, current, expected):
+    import ml_collections
+
+    config = ml_collections.ConfigDict({"section": {"field": current}})
+    cli.apply_override(config, "section.field", text)
+    assert config.section.field == expected and type(config.section.field) is type(expected)
+
+
+def test_dataset_path_missing(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={missing}",
+                         "--workdir", tmp_path / "w", "--no-progress")
+    assert status == 1
+    assert_one_paragraph(err, "shapes dataset was not found", str(missing), "--config.data.root", "make-shapes")
+    status, _, err = run(capsys, "train", "--config", "vgg16_voc07", "--workdir", tmp_path / "w", "--no-progress")
+    assert status == 1
+    assert_one_paragraph(err, "voc dataset needs a location", "--config.data.root")
+
+
+@pytest.mark.skipif(any(d.platform == "gpu" for d in jax.devices()), reason="a GPU is present")
+def test_no_gpu_when_one_is_asked_for(tmp_path, shapes_dir, capsys):
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}",
+                         "--workdir", tmp_path, "--device", "gpu")
+    assert status == 1
+    assert_one_paragraph(err, "no GPU found", "--device gpu", "--device cpu")
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}",
+                         "--workdir", tmp_path, "--num-devices", len(jax.devices()) + 1)
+    assert status == 1
+    assert_one_paragraph(err, "--num-devices", "xla_force_host_platform_device_count")
+
+
+def test_out_of_memory(tmp_path, shapes_dir, capsys, monkeypatch):
+    def exhausted(*args, **kwargs):
+        # What XLA raises when an allocation fails on the device.
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
+                                         "17179869184 bytes.")
+
+    monkeypatch.setattr(loop, "train_step", exhausted)
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}",
+                         "--workdir", tmp_path, "--no-progress")
+    assert status == 1
+    assert_one_paragraph(err, "out of memory", "--config.train.batch_size", "bfloat16", "17179869184 bytes")
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, shapes_dir, capsys):
+    # The learning rate turns NaN at step 2 (decay_factor ** 0 is 1 before, NaN after): two good
+    # updates, then a NaN update; checkpoints every step.
+    workdir = tmp_path / "w"
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir", workdir,
+                         "--config.optimizer.decay_steps=2", "--config.optimizer.decay_factor=nan",
+                         "--config.train.num_steps=6", "--config.train.checkpoint_every=1", "--no-progress")
+    assert status == 3
+    text = assert_one_paragraph(err, "stopped at step 3", "NaN or infinite", "last finite losses, at step 2",
+                                "checkpoint, step 2", "--resume", "learning rate")
+    losses = dict(re.findall(r"(\w*loss)=([^,\s]+)", text.split("last finite losses")[1].split("checkpoint")[0]))
+    assert {"loss", "rpn_cls_loss", "roi_cls_loss"} <= set(losses)
+    assert all(math.isfinite(float(v.rstrip("."))) for v in losses.values())
+    assert sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == [1, 2]
+    config = cli.load_config(SMOKE)
+    state = loop.restore_trained(config, str(workdir))
+    assert int(state.step) == 2
+    assert all(bool(np.all(np.isfinite(leaf))) for leaf in jax.tree.leaves(state.params))
