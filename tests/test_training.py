@@ -192,8 +192,12 @@ def test_bfloat16_step_keeps_float32_parameters(config):
     config = config.copy_and_resolve_references()
     config.model.compute_dtype = "bfloat16"
     state = create_train_state(config, jax.random.PRNGKey(0))
-    state, metrics = train_step(state, synthetic_batch(4), step_key(state))
-    assert all(np.isfinite(float(metrics[name])) for name in LOSSES)
+    batch = synthetic_batch(4)
+    features = jax.eval_shape(lambda v, x: state.model.apply(v, x, method=state.model.extract),
+                              state.variables, batch["images"])
+    assert features.dtype == jnp.bfloat16
+    state, metrics = train_step(state, batch, step_key(state))
+    assert all(np.isfinite(float(metrics[name])) and metrics[name].dtype == jnp.float32 for name in LOSSES)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
 
 
