@@ -69,9 +69,16 @@ def _run_simulated(out_dir: str) -> None:
     mesh = make_mesh()
     results["layout"] = str(batch_layout(GLOBAL_BATCH, mesh))
     results["mesh_of_3"] = make_mesh(num_devices=3).devices.size
+
+    def pool_under_mesh(features, rois):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return sharding.roi_pool(features, rois)
+
     for name, bad in (("batch_layout", lambda: batch_layout(6, mesh)),
                       ("shard_batch", lambda: shard_batch({"images": np.zeros((6, 2))}, mesh)),
-                      ("make_mesh", lambda: make_mesh(num_devices=NUM_DEVICES + 1))):
+                      ("make_mesh", lambda: make_mesh(num_devices=NUM_DEVICES + 1)),
+                      ("pool_k5", lambda: pool_under_mesh(jnp.zeros((4, 4, 4, 1)), jnp.zeros((3, 5)))),
+                      ("pool_batch", lambda: pool_under_mesh(jnp.zeros((6, 4, 4, 1)), jnp.zeros((6, 1, 4))))):
         try:
             bad()
             results[f"{name}_error"] = None
@@ -249,6 +256,9 @@ def test_mesh_and_batch_layout(simulated):
     assert "multiple of the 4 devices" in results["batch_layout_error"]
     assert "'images'" in results["shard_batch_error"] and "4 devices" in results["shard_batch_error"]
     assert "num_devices must be in [1, 4]" in results["make_mesh_error"]
+    # Partitioned RoI pooling refuses what it cannot split: global batch indices, an uneven batch.
+    assert "rois must be [N, R, 4]" in results["pool_k5_error"]
+    assert "N=6 does not split evenly over the 4 devices" in results["pool_batch_error"]
 
 
 if __name__ == "__main__":

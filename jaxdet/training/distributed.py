@@ -12,7 +12,9 @@ Settings come from flags (`add_arguments`) or, where a flag is not given, the en
   JAX_COORDINATOR_ADDRESS  host:port of process 0's coordinator service
   JAX_NUM_PROCESSES        number of processes P
   JAX_PROCESS_ID           this process's index in [0, P)
-With none of them set there is one process and nothing to initialise.
+With none of them set there is one process and nothing to initialise. JAX itself reads the
+first; the other two are jaxdet's, so that a launcher only sets variables (under SLURM, for
+example, JAX_NUM_PROCESSES=$SLURM_NTASKS JAX_PROCESS_ID=$SLURM_PROCID).
 
     settings = settings_from_args(parser.parse_args())
     initialize(settings)                     # before anything else touches JAX's devices
