@@ -92,30 +92,41 @@ def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: ja
                                       max_output=settings.max_detections))(boxes, scores)
 
 
-def detections_to_lists(detections: Detections, *, scale: np.ndarray, orig_hw: np.ndarray) -> List[Dict[str, np.ndarray]]:
+def detections_to_lists(detections: Detections, *, orig_hw: np.ndarray, image_hw: Optional[np.ndarray] = None,
+                        scale: Optional[np.ndarray] = None) -> List[Dict[str, np.ndarray]]:
     """Fixed-size detections -> one dict per image in original-image coordinates (host side).
+
+    Give exactly one of `image_hw` (exact: each axis scaled by original / resized size, the
+    inverse of the input pipeline's resize) or `scale` (one factor per image).
 
     Args:
       detections: output of `predict` (leading batch axis N).
-      scale: [N] resize factor from the original image to the network input.
       orig_hw: [N, 2] (height, width) of the original images.
+      image_hw: [N, 2] (height, width) of the resized image content the network saw.
+      scale: [N] resize factor from the original image to the network input.
 
     Returns:
       N dicts with "boxes" [n, 4] float32 xyxy original pixels (clipped to the image),
       "scores" [n] float32 (descending) and "labels" [n] int32 in [0, K).
     """
+    if (image_hw is None) == (scale is None):
+        raise ValueError("detections_to_lists: give exactly one of image_hw and scale")
     boxes, scores, labels, valid = (np.asarray(x) for x in jax.device_get(tuple(detections)))
-    scale = np.asarray(scale, np.float32).reshape(-1)
-    orig_hw = np.asarray(orig_hw).reshape(-1, 2)
-    if not boxes.shape[0] == scale.shape[0] == orig_hw.shape[0]:
+    orig_hw = np.asarray(orig_hw, np.float32).reshape(-1, 2)
+    if scale is not None:
+        factor = np.repeat(1.0 / np.asarray(scale, np.float32).reshape(-1, 1), 2, axis=1)  # [N, 2] (y, x)
+    else:
+        factor = orig_hw / np.maximum(np.asarray(image_hw, np.float32).reshape(-1, 2), 1.0)
+    if not boxes.shape[0] == factor.shape[0] == orig_hw.shape[0]:
         raise ValueError(f"detections_to_lists: batch sizes differ: detections {boxes.shape[0]}, "
-                         f"scale {scale.shape[0]}, orig_hw {orig_hw.shape[0]}")
+                         f"{'scale' if scale is not None else 'image_hw'} {factor.shape[0]}, orig_hw {orig_hw.shape[0]}")
     out = []
     for i in range(boxes.shape[0]):
         keep = valid[i]
         height, width = orig_hw[i]
-        upper = np.array([width, height, width, height], np.float32)
-        b = np.clip(boxes[i][keep] / scale[i], 0.0, upper).astype(np.float32)
+        (fy, fx) = factor[i]
+        b = boxes[i][keep] * np.array([fx, fy, fx, fy], np.float32)
+        b = np.clip(b, 0.0, np.array([width, height, width, height], np.float32)).astype(np.float32)
         out.append({"boxes": b, "scores": scores[i][keep].astype(np.float32),
                     "labels": labels[i][keep].astype(np.int32)})
     return out

@@ -230,11 +230,18 @@ def test_detections_to_lists_maps_back_to_original_pixels():
     detections = Detections(boxes=jnp.asarray(boxes), scores=jnp.array([[0.9, 0.8, 0.0], [0.7, 0.0, 0.0]]),
                             labels=jnp.array([[2, 0, 0], [1, 0, 0]], jnp.int32),
                             valid=jnp.array([[True, True, False], [True, False, False]]))
-    out = detections_to_lists(detections, scale=np.array([2.0, 0.5]), orig_hw=np.array([[45, 30], [100, 100]]))
+    orig_hw = np.array([[45, 30], [100, 100]])
+    out = detections_to_lists(detections, scale=np.array([2.0, 0.5]), orig_hw=orig_hw)
     np.testing.assert_allclose(out[0]["boxes"], [[5, 10, 15, 20], [25, 0, 30, 45]])
     np.testing.assert_allclose(out[0]["scores"], [0.9, 0.8])
     np.testing.assert_array_equal(out[0]["labels"], [2, 0])
     np.testing.assert_allclose(out[1]["boxes"], [[2, 4, 6, 8]])
     assert out[1]["labels"].dtype == np.int32
+    # Per axis: image 1 was resized from 100x100 to 50x25 (height x width).
+    exact = detections_to_lists(detections, image_hw=np.array([[90, 60], [50, 25]]), orig_hw=orig_hw)
+    np.testing.assert_allclose(exact[0]["boxes"], [[5, 10, 15, 20], [25, 0, 30, 45]])
+    np.testing.assert_allclose(exact[1]["boxes"], [[4, 4, 12, 8]])
     with pytest.raises(ValueError, match="batch sizes differ"):
         detections_to_lists(detections, scale=np.ones(3), orig_hw=np.ones((3, 2)))
+    with pytest.raises(ValueError, match="exactly one of image_hw and scale"):
+        detections_to_lists(detections, orig_hw=orig_hw)

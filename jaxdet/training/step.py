@@ -144,6 +144,17 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
 
 
 def _train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array) -> Tuple[TrainState, Metrics]:
+    """One optimizer step: (state, batch, key) -> (new state, metrics).
+
+    Args:
+      state: TrainState (donated: do not use it after the call).
+      batch: see `detection_losses`.
+      key: PRNG key of this step, e.g. `step_key(state)`.
+
+    Returns:
+      (state with step + 1, metrics): the losses and accuracies of `detection_losses` (before the
+      update), "learning_rate" used for this step and "grad_norm" (global L2 norm of the gradient).
+    """
     def loss_fn(params):
         return detection_losses(state.model, {"params": params, **state.model_state}, batch, key,
                                 settings=state.settings, train=True)
@@ -158,17 +169,6 @@ def _train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Arra
 # One compiled program per (batch shapes, static state fields); the old state's buffers are
 # reused for the new one.
 train_step = jax.jit(_train_step, donate_argnums=(0,))
-train_step.__doc__ = """One SGD step: (state, batch, key) -> (new state, metrics).
-
-Args:
-  state: TrainState (donated: do not use it after the call).
-  batch: see `detection_losses`.
-  key: PRNG key of this step, e.g. `step_key(state)`.
-
-Returns:
-  (state with step + 1, metrics): the losses and accuracies of `detection_losses` (before the
-  update), "learning_rate" used for this step and "grad_norm" (global L2 norm of the gradient).
-"""
 
 
 @jax.jit
