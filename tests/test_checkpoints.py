@@ -83,15 +83,18 @@ def small_state(step, ballast_mb=0):
 
 
 KILLED_WHILE_SAVING = textwrap.dedent("""
-    import os, signal, sys
+    import os, signal, sys, time
     sys.path.insert(0, {tests!r})
     from test_checkpoints import small_state
     from jaxdet.training import checkpoint_manager, save_checkpoint
     manager = checkpoint_manager({directory!r}, save_every=1, keep=5)
     save_checkpoint(manager, small_state(1), data_state={{"position": 1}})
     manager.wait_until_finished()
-    # Step 2 carries 256 MB, so its background write is far from done when the process dies.
+    # Step 2 carries 256 MB: its background write is far from done when the process dies, as
+    # soon as the write has begun (its temporary directory exists).
     save_checkpoint(manager, small_state(2, ballast_mb=256), data_state={{"position": 2}})
+    while not any(name.startswith("2.") for name in os.listdir({directory!r})):
+        time.sleep(0.001)
     os.kill(os.getpid(), signal.SIGKILL)
 """)
 
@@ -104,7 +107,7 @@ def test_a_kill_while_saving_leaves_the_previous_checkpoint_intact(tmp_path):
     assert done.returncode == -signal.SIGKILL, done.stderr
     # The process died with step 2 half written (orbax's temporary directory) ...
     assert sorted(os.listdir(directory))[0] == "1" and any(n.startswith("2.") for n in os.listdir(directory))
-    # ... which the next manager ignores (and clears).
+    # ... which the next manager ignores (and deletes in the background).
     manager = checkpoint_manager(directory)
     assert manager.all_steps() == [1]
     template = small_state(0)

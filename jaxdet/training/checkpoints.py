@@ -7,7 +7,7 @@ continues the same loss curve: the same parameters and momentum, the same keys
 
 Atomicity: orbax writes each checkpoint into a temporary directory and renames it into place
 when complete, so a process killed while saving leaves the previous checkpoints intact and
-`latest_step` never sees the partial one (which is deleted when the next manager opens).
+`latest_step` never sees the partial one (which the next manager deletes in the background).
 """
 
 import os
