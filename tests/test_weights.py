@@ -168,3 +168,23 @@ def test_unknown_and_absent_files(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(WeightsError, match=r"unknown weight file type '\.h5'"):
         load_state_dict(str(path))
+
+
+def test_config_pretrained_path_loads_into_the_train_state(tmp_path):
+    from test_training import load_config
+    from jaxdet.training import create_train_state
+
+    config = load_config("vgg16_voc07", "smoke")
+    config.model.head_hidden = (64, 64)  # a small fc6/fc7 keeps the test light
+    sd = synthetic_state_dict(np.random.default_rng(8), hidden=64)
+    path = str(tmp_path / "vgg16.npz")
+    np.savez(path, **sd)
+    config.model.pretrained = path
+    state = create_train_state(config, jax.random.PRNGKey(0))
+    np.testing.assert_array_equal(state.params["backbone"]["conv5_3"]["kernel"],
+                                  sd["features.28.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(state.params["box_head"]["fc7"]["kernel"], sd["classifier.3.weight"].T)
+    del sd["classifier.3.bias"]
+    np.savez(path, **sd)
+    with pytest.raises(WeightsError, match=r"vgg16\.npz: missing key 'classifier\.3\.bias'"):
+        create_train_state(config, jax.random.PRNGKey(0))
