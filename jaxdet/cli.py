@@ -270,7 +270,7 @@ def _print_summary(metrics: dict, title: str) -> None:
     from jaxdet.reporting import summary_table
 
     rows = []
-    for key, name in (("steps", "training steps"), ("batch_size", "images per step"),
+    for key, name in (("steps", "training steps"), ("batch_layout", "batch"),
                       ("train_seconds", "training time (s)"), ("first_step_seconds", "  of which compiling (s)"),
                       ("train_images_per_second", "training images/s"), ("eval_images", "held-out images"),
                       ("voc07_map", "VOC07 mAP@0.5 (11-point)"), ("voc_map", "VOC mAP@0.5 (area)"),

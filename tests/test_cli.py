@@ -184,8 +184,10 @@ def test_demo_as_the_makefile_runs_it(tmp_path, capsys):
         recipe = re.search(r"^demo:.*\n\t(.+)$", f.read(), re.MULTILINE).group(1)
     words = shlex.split(recipe)
     assert words[:3] == ["$(PY)", "-m", "jaxdet"], recipe  # the README's first command runs this CLI
+    arguments = [w for w in words[3:] if not w.startswith("$(")]  # make variables (extra flags) are empty here
+    assert arguments[:1] == ["demo"], recipe
     workdir = tmp_path / "demo"
-    status, out, _ = run(capsys, *words[3:], "--config", SMOKE, "--workdir", workdir, "--no-progress")
+    status, out, _ = run(capsys, *arguments, "--config", SMOKE, "--workdir", workdir, "--no-progress")
     assert status == 0
     metrics = json.loads((workdir / "metrics.json").read_text())
     assert {"voc07_map", "coco_ap", "train_seconds"} <= set(metrics)

@@ -27,9 +27,9 @@ def _tiny_shapes(variant: str = "") -> ml_collections.ConfigDict:
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = _tiny_shapes()
-    config.train.num_steps = 1500     # 12k images: about 6 minutes at 34 images/s on 2 busy cores
+    config.train.num_steps = 2500     # 20k images: 3.3 minutes at the 104 images/s of 2 idle cores
     config.optimizer.learning_rate = 1e-3
-    config.optimizer.decay_steps = (1200,)  # x 0.1 for the last fifth
+    config.optimizer.decay_steps = (2000,)  # x 0.1 for the last fifth
     config.data.root = ""            # set by the demo to the dataset it writes (WORKDIR/data)
     config.eval = dict(batch_size=8)  # images per detection batch
     if variant == "smoke":
