@@ -4,8 +4,10 @@
 saving checkpoints every `train.checkpoint_every` steps and at the end, with a progress bar,
 TensorBoard scalars and `train_log.jsonl` (`jaxdet.reporting`). The metrics of each step are
 read back one step late, so the host never waits for the device except at checkpoints; a
-non-finite loss or gradient stops the run (`TrainingDiverged`) before anything after it is
-saved, so the last checkpoint is always a good one.
+non-finite loss, gradient norm or learning rate, or non-finite parameters at a checkpoint, stop
+the run (`TrainingDiverged`) before anything after it is saved, so the last checkpoint is always
+a good one. With several devices or processes the step is data parallel
+(`jaxdet.training.parallel`, `jaxdet.training.distributed`); the first process writes the files.
 
 `evaluate` detects on every image of a dataset and writes, into the work directory,
 `metrics.json` (VOC07 mAP@0.5, VOC area mAP, COCO AP and the rest of COCO's table, per-class AP),
@@ -129,6 +131,7 @@ def save_run_files(config: ml_collections.ConfigDict, workdir: str, class_names:
 
 
 def read_class_names(workdir: str) -> tuple:
+    """The class names a run in `workdir` was trained with (label k is the k-th)."""
     with open(os.path.join(workdir, CLASS_NAMES_FILE)) as f:
         return tuple(json.load(f))
 
