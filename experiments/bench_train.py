@@ -18,7 +18,6 @@ Usage:
 
 import argparse
 import functools
-import importlib.util
 import os
 import platform
 import sys
@@ -28,6 +27,7 @@ import jax
 import numpy as np
 
 import jaxdet.models.detector as detector_module
+from jaxdet.configs import load_config_file
 from jaxdet.inference import predict
 from jaxdet.training import create_train_state, test_settings
 from jaxdet.training.step import step_key, train_step
@@ -38,10 +38,7 @@ PRESETS = {"tiny": ("tiny_shapes.py", (128, 128), 8), "vgg16": ("vgg16_voc07.py"
 
 
 def load_config(file_name):
-    spec = importlib.util.spec_from_file_location("config", os.path.join(CONFIGS, file_name))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config_file(os.path.join(CONFIGS, file_name))
 
 
 def synthetic_batch(batch_size, image_hw, max_boxes, num_classes, seed=0):

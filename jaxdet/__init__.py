@@ -8,6 +8,7 @@ Subpackages, one topic each:
   jaxdet.data        VOC, COCO, synthetic shapes, transforms, input pipeline
   jaxdet.evaluation  VOC and COCO metrics, pictures
   jaxdet.training    train state, train step, checkpoints, pretrained weights
+  jaxdet.configs     loading experiment configs (Python files with get_config) by path
 """
 
 __version__ = "0.1.0"

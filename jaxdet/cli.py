@@ -18,13 +18,14 @@ import argparse
 import ast
 import difflib
 import glob
-import importlib.util
 import json
 import os
 import shutil
 import sys
 import textwrap
 from typing import Any, Sequence
+
+from jaxdet.configs import load_config_module
 
 PROG = "jaxdet"
 REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "configs")
@@ -66,9 +67,7 @@ def resolve_config_path(spec: str) -> tuple:
 def load_config(spec: str):
     """The ConfigDict of `path.py[:variant]` (see `resolve_config_path`)."""
     path, variant = resolve_config_path(spec)
-    module_spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
+    module = load_config_module(path)
     if not hasattr(module, "get_config"):
         raise UsageError(f"config file {path} has no get_config() function")
     try:

@@ -4,7 +4,6 @@ Every training test uses the "smoke" variant of `experiments/configs/tiny_shapes
 same batch shapes, so the step compiles once for the whole file (and for test_checkpoints).
 """
 
-import importlib.util
 import os
 
 import jax
@@ -13,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from jaxdet.configs import load_config_module
 from jaxdet.inference import detections_to_lists, predict
 from jaxdet.ops.nms import Detections
 from jaxdet.training import (OptimizerSettings, create_train_state, learning_rate_schedule, make_optimizer,
@@ -25,10 +25,7 @@ LOSSES = ("rpn_cls_loss", "rpn_box_loss", "roi_cls_loss", "roi_box_loss")
 
 
 def load_config(name="tiny_shapes", variant="smoke"):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(CONFIGS, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return load_config_module(os.path.join(CONFIGS, f"{name}.py")).get_config(variant)
 
 
 # Class k is a filled square of colour COLOURS[k] on a grey, noisy background.

@@ -8,19 +8,15 @@ background in [0.1, 0.5)), lr 1e-3 for 30k steps then 1e-4 to 40k, conv1-conv2 f
     get_config("smoke"): a few steps at 1/4 the image size.
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
+from jaxdet.configs import load_config_file
+
 
 def _paper_recipe() -> ml_collections.ConfigDict:
-    # Loaded by path: config files are read by path (ml_collections, the CLI), not as a package.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vgg16_voc07.py")
-    spec = importlib.util.spec_from_file_location("vgg16_voc07", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "vgg16_voc07.py"))
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:

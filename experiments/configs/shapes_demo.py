@@ -10,19 +10,16 @@ need), the data root set by the demo, and an evaluation batch size.
                         (the main-job smoke test: same programs, minutes less)
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
+from jaxdet.configs import load_config_module
+
 
 def _tiny_shapes(variant: str = "") -> ml_collections.ConfigDict:
-    # Loaded by path: config files are read by path (the CLI), not imported as a package.
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny_shapes.py")
-    spec = importlib.util.spec_from_file_location("tiny_shapes", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return load_config_module(path).get_config(variant)
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
