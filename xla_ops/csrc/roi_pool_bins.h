@@ -75,14 +75,22 @@ struct RoiGeometry {
   float bin_w;     // bin width
 };
 
+// The image a RoI reads: its batch index (truncated, as the seed does) when finite and in
+// [0, num_images), else -1. The forward and both backward kernels validate through this.
+ROI_HD int64_t RoiImage(const float* roi, int64_t num_images) {
+  const float b = Flush(roi[0]);
+  if (!IsFinite(b) || !(b >= 0.0f) || !(b < static_cast<float>(num_images))) return -1;
+  return static_cast<int64_t>(b);
+}
+
 // roi: (batch_index, x1, y1, x2, y2) in input pixels. An RoI is invalid, and pools to zeros
 // with argmax -1, when its batch index is not finite or not in [0, num_images), when a
 // coordinate is not finite, or (rounding none) when its scaled size is not positive.
 ROI_HD RoiGeometry MapRoi(const float* roi, float spatial_scale, int64_t num_images,
                           int64_t pooled_h, int64_t pooled_w, Rounding rounding) {
   RoiGeometry g{-1, 0.0f, 0.0f, 0.0f, 0.0f};
-  const float b = Flush(roi[0]);
-  if (!IsFinite(b) || !(b >= 0.0f) || !(b < static_cast<float>(num_images))) return g;
+  const int64_t image = RoiImage(roi, num_images);
+  if (image < 0) return g;
   for (int i = 1; i < 5; ++i) {
     if (!IsFinite(roi[i])) return g;
   }
@@ -106,7 +114,7 @@ ROI_HD RoiGeometry MapRoi(const float* roi, float spatial_scale, int64_t num_ima
     h = h > 1.0f ? h : 1.0f;
     if (!IsFinite(w) || !IsFinite(h)) return g;
   }
-  g.batch = static_cast<int64_t>(b);
+  g.batch = image;
   g.start_h = y1;
   g.start_w = x1;
   g.bin_h = Div(h, static_cast<float>(pooled_h));

@@ -161,10 +161,8 @@ void Backward(ffi::ThreadPool& pool, const T* grad_out, const float* rois, const
       const int64_t c1 = std::min(d.c, c0 + kBlock);
       float* grad_plane = grad_features + image * plane * d.c;
       for (int64_t k = 0; k < d.k; ++k) {
-        // Only the batch index is needed; it is validated exactly as in the forward pass.
-        const float b = Flush(rois[k * 5]);
-        if (!IsFinite(b) || !(b >= 0.0f) || !(b < static_cast<float>(d.n))) continue;
-        if (static_cast<int64_t>(b) != image) continue;
+        // Only the image is needed, validated exactly as in the forward pass.
+        if (RoiImage(rois + k * 5, d.n) != image) continue;
         const int64_t base = k * d.ph * d.pw * d.c;
         for (int64_t bin = 0; bin < d.ph * d.pw; ++bin) {
           const int32_t* arg = argmax + base + bin * d.c;

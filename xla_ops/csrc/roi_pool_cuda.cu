@@ -73,13 +73,6 @@ __global__ void ForwardKernel(const T* __restrict__ features, const float* __res
   }
 }
 
-// The image a RoI reads, validated as the forward pass does; -1 when invalid.
-__device__ __forceinline__ int64_t RoiImage(const float* rois, int64_t k, int64_t num_images) {
-  const float b = Flush(rois[k * 5]);
-  if (!IsFinite(b) || !(b >= 0.0f) || !(b < static_cast<float>(num_images))) return -1;
-  return static_cast<int64_t>(b);
-}
-
 template <typename T>
 __global__ void BackwardAtomicKernel(const T* __restrict__ grad_out, const float* __restrict__ rois,
                                      const int32_t* __restrict__ argmax, float* grad_features, Dims d) {
@@ -89,7 +82,7 @@ __global__ void BackwardAtomicKernel(const T* __restrict__ grad_out, const float
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     const int64_t a = argmax[i];
     if (a < 0 || a >= plane) continue;
-    const int64_t image = RoiImage(rois, i / (d.c * d.pw * d.ph), d.n);
+    const int64_t image = RoiImage(rois + i / (d.c * d.pw * d.ph) * 5, d.n);
     if (image < 0) continue;
     atomicAdd(grad_features + (image * plane + a) * d.c + i % d.c, ToFloat(grad_out[i]));
   }
