@@ -1,6 +1,6 @@
 """The RoI pooling op: native custom call against the jnp reference and independent numpy code."""
 
-import warnings
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -122,7 +122,8 @@ CASES = [  # (features shape NHWC, output size, spatial scale)
 @pytest.mark.parametrize("rounding", ["none", "round"])
 @pytest.mark.parametrize("shape, output_size, scale", CASES)
 def test_native_forward_equals_reference(shape, output_size, scale, rounding):
-    rng = np.random.default_rng(hash((shape, rounding)) % 2**32)
+    # A stable seed per case (hash() of a str changes with every interpreter).
+    rng = np.random.default_rng(zlib.crc32(repr((shape, rounding)).encode()))
     features = jnp.asarray(rng.normal(size=shape).astype(np.float32))
     rois = random_rois(rng, 24 if output_size != (64, 64) else 4, shape[0],
                        (shape[1] / scale, shape[2] / scale))
