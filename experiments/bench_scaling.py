@@ -1,9 +1,11 @@
 """Data-parallel scaling: the train step on 1, 2, 4 ... devices, and its communication per step.
 
 Measured (side by side in one run, so that the ratios mean something on a shared machine):
-for each device count n, the same global batch split over a mesh of n devices
-(`jaxdet.training.parallel`), RoI pooling partitioned along the batch or left to the
-partitioner ("plain": it then gathers every device's feature map): compile time, the median
+for each device count n, the same global batch split over a mesh of n devices, either as
+`jaxdet.training.parallel` compiles it ("partitioned": RoI pooling and the per-image stages
+split along the batch) or with the same shardings but no mesh in context ("plain": the
+partitioner alone, which gathers every device's feature map for the custom call and the RPN
+scores for top-k): compile time, the median
 step time, the loss of the first step (it must not depend on n), and the bytes the compiled
 program moves between devices per step, read from its HLO (all-reduce: the gradient; all-gather:
 anything gathered; of it, what RoI pooling gathers: feature maps and pooled cotangents).
@@ -30,7 +32,6 @@ import re
 import statistics
 import sys
 import time
-from unittest import mock
 
 import numpy as np
 
@@ -42,13 +43,10 @@ sys.path.insert(0, REPO)
 
 from jaxdet.cli import load_config  # noqa: E402
 from jaxdet.data import InputPipeline, ShapesConfig, make_shapes  # noqa: E402
-from jaxdet.models import detector  # noqa: E402
-from jaxdet.training import create_train_state, step_key  # noqa: E402
+from jaxdet.training import create_train_state, step_key, train_step  # noqa: E402
 from jaxdet.training.parallel import (batch_layout, make_mesh, make_parallel_train_step, replicate,  # noqa: E402
-                                      shard_batch)
+                                      replicated, shard_batch, split_batch)
 from jaxdet.training.state import FrozenStages, build_model, init_variables  # noqa: E402
-from xla_ops import roi_pool as plain_roi_pool  # noqa: E402
-from xla_ops import sharding  # noqa: E402
 
 # name -> (config, image (H, W)); the VGG16 image is the paper's 600x1000 padded to a bucket.
 PRESETS = {"tiny": ("tiny_shapes", (128, 128)), "vgg16": ("vgg16_voc07", (608, 1024))}
@@ -95,19 +93,19 @@ def measure(config, batch: dict, num_devices: int, partitioned: bool, steps: int
     """Compile and time the data-parallel step on the first `num_devices` devices."""
     mesh = make_mesh(num_devices)
     state = replicate(create_train_state(config, jax.random.key(0)), mesh)
-    pool = sharding.roi_pool if partitioned else plain_roi_pool
     feature_hwc = jax.eval_shape(lambda p, x: state.model.apply({"params": p, **state.model_state}, x,
                                                                 method=state.model.extract),
                                  state.params, batch["images"][:1]).shape[1:]
-    # The detector imports the unpartitioned op; swap in the one under test. The jit caches of
-    # train_step do not know of the swap: empty them so that the step is traced anew.
-    jax.clear_caches()
-    with mock.patch.object(detector, "roi_pool", pool):
+    jax.clear_caches()  # each program traced anew, not taken from the other variant's trace
+    if partitioned:
         step = make_parallel_train_step(mesh)
-        placed = shard_batch(batch, mesh)
-        began = time.perf_counter()
-        compiled = step.lower(state, placed, replicate(step_key(state), mesh)).compile()
-        compile_s = time.perf_counter() - began
+    else:  # the same shardings, traced without the mesh in context: the partitioner decides alone
+        step = jax.jit(train_step, in_shardings=(replicated(mesh), split_batch(mesh), replicated(mesh)),
+                       out_shardings=replicated(mesh), donate_argnums=(0,))
+    placed = shard_batch(batch, mesh)
+    began = time.perf_counter()
+    compiled = step.lower(state, placed, replicate(step_key(state), mesh)).compile()
+    compile_s = time.perf_counter() - began
     times, losses = [], []
     for _ in range(steps + 1):
         began = time.perf_counter()
@@ -194,7 +192,7 @@ def main(argv=None) -> None:
                 print(row, flush=True)
         base = rows[0]
         print(f"\n### Measured: {args.preset}, global batch {args.batch}, {image_hw[0]}x{image_hw[1]}\n")
-        print("| devices | layout | RoI pooling | compile s | step ms | step vs first row | first-step loss | "
+        print("| devices | layout | step | compile s | step ms | step vs first row | first-step loss | "
               "all-reduce MiB | all-gather MiB | of it RoI pooling's MiB |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:

@@ -18,6 +18,7 @@ import numpy as np
 from jaxdet.models.detector import FasterRCNN
 from jaxdet.ops.boxes import clip_boxes, decode_boxes
 from jaxdet.ops.nms import Detections, multiclass_nms
+from jaxdet.ops.per_image import map_images
 from jaxdet.targets import propose
 
 
@@ -68,7 +69,7 @@ def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: ja
     features = model.apply(variables, images, method=model.extract)
     if isinstance(model, FasterRCNN):
         rpn = model.apply(variables, features, method=model.rpn_outputs)
-        found = jax.vmap(functools.partial(
+        found = map_images(functools.partial(
             propose, anchors=model.anchors(features.shape[1:3]), pre_nms=settings.pre_nms,
             post_nms=settings.post_nms, nms_iou=settings.rpn_nms_iou, min_size=settings.min_size))(
             objectness=jax.nn.softmax(rpn.logits)[..., 1], deltas=rpn.deltas, image_hw=image_hw,
@@ -87,7 +88,7 @@ def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: ja
     scores = jax.nn.softmax(head.logits, axis=-1)[:, :, 1:]  # [N, R, K]
     # Padding RoIs score below any threshold, so they are never detections.
     scores = jnp.where(roi_valid[:, :, None], scores, -1.0)
-    return jax.vmap(functools.partial(multiclass_nms, iou_threshold=settings.nms_iou,
+    return map_images(functools.partial(multiclass_nms, iou_threshold=settings.nms_iou,
                                       score_threshold=settings.score_threshold,
                                       max_output=settings.max_detections))(boxes, scores)
 

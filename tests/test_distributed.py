@@ -123,7 +123,6 @@ def _flat(tree) -> np.ndarray:
 def _run_worker(out_dir: str) -> None:
     """One of the processes: settings from the environment (JAX_COORDINATOR_ADDRESS, ...)."""
     import dataclasses
-    from unittest import mock
 
     settings = distributed_settings()
     # Listen on loopback only, and give up early if the other process never comes.
@@ -134,11 +133,9 @@ def _run_worker(out_dir: str) -> None:
     import jax.numpy as jnp
 
     from jaxdet.cli import load_config
-    from jaxdet.models import detector
     from jaxdet.training import checkpoint_manager, create_train_state, restore_checkpoint, save_checkpoint, step_key
     from jaxdet.training.inputs import load_dataset, train_pipeline
     from jaxdet.training.parallel import batch_layout, make_mesh, make_parallel_train_step, replicate, shard_batch
-    from xla_ops import sharding
 
     pid = jax.process_index()
     assert (jax.process_count(), jax.device_count()) == (NUM_PROCESSES, NUM_PROCESSES * DEVICES_PER_PROCESS)
@@ -151,12 +148,11 @@ def _run_worker(out_dir: str) -> None:
     report = {"shard": list(shard), "layout": str(batch_layout(GLOBAL_BATCH, mesh)), "image_ids": [], "losses": []}
     state = replicate(create_train_state(config, jax.random.key(0)), mesh)
     step = make_parallel_train_step(mesh)
-    with mock.patch.object(detector, "roi_pool", sharding.roi_pool):
-        for i in range(STEPS):
-            local = pipeline.build_batch(i)
-            report["image_ids"].append(local["image_id"].tolist())
-            state, metrics = step(state, shard_batch({k: local[k] for k in TRAIN_KEYS}, mesh), step_key(state))
-            report["losses"].append(float(metrics["loss"]))
+    for i in range(STEPS):
+        local = pipeline.build_batch(i)
+        report["image_ids"].append(local["image_id"].tolist())
+        state, metrics = step(state, shard_batch({k: local[k] for k in TRAIN_KEYS}, mesh), step_key(state))
+        report["losses"].append(float(metrics["loss"]))
     params = _flat(state.params)
 
     # Saved by both processes together, restored onto one device of each.

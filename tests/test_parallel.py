@@ -10,11 +10,13 @@ References: the single-device step for the data-parallel one (the same global ba
 the same loss and gradient), and the unpartitioned op for the partitioned RoI pooling.
 """
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -36,22 +38,23 @@ def _flat(tree) -> np.ndarray:
     return np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree.leaves(jax.device_get(tree))])
 
 
+def _weights():
+    """The fixed cotangent-maker of the op checks: loss = sum(pooled * weights), pooled [4, 3, 2, 2, 8]."""
+    return np.random.default_rng(3).standard_normal((NUM_DEVICES, 3, 2, 2, 8)).astype(np.float32)
+
+
 def _run_simulated(out_dir: str) -> None:
     """The 4-device computations; everything the tests judge goes to `out_dir`."""
-    from unittest import mock
-
     import jax
     import jax.numpy as jnp
 
     import xla_ops
     from jaxdet.cli import load_config
-    from jaxdet.models import detector
     from jaxdet.training import (checkpoint_manager, create_train_state, restore_checkpoint, save_checkpoint,
                                  step_key, train_step)
     from jaxdet.training.inputs import load_dataset, train_pipeline
     from jaxdet.training.parallel import (batch_layout, make_mesh, make_parallel_train_step, replicate,
                                           shard_batch, split_batch)
-    from xla_ops import sharding
 
     assert jax.device_count() == NUM_DEVICES, jax.devices()
     results = {}
@@ -70,33 +73,40 @@ def _run_simulated(out_dir: str) -> None:
     results["layout"] = str(batch_layout(GLOBAL_BATCH, mesh))
     results["mesh_of_3"] = make_mesh(num_devices=3).devices.size
 
-    def pool_under_mesh(features, rois):
-        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-            return sharding.roi_pool(features, rois)
-
     for name, bad in (("batch_layout", lambda: batch_layout(6, mesh)),
                       ("shard_batch", lambda: shard_batch({"images": np.zeros((6, 2))}, mesh)),
-                      ("make_mesh", lambda: make_mesh(num_devices=NUM_DEVICES + 1)),
-                      ("pool_k5", lambda: pool_under_mesh(jnp.zeros((4, 4, 4, 1)), jnp.zeros((3, 5)))),
-                      ("pool_batch", lambda: pool_under_mesh(jnp.zeros((6, 4, 4, 1)), jnp.zeros((6, 1, 4))))):
+                      ("make_mesh", lambda: make_mesh(num_devices=NUM_DEVICES + 1))):
         try:
             bad()
             results[f"{name}_error"] = None
         except ValueError as e:
             results[f"{name}_error"] = str(e)
 
-    # The detector pools with the unpartitioned op; the partitioned one is its drop-in.
-    with mock.patch.object(detector, "roi_pool", sharding.roi_pool):
-        step = make_parallel_train_step(mesh)
-        sharded_batch = shard_batch(batch, mesh)
-        results["batch_devices"] = len(sharded_batch["images"].sharding.device_set)
-        results["batch_shard_rows"] = sharded_batch["images"].addressable_shards[0].data.shape[0]
-        compiled = step.lower(replicate(state, mesh), sharded_batch, key).compile()
-        texts["step_hlo"] = compiled.as_text()
-        # A copy: the step donates its state, and `replicate` may alias `state` on device 0.
-        state4, metrics4 = compiled(replicate(jax.tree.map(jnp.copy, state), mesh), sharded_batch,
-                                    replicate(key, mesh))
-        state1, metrics1 = train_step(state, batch, key)  # the reference: one device, the same batch
+    # What cannot be split runs unpartitioned, with a warning: [K, 5] rois (global batch
+    # indices) and a batch of 6 over 4 devices. Both must still pool what the op pools.
+    features6 = jax.random.normal(jax.random.key(4), (6, 5, 5, 3))
+    boxes6 = jnp.tile(jnp.array([[[0.0, 0.0, 40.0, 60.0], [16.0, 8.0, 70.0, 70.0]]]), (6, 1, 1))
+    rows6 = jnp.concatenate([jnp.repeat(jnp.arange(6.0), 2)[:, None], boxes6.reshape(-1, 4)], 1)
+    for name, rois in (("uneven", boxes6), ("k5", rows6)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+                out = jax.jit(lambda f, r: xla_ops.roi_pool(f, r, (2, 2)))(features6, rois)
+        results[f"unpartitioned_{name}_warnings"] = [str(w.message) for w in caught]
+        arrays[f"unpartitioned_{name}"] = np.asarray(out).reshape(12, 2, 2, 3)
+    arrays["unpartitioned_reference"] = np.asarray(xla_ops.roi_pool(features6, rows6, (2, 2), impl="reference"))
+
+    # The detector's own code, as `jaxdet.training` runs it on a mesh.
+    step = make_parallel_train_step(mesh)
+    sharded_batch = shard_batch(batch, mesh)
+    results["batch_devices"] = len(sharded_batch["images"].sharding.device_set)
+    results["batch_shard_rows"] = sharded_batch["images"].addressable_shards[0].data.shape[0]
+    compiled = step.lower(replicate(state, mesh), sharded_batch, key).compile()
+    texts["step_hlo"] = compiled.as_text()
+    # A copy: the step donates its state, and `replicate` may alias `state` on device 0.
+    state4, metrics4 = compiled(replicate(jax.tree.map(jnp.copy, state), mesh), sharded_batch,
+                                replicate(key, mesh))
+    state1, metrics1 = train_step(state, batch, key)  # the reference: one device, the same batch
     arrays["params_after_4"] = _flat(state4.params)
     arrays["params_after_1"] = _flat(state1.params)
     results["metrics_4"] = {k: float(v) for k, v in metrics4.items()}
@@ -110,11 +120,13 @@ def _run_simulated(out_dir: str) -> None:
     features = jax.random.normal(jax.random.key(1), (NUM_DEVICES, 6, 6, 8))
     rois = jax.random.uniform(jax.random.key(2), (NUM_DEVICES, 3, 4), maxval=90.0)
     rois = jnp.concatenate([jnp.minimum(rois[..., :2], rois[..., 2:]), jnp.maximum(rois[..., :2], rois[..., 2:])], -1)
-    weights = jax.random.normal(jax.random.key(3), (NUM_DEVICES, 3, 2, 2, 8))
-    for name, pool in (("plain", xla_ops.roi_pool), ("partitioned", sharding.roi_pool)):
-        def loss(f, pool=pool):
-            with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-                out = pool(f, rois, output_size=(2, 2), spatial_scale=1 / 16)
+    weights = _weights()
+    # The op alone, forward and backward, on a batch split over the mesh: with the mesh in context
+    # ("partitioned"), and the control without it, which the partitioner handles by gathering.
+    for name, context in (("plain", contextlib.nullcontext), ("partitioned", lambda: jax.sharding.use_abstract_mesh(mesh.abstract_mesh))):
+        def loss(f, context=context):
+            with context():
+                out = xla_ops.roi_pool(f, rois, output_size=(2, 2), spatial_scale=1 / 16)
             return jnp.sum(out * weights), out
 
         fn = jax.jit(jax.value_and_grad(loss, has_aux=True), in_shardings=split_batch(mesh))
@@ -122,6 +134,17 @@ def _run_simulated(out_dir: str) -> None:
         texts[f"op_{name}_hlo"] = fn.lower(placed).compile().as_text()
         (_, out), grad = fn(placed)
         arrays[f"op_{name}_out"], arrays[f"op_{name}_grad"] = np.asarray(out), np.asarray(grad)
+
+    # Inside a user's own shard_map, with its type check on: the op's results vary per device
+    # (a psum adds the shards' values) and its gradient is typed like the features.
+    def user_loss(f, r, w):
+        return jax.lax.psum(jnp.sum(xla_ops.roi_pool(f, r, output_size=(2, 2)) * w), "data")
+
+    spec = jax.sharding.PartitionSpec("data")
+    user = jax.shard_map(user_loss, mesh=mesh, in_specs=(spec, spec, spec), out_specs=jax.sharding.PartitionSpec())
+    value, grad = jax.jit(jax.value_and_grad(user))(features, rois, weights)
+    results["user_shard_map_loss"] = float(value)
+    arrays["user_shard_map_grad"] = np.asarray(grad)
 
     # Checkpoints move between device counts: 4 -> 1 and 1 -> 4.
     for source, target, name in ((state4, state1, "4_to_1"), (state1, state4, "1_to_4")):
@@ -217,9 +240,13 @@ def test_sharded_step_never_moves_feature_maps_between_devices(simulated):
     collectives = collective_shapes(hlo)
     moved = [(op, s) for op, shapes in collectives for s in shapes if len(s) >= 3 and tuple(s[-3:]) in forbidden]
     assert not moved, f"feature maps, pooled features or images cross devices: {moved}"
-    # The gradient is summed over devices (data parallelism), and nothing is all-gathered at rank >= 3.
+    # The gradient is summed over devices (data parallelism), and nothing is all-gathered: the
+    # per-image stages (anchor targets, proposals and their NMS, RoI sampling) run per device too.
     assert any(op == "all-reduce" for op, _ in collectives)
-    assert not [s for op, shapes in collectives if op == "all-gather" for s in shapes if len(s) >= 3]
+    assert [op for op, _ in collectives if op != "all-reduce"] == []
+    # The only top-k's are per device: on 2 images' anchors, never the global batch of 8.
+    topk_batches = {int(m) for m in re.findall(r"\[(\d+),\d+\][^=]*\bcustom-call\([^)]*\), custom_call_target=\"TopK\"", hlo)}
+    assert topk_batches and topk_batches <= {GLOBAL_BATCH // NUM_DEVICES, 1}, topk_batches
     # Each device pools its own 2 images: the custom calls see per-device shapes.
     per_device = GLOBAL_BATCH // NUM_DEVICES
     forward, backward = custom_call_shapes(hlo, FORWARD_TARGET), custom_call_shapes(hlo, BACKWARD_TARGET)
@@ -229,15 +256,30 @@ def test_sharded_step_never_moves_feature_maps_between_devices(simulated):
 
 
 def test_roi_pool_partitioned_along_batch_matches_the_op_without_gathering(simulated):
-    _, arrays, texts = simulated
-    # The control: left to the partitioner, the custom call gathers the whole batch of features.
+    results, arrays, texts = simulated
+    # The control: with no mesh in context the partitioner handles the custom call by gathering
+    # the whole batch of features onto every device.
     plain = [s for op, shapes in collective_shapes(texts["op_plain_hlo"]) if op == "all-gather" for s in shapes]
     assert (NUM_DEVICES, 6, 6, 8) in plain
-    # Partitioned, only the scalar loss is summed over devices.
+    # With the mesh in context the op splits itself: only the scalar loss is summed over devices.
     assert all(s == () for _, shapes in collective_shapes(texts["op_partitioned_hlo"]) for s in shapes)
     np.testing.assert_array_equal(arrays["op_partitioned_out"], arrays["op_plain_out"])
     np.testing.assert_array_equal(arrays["op_partitioned_grad"], arrays["op_plain_grad"])
     assert np.count_nonzero(arrays["op_plain_out"]) > 0 and np.count_nonzero(arrays["op_plain_grad"]) > 0
+    # In a user's shard_map (type check on), psum adds the 4 shards and the gradient is the op's.
+    expected = float(np.sum(arrays["op_plain_out"] * _weights()))
+    np.testing.assert_allclose(results["user_shard_map_loss"], expected, rtol=1e-5)
+    np.testing.assert_array_equal(arrays["user_shard_map_grad"], arrays["op_plain_grad"])
+
+
+def test_what_cannot_be_split_runs_unpartitioned_with_a_warning(simulated):
+    results, arrays, _ = simulated
+    for name, reason in (("uneven", "N=6 does not split evenly over the 4 devices"),
+                         ("k5", "[K, 5] rois hold global batch indices")):
+        warned = results[f"unpartitioned_{name}_warnings"]
+        assert len(warned) == 1 and reason in warned[0] and "runs unpartitioned" in warned[0], warned
+        np.testing.assert_array_equal(arrays[f"unpartitioned_{name}"], arrays["unpartitioned_reference"])
+    assert np.count_nonzero(arrays["unpartitioned_reference"]) > 0
 
 
 def test_checkpoint_saved_on_4_devices_restores_on_1_and_back(simulated):
@@ -256,9 +298,6 @@ def test_mesh_and_batch_layout(simulated):
     assert "multiple of the 4 devices" in results["batch_layout_error"]
     assert "'images'" in results["shard_batch_error"] and "4 devices" in results["shard_batch_error"]
     assert "num_devices must be in [1, 4]" in results["make_mesh_error"]
-    # Partitioned RoI pooling refuses what it cannot split: global batch indices, an uneven batch.
-    assert "rois must be [N, R, 4]" in results["pool_k5_error"]
-    assert "N=6 does not split evenly over the 4 devices" in results["pool_batch_error"]
 
 
 if __name__ == "__main__":

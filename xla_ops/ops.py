@@ -28,6 +28,7 @@ import numpy as np
 
 from xla_ops import _native
 from xla_ops.reference import ROUNDINGS, roi_pool_reference
+from xla_ops.sharding import batch_partitioned, batch_shards, warn_unpartitioned
 
 FEATURE_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 IMPLS = ("auto", "ffi", "reference")
@@ -46,7 +47,7 @@ class _CallConfig(NamedTuple):
 
 
 def roi_pool(features, rois, output_size=(7, 7), spatial_scale=1 / 16, *, data_format="NHWC",
-             rounding="none", impl="auto", deterministic=None):
+             rounding="none", impl="auto", deterministic=None, batch_axes=None):
     """RoI max pooling.
 
     Args:
@@ -63,32 +64,50 @@ def roi_pool(features, rois, output_size=(7, 7), spatial_scale=1 / 16, *, data_f
       deterministic: backward summation order. None: the platform default (the CPU backward is
         always deterministic; on GPU the fast atomicAdd backward). True on GPU selects the
         gather backward, bit-identical run after run.
+      batch_axes: under a device mesh in context (`jax.set_mesh`), the mesh axis or axes the
+        batch N is split over; None: every axis not already manual. With [N, R, 4] rois each
+        device pools its own images (`xla_ops.sharding`), and no feature map crosses devices.
+        [K, 5] rois carry global batch indices, so they are pooled unpartitioned (a warning
+        says so), as is a batch that does not split evenly over the devices.
 
     Returns:
       [K, PH, PW, C] (NHWC) or [K, C, PH, PW] (NCHW); [N, R, ...] for [N, R, 4] rois.
     """
     return roi_pool_with_argmax(features, rois, output_size, spatial_scale,
                                 data_format=data_format, rounding=rounding, impl=impl,
-                                deterministic=deterministic)[0]
+                                deterministic=deterministic, batch_axes=batch_axes)[0]
 
 
 def roi_pool_with_argmax(features, rois, output_size=(7, 7), spatial_scale=1 / 16, *,
-                         data_format="NHWC", rounding="none", impl="auto", deterministic=None):
+                         data_format="NHWC", rounding="none", impl="auto", deterministic=None,
+                         batch_axes=None):
     """As `roi_pool`, also returning argmax: int32 of the output's shape, the flat index
     h * W + w of each max inside its image plane, -1 for an empty bin or invalid RoI."""
-    features, rois, batched_rois = _check_inputs(features, rois, data_format)
-    pooled_hw = _check_output_size(output_size)
-    spatial_scale = _check_spatial_scale(spatial_scale)
-    if rounding not in ROUNDINGS:
-        raise ValueError(f"roi_pool: rounding must be one of {ROUNDINGS}, got {rounding!r}")
-    if deterministic not in (None, True, False):
-        raise ValueError(f"roi_pool: deterministic must be None or a bool, got {deterministic!r}")
-    impl = _resolve_impl(impl)
+    features, rois = _check_inputs(features, rois, data_format)
+    pool = functools.partial(
+        _pool, pooled_hw=_check_output_size(output_size), spatial_scale=_check_spatial_scale(spatial_scale),
+        data_format=data_format, rounding=_check_rounding(rounding),
+        deterministic=_check_deterministic(deterministic), impl=_resolve_impl(impl))
+    if rois.ndim == 3:
+        return batch_partitioned(pool, batch_axes=batch_axes, name="roi_pool")(features, rois)
+    axes, shards = batch_shards(batch_axes)
+    if shards > 1:
+        warn_unpartitioned("roi_pool", f"[K, 5] rois hold global batch indices, so they cannot be split "
+                                       f"over the {shards} devices of mesh axes {axes} (pass [N, R, 4] boxes)")
+    return pool(features, rois)
 
+
+def _pool(features, rois, *, pooled_hw, spatial_scale, data_format, rounding, deterministic, impl):
+    """Checked arguments -> (pooled, argmax) on this device's images."""
     if data_format == "NCHW":
         features = jnp.transpose(features, (0, 2, 3, 1))
-    num_rois = rois.shape[0]
-    out_shape = (num_rois, *pooled_hw, features.shape[3])
+    batched_rois = None
+    if rois.ndim == 3:  # [N, R, 4] -> [N * R, 5] with each box's image index
+        batched_rois = rois.shape[:2]
+        index = jnp.broadcast_to(jnp.arange(rois.shape[0], dtype=jnp.float32)[:, None, None],
+                                 rois.shape[:2] + (1,))
+        rois = jnp.concatenate([index, rois], axis=2).reshape(-1, 5)
+    out_shape = (rois.shape[0], *pooled_hw, features.shape[3])
     if math.prod(out_shape) == 0 or math.prod(features.shape[:3]) == 0:
         out = jnp.zeros(out_shape, features.dtype) + 0 * jnp.sum(features)
         argmax = jnp.full(out_shape, -1, jnp.int32)
@@ -113,6 +132,7 @@ def roi_pool_with_argmax(features, rois, output_size=(7, 7), spatial_scale=1 / 1
 
 
 def _check_inputs(features, rois, data_format):
+    """-> (features, rois as float32): [N, H, W, C] (or NCHW) and [K, 5] or [N, R, 4]."""
     if data_format not in DATA_FORMATS:
         raise ValueError(f"roi_pool: data_format must be one of {DATA_FORMATS}, got {data_format!r}")
     features = jnp.asarray(features)
@@ -125,20 +145,26 @@ def _check_inputs(features, rois, data_format):
                         f"got {features.dtype}")
     if not jnp.issubdtype(rois.dtype, jnp.floating):
         raise TypeError(f"roi_pool: rois must be a float array, got {rois.dtype}")
-    rois = rois.astype(jnp.float32)
-    batched_rois = None
     if rois.ndim == 3 and rois.shape[2] == 4:
         if rois.shape[0] != features.shape[0]:
             raise ValueError(f"roi_pool: rois [N, R, 4] has N={rois.shape[0]} but features have "
                              f"N={features.shape[0]}")
-        batched_rois = rois.shape[:2]
-        index = jnp.broadcast_to(jnp.arange(rois.shape[0], dtype=jnp.float32)[:, None, None],
-                                 rois.shape[:2] + (1,))
-        rois = jnp.concatenate([index, rois], axis=2).reshape(-1, 5)
     elif rois.ndim != 2 or rois.shape[1] != 5:
         raise ValueError("roi_pool: rois must be [K, 5] (batch_index, x1, y1, x2, y2) or "
                          f"[N, R, 4], got shape {rois.shape}")
-    return features, rois, batched_rois
+    return features, rois.astype(jnp.float32)
+
+
+def _check_rounding(rounding):
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"roi_pool: rounding must be one of {ROUNDINGS}, got {rounding!r}")
+    return rounding
+
+
+def _check_deterministic(deterministic):
+    if deterministic not in (None, True, False):
+        raise ValueError(f"roi_pool: deterministic must be None or a bool, got {deterministic!r}")
+    return deterministic
 
 
 def _check_output_size(output_size):
@@ -226,19 +252,36 @@ _pool_native.defvjp(_pool_native_fwd, _pool_native_bwd)
 def _ffi_forward(features, rois, config):
     ph, pw = config.pooled_hw
     shape = (rois.shape[0], ph, pw, features.shape[3])
-    return jax.ffi.ffi_call(
+    features, rois = operands = _vary_together(features, rois)
+    results = jax.ffi.ffi_call(
         _native.FORWARD_TARGET,
         (jax.ShapeDtypeStruct(shape, features.dtype), jax.ShapeDtypeStruct(shape, jnp.int32)),
     )(features, rois, pooled_h=np.int64(ph), pooled_w=np.int64(pw),
       spatial_scale=np.float32(config.spatial_scale), rounding=np.int32(config.rounding))
+    return tuple(_vary_together(*results, like=operands))
 
 
 def _ffi_backward(grad_out, rois, argmax, num_images, config):
     _, h, w, c = config.feature_shape
-    return jax.ffi.ffi_call(
+    operands = _vary_together(grad_out, rois, argmax)
+    grad = jax.ffi.ffi_call(
         _native.BACKWARD_TARGET, jax.ShapeDtypeStruct((num_images, h, w, c), jnp.float32),
-    )(grad_out, rois, argmax, deterministic=config.deterministic,
+    )(*operands, deterministic=config.deterministic,
       spatial_scale=np.float32(config.spatial_scale), rounding=np.int32(config.rounding))
+    return _vary_together(grad, like=operands)[0]
+
+
+def _vary_together(*arrays, like=None):
+    """`arrays` typed as varying over every manual mesh axis (inside `jax.shard_map`) over which
+    any of `like` (default `arrays`) varies; values are unchanged, and outside shard_map this is
+    the identity. shard_map's type check (check_vma) needs a custom call's operands to agree and
+    its results to vary as its operands do (each device pools its own shard), which
+    `jax.ffi.ffi_call` leaves to the caller: without it the VJP's cotangent would not match the
+    features and a psum of the output would count it as replicated."""
+    like = arrays if like is None else like
+    # full_like takes on its argument's varying axes; the select joins them (XLA folds it away).
+    flag = functools.reduce(jnp.logical_and, [jax.lax.full_like(x, True, jnp.bool_, shape=()) for x in like])
+    return [jnp.where(flag, x, x) for x in arrays]
 
 
 def _fold_rois(rois, axis_size, num_images):

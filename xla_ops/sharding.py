@@ -1,27 +1,27 @@
-"""RoI pooling partitioned along the batch: each device pools its own images' RoIs.
+"""Per-image work partitioned along the batch: each device computes its own images.
 
 XLA's partitioner knows nothing of a custom call, so inside a jitted program whose batch is
-split over a mesh it replicates the call's operands: every device all-gathers every other
-device's feature map (forward) and pooled cotangents (backward) and pools the whole batch.
-RoI pooling is independent per image, so the batch can be split instead: `roi_pool` below
-runs the op under `jax.shard_map`, each device on its [N / D] images and their RoIs, and
-the gradient comes back split the same way. No feature map crosses devices.
+split over a mesh it replicates the call's operands: every device would all-gather every other
+device's feature map (forward) and pooled cotangents (backward) and pool the whole batch.
+Work that is independent per image (RoI pooling, and in `jaxdet` anchor targets, proposals
+with their NMS, RoI sampling, detection post-processing) can be split instead:
+`batch_partitioned(fn)` runs `fn` under `jax.shard_map`, each device on its [N / D] images,
+and the gradient comes back split the same way. Nothing crosses devices.
 
 The mesh is the one in context while tracing (`jax.set_mesh(mesh)` or
 `jax.sharding.use_abstract_mesh(mesh.abstract_mesh)`; `jaxdet.training.parallel` sets it);
-with no mesh, or a mesh of one device, this is exactly `xla_ops.roi_pool`.
+with no mesh, or a mesh of one device, `batch_partitioned(fn)` is `fn`.
 
     with jax.set_mesh(mesh):  # mesh axes ("data",); features [N, H, W, C] split along N
-        pooled = jax.jit(roi_pool)(features, rois)  # rois [N, R, 4] -> [N, R, 7, 7, C]
+        pooled = jax.jit(xla_ops.roi_pool)(features, rois)  # rois [N, R, 4] -> [N, R, 7, 7, C]
 """
 
 import functools
-from typing import Optional, Sequence, Union
+import warnings
+from typing import Callable, Optional, Sequence, Union
 
 import jax
 from jax.sharding import PartitionSpec
-
-from xla_ops.ops import roi_pool as _roi_pool
 
 AxisNames = Union[str, Sequence[str], None]
 
@@ -38,45 +38,68 @@ def resolve_batch_axes(mesh, axes: AxisNames = None) -> tuple:
     axes = (axes,) if isinstance(axes, str) else tuple(axes)
     unknown = [name for name in axes if name not in mesh.axis_names]
     if unknown:
-        raise ValueError(f"roi_pool: batch_axes {unknown} are not axes of the mesh {mesh.axis_names}")
+        raise ValueError(f"batch_axes {unknown} are not axes of the mesh {mesh.axis_names}")
     return axes
 
 
-def roi_pool(features, rois, output_size=(7, 7), spatial_scale=1 / 16, *, data_format="NHWC",
-             rounding="none", impl="auto", deterministic=None, batch_axes: AxisNames = None):
-    """`xla_ops.roi_pool` with the batch split over the mesh in context (see the module docstring).
+def batch_shards(batch_axes: AxisNames = None) -> tuple:
+    """(axes, number of shards) the batch is split into under the mesh in context; ((), 1)
+    without one."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return (), 1
+    axes = resolve_batch_axes(mesh, batch_axes)
+    count = 1
+    for name in axes:
+        count *= mesh.shape[name]
+    return axes, count
+
+
+def batch_partitioned(fn: Callable, *, batch_axes: AxisNames = None, name: Optional[str] = None) -> Callable:
+    """`fn` run per shard of the batch under the mesh in context (see the module docstring).
 
     Args:
-      features: [N, H, W, C] (or [N, C, H, W] with data_format="NCHW").
-      rois: [N, R, 4] xyxy boxes per image, in input pixels. Under a mesh the [K, 5] form is
-        refused: its batch indices are global, so its rows cannot be split with the images.
-      output_size, spatial_scale, data_format, rounding, impl, deterministic: as `xla_ops.roi_pool`.
-      batch_axes: the mesh axis (or axes) N is split over; None: every non-manual axis.
+      fn: (*args, **kwargs) -> outputs, where every array of the arguments and of the outputs
+        has the batch as its leading axis and `fn` treats the images independently (e.g. a
+        `jax.vmap` of a per-image function; no collectives). Values closed over are shared by
+        every shard and get no gradient through `fn`.
+      batch_axes: the mesh axis (or axes) the batch is split over; None: every non-manual axis.
+      name: what to call `fn` in the warning below (default its __name__).
 
     Returns:
-      [N, R, PH, PW, C] (NHWC) or [N, R, C, PH, PW] (NCHW), split along N like `features`.
-
-    Raises:
-      ValueError: under a mesh, rois not [N, R, 4] or N not divisible by the devices of
-        `batch_axes`.
+      A function of the same arguments and outputs. When the batch does not split evenly over
+      the devices it warns (once per name and shapes) and calls `fn` unpartitioned, which
+      computes the same values with every device holding the whole batch.
     """
-    pool = functools.partial(_roi_pool, output_size=output_size, spatial_scale=spatial_scale,
-                             data_format=data_format, rounding=rounding, impl=impl,
-                             deterministic=deterministic)
-    mesh = jax.sharding.get_abstract_mesh()
-    axes = () if mesh.empty else resolve_batch_axes(mesh, batch_axes)
-    num_shards = 1
-    for name in axes:
-        num_shards *= mesh.shape[name]
-    if num_shards == 1:
-        return pool(features, rois)
-    if getattr(rois, "ndim", None) != 3 or rois.shape[-1] != 4:
-        raise ValueError("roi_pool: under a mesh, rois must be [N, R, 4] boxes per image, got shape "
-                         f"{getattr(rois, 'shape', None)}")
-    if features.shape[0] % num_shards:
-        raise ValueError(f"roi_pool: the batch N={features.shape[0]} does not split evenly over the "
-                         f"{num_shards} devices of mesh axes {axes}")
-    spec = PartitionSpec(axes)
-    # check_vma=False: the op's ffi_call results carry no varying-manual-axes type, so with the
-    # check on, its custom VJP's cotangent would not match the (varying) features it belongs to.
-    return jax.shard_map(pool, in_specs=(spec, spec), out_specs=spec, check_vma=False)(features, rois)
+    label = name or getattr(fn, "__name__", "fn")
+
+    @functools.wraps(fn)
+    def partitioned(*args, **kwargs):
+        axes, count = batch_shards(batch_axes)
+        if count == 1:
+            return fn(*args, **kwargs)
+        sizes = {leaf.shape[0] if getattr(leaf, "ndim", 0) else None
+                 for leaf in jax.tree.leaves((args, kwargs))}
+        if len(sizes) != 1 or None in sizes:
+            raise ValueError(f"{label}: every argument must have the batch as its leading axis to be split "
+                             f"over the mesh, got leading sizes {sorted(sizes, key=str)}")
+        (size,) = sizes
+        if size % count:
+            warn_unpartitioned(label, f"the batch N={size} does not split evenly over the {count} devices "
+                                       f"of mesh axes {axes}")
+            return fn(*args, **kwargs)
+        spec = PartitionSpec(axes)
+        # check_vma=False: shard_map's type check guards collectives, and per-image code has none;
+        # it would instead reject common per-image code, e.g. a while_loop whose carry starts
+        # from a constant (NMS) and becomes varying through the shard's data.
+        return jax.shard_map(lambda a, k: fn(*a, **k), in_specs=(spec, spec), out_specs=spec,
+                             check_vma=False)(args, kwargs)
+
+    return partitioned
+
+
+@functools.cache
+def warn_unpartitioned(label: str, reason: str) -> None:
+    """Warns, once per (label, reason), that `label` runs unpartitioned under the mesh and why."""
+    warnings.warn(f"{label}: {reason}; it runs unpartitioned, each device gathering the whole batch",
+                  RuntimeWarning, stacklevel=4)

@@ -9,9 +9,12 @@ devices equals one step on a single device given the same global batch (up to th
 float additions).
 
 RoI pooling is a custom call, which the partitioner would replicate (gathering every device's
-feature map); the step is traced with the mesh in context so that `xla_ops.sharding.roi_pool`
-splits it along the batch instead. Any jitted function traced under `jax.set_mesh(mesh)` with
-inputs from `shard_batch` and `replicate` (e.g. `jaxdet.inference.predict`) runs the same way.
+feature map), and it would gather the RPN scores to run top-k on the whole batch; the step is
+traced with the mesh in context, so that `xla_ops.roi_pool` and the per-image stages of
+`jaxdet.targets` (`jaxdet.ops.per_image.map_images`) split themselves along the batch instead:
+the compiled step's only collective is the all-reduce of the gradient and metrics. Any jitted
+function traced under `jax.set_mesh(mesh)` with inputs from `shard_batch` and `replicate` (e.g.
+`jaxdet.inference.predict`) runs the same way.
 
 Across hosts (after `jaxdet.training.distributed.initialize`), `jax.devices()` lists every
 process's devices; each process feeds its own rows of the global batch to `shard_batch`.

@@ -5,7 +5,9 @@ parameters: backbone, RPN, anchor targets, proposals (no gradient flows through 
 the approximate joint training of the paper), proposal targets, RoI pooling (whose custom VJP
 carries the head's gradient into the backbone), the RoI head, and the four losses. Every
 per-image step of `jaxdet.targets` is `vmap`ped over the N images of the batch, each image
-with its own key, so nothing leaves the device between the batch and the update.
+with its own key, so nothing leaves the device between the batch and the update; on a device
+mesh (`jaxdet.training.parallel`) each device runs these steps, and RoI pooling, for its own
+images only.
 
 Batches are dicts of arrays as `jaxdet.data` yields them (see `detection_losses`); Fast R-CNN
 batches carry their RoIs as "proposals" [N, P, 4] and "proposal_valid" [N, P].
@@ -23,6 +25,7 @@ import optax
 
 from jaxdet.losses import roi_head_loss, rpn_loss
 from jaxdet.models.detector import FasterRCNN
+from jaxdet.ops.per_image import map_images
 from jaxdet.targets import anchor_targets, propose, proposal_targets
 
 if TYPE_CHECKING:
@@ -94,7 +97,7 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
     num_images = images.shape[0]
     image_hw = batch["image_hw"]
     anchor_key, roi_key, dropout_key = jax.random.split(key, 3)
-    per_image = lambda k: jax.random.split(k, num_images)  # noqa: E731
+    image_keys = lambda k: jax.random.split(k, num_images)  # noqa: E731
 
     features = model.apply(variables, images, train, method=model.extract)
     metrics = {}
@@ -102,11 +105,11 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
     if isinstance(model, FasterRCNN):
         rpn = model.apply(variables, features, method=model.rpn_outputs)
         anchors = model.anchors(features.shape[1:3])
-        targets = jax.vmap(functools.partial(
+        targets = map_images(functools.partial(
             anchor_targets, anchors=anchors, num_samples=s.rpn_num_samples,
             positive_fraction=s.rpn_positive_fraction, positive_iou=s.rpn_positive_iou,
             negative_iou=s.rpn_negative_iou, allowed_border=s.rpn_allowed_border))(
-            gt_boxes=batch["boxes"], gt_valid=batch["valid"], image_hw=image_hw, key=per_image(anchor_key))
+            gt_boxes=batch["boxes"], gt_valid=batch["valid"], image_hw=image_hw, key=image_keys(anchor_key))
         cls_loss, box_loss = rpn_loss(logits=rpn.logits, deltas=rpn.deltas, labels=targets.labels,
                                       target_deltas=targets.deltas, sigma=s.rpn_sigma,
                                       normalize_by=s.box_normalization)
@@ -116,7 +119,7 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
                        rpn_positives=jnp.mean(jnp.sum(targets.labels == 1, axis=-1).astype(jnp.float32)))
         # Approximate joint training: proposals are constants for the head's loss.
         rpn = jax.lax.stop_gradient(rpn)
-        proposals = jax.vmap(functools.partial(
+        proposals = map_images(functools.partial(
             propose, anchors=anchors, pre_nms=s.pre_nms, post_nms=s.post_nms, nms_iou=s.rpn_nms_iou,
             min_size=s.min_size))(
             objectness=jax.nn.softmax(rpn.logits)[..., 1], deltas=rpn.deltas, image_hw=image_hw,
@@ -125,11 +128,11 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
     else:
         rois, roi_valid = batch["proposals"], batch["proposal_valid"]
 
-    samples = jax.vmap(functools.partial(
+    samples = map_images(functools.partial(
         proposal_targets, num_samples=s.roi_num_samples, foreground_fraction=s.foreground_fraction,
         foreground_iou=s.foreground_iou, background_iou=tuple(s.background_iou), stds=tuple(s.box_stds)))(
         proposals=rois, proposal_valid=roi_valid, gt_boxes=batch["boxes"], gt_labels=batch["labels"],
-        gt_valid=batch["valid"], key=per_image(roi_key))
+        gt_valid=batch["valid"], key=image_keys(roi_key))
     head = model.apply(variables, features, samples.rois, train, method=model.classify,
                        rngs={"dropout": dropout_key})
     cls_loss, box_loss = roi_head_loss(logits=head.logits, deltas=head.deltas, labels=samples.labels,
