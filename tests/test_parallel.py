@@ -11,6 +11,7 @@ the same loss and gradient), and the unpartitioned op for the partitioned RoI po
 """
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -121,6 +122,23 @@ def _run_simulated(out_dir: str) -> None:
     rois = jax.random.uniform(jax.random.key(2), (NUM_DEVICES, 3, 4), maxval=90.0)
     rois = jnp.concatenate([jnp.minimum(rois[..., :2], rois[..., 2:]), jnp.maximum(rois[..., :2], rois[..., 2:])], -1)
     weights = _weights()
+    # Detection on the mesh: `predict` traced under it, images split over the devices, against
+    # the same call on one device.
+    from jaxdet.inference import predict
+    from jaxdet.training.state import test_settings
+
+    detect = functools.partial(predict, state1.model, settings=test_settings(config))
+    placed_images = jax.device_put(batch["images"], split_batch(mesh))
+    placed_hw = jax.device_put(batch["image_hw"], split_batch(mesh))
+    variables = replicate(state1.variables, mesh)
+    with jax.set_mesh(mesh):
+        texts["predict_hlo"] = jax.jit(detect).lower(variables, placed_images, placed_hw).compile().as_text()
+        on_mesh = detect(variables, placed_images, placed_hw)
+    on_one = detect(state1.variables, batch["images"], batch["image_hw"])
+    for field in ("boxes", "scores", "labels", "valid"):
+        arrays[f"predict_mesh_{field}"] = np.asarray(getattr(on_mesh, field))
+        arrays[f"predict_one_{field}"] = np.asarray(getattr(on_one, field))
+
     # The op alone, forward and backward, on a batch split over the mesh: with the mesh in context
     # ("partitioned"), and the control without it, which the partitioner handles by gathering.
     for name, context in (("plain", contextlib.nullcontext), ("partitioned", lambda: jax.sharding.use_abstract_mesh(mesh.abstract_mesh))):
@@ -178,7 +196,7 @@ def simulated(tmp_path_factory):
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)
     texts = {}
-    for name in ("step_hlo", "op_plain_hlo", "op_partitioned_hlo"):
+    for name in ("step_hlo", "predict_hlo", "op_plain_hlo", "op_partitioned_hlo"):
         with open(os.path.join(out, f"{name}.txt")) as f:
             texts[name] = f.read()
     return results, dict(np.load(os.path.join(out, "arrays.npz"))), texts
@@ -253,6 +271,18 @@ def test_sharded_step_never_moves_feature_maps_between_devices(simulated):
     assert len(forward) == len(backward) == 1
     assert forward[0][1][0] == (per_device, h, w, c)  # features operand
     assert backward[0][0][0] == (per_device, h, w, c)  # gradient of the features
+
+
+def test_predict_on_the_mesh_detects_per_device_what_one_device_detects(simulated):
+    _, arrays, texts = simulated
+    # Each device detects on its own images: the program holds no collective at all.
+    assert collective_shapes(texts["predict_hlo"]) == []
+    valid = arrays["predict_one_valid"]
+    assert valid.any()
+    np.testing.assert_array_equal(arrays["predict_mesh_valid"], valid)
+    np.testing.assert_array_equal(arrays["predict_mesh_labels"][valid], arrays["predict_one_labels"][valid])
+    np.testing.assert_allclose(arrays["predict_mesh_scores"][valid], arrays["predict_one_scores"][valid], rtol=1e-5)
+    np.testing.assert_allclose(arrays["predict_mesh_boxes"][valid], arrays["predict_one_boxes"][valid], atol=1e-3)
 
 
 def test_roi_pool_partitioned_along_batch_matches_the_op_without_gathering(simulated):
