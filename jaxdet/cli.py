@@ -333,12 +333,14 @@ def _run_train(args) -> int:
 
 
 def _run_eval(args) -> int:
-    from jaxdet.training import inputs, loop
+    from jaxdet.training import inputs, loop, parallel
 
     config = _config_for(args)
     join_processes(args)
-    select_devices(args.device, args.num_devices)
-    state = loop.restore_trained(config, args.workdir, step=args.step)
+    devices = select_devices(args.device, args.num_devices)
+    # On every chosen device: detection splits each batch over them.
+    state = parallel.replicate(loop.restore_trained(config, args.workdir, step=args.step),
+                               parallel.make_mesh(devices=devices))
     metrics = loop.evaluate(config, state, inputs.load_dataset(config, args.split), args.workdir,
                             show_progress=not args.no_progress)
     if not loop.is_main_process():
@@ -545,8 +547,8 @@ def _common(parser: argparse.ArgumentParser, *, workdir_default: str | None, wor
                         help="where to run: auto (a GPU when JAX finds one, else the CPU), cpu, or gpu "
                              "(an error when there is none); default auto")
     parser.add_argument("--num-devices", type=int, metavar="N",
-                        help="train data-parallel on the first N devices of that kind (default: all of them; "
-                             "evaluation uses the first)")
+                        help="train and evaluate data-parallel on the first N devices of that kind (default: "
+                             "all of them)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 

@@ -139,6 +139,18 @@ def _run_simulated(out_dir: str) -> None:
         arrays[f"predict_mesh_{field}"] = np.asarray(getattr(on_mesh, field))
         arrays[f"predict_one_{field}"] = np.asarray(getattr(on_one, field))
 
+    # `jaxdet.training.loop.detect` (evaluation) on the state replicated over 4 devices splits each
+    # batch over them; on the single-device state it runs on that device.
+    from jaxdet.training import loop
+
+    test_set = load_dataset(config, "test")
+    for name, source in (("4", state4), ("1", state1)):
+        found, _ = loop.detect(config, source, test_set, show_progress=False, batch_size=4)
+        arrays[f"detect_{name}_counts"] = np.array([len(d["scores"]) for d in found])
+        arrays[f"detect_{name}_scores"] = np.concatenate([d["scores"] for d in found])
+        arrays[f"detect_{name}_boxes"] = np.concatenate([d["boxes"] for d in found])
+    results["detect_mesh_devices"] = loop._local_detection_mesh(state4, 4).devices.size
+
     # The op alone, forward and backward, on a batch split over the mesh: with the mesh in context
     # ("partitioned"), and the control without it, which the partitioner handles by gathering.
     for name, context in (("plain", contextlib.nullcontext), ("partitioned", lambda: jax.sharding.use_abstract_mesh(mesh.abstract_mesh))):
@@ -283,6 +295,15 @@ def test_predict_on_the_mesh_detects_per_device_what_one_device_detects(simulate
     np.testing.assert_array_equal(arrays["predict_mesh_labels"][valid], arrays["predict_one_labels"][valid])
     np.testing.assert_allclose(arrays["predict_mesh_scores"][valid], arrays["predict_one_scores"][valid], rtol=1e-5)
     np.testing.assert_allclose(arrays["predict_mesh_boxes"][valid], arrays["predict_one_boxes"][valid], atol=1e-3)
+
+
+def test_evaluation_detects_on_every_device_what_one_device_detects(simulated):
+    results, arrays, _ = simulated
+    assert results["detect_mesh_devices"] == NUM_DEVICES
+    np.testing.assert_array_equal(arrays["detect_4_counts"], arrays["detect_1_counts"])
+    assert arrays["detect_1_counts"].sum() > 0
+    np.testing.assert_allclose(arrays["detect_4_scores"], arrays["detect_1_scores"], rtol=1e-5)
+    np.testing.assert_allclose(arrays["detect_4_boxes"], arrays["detect_1_boxes"], atol=1e-3)
 
 
 def test_roi_pool_partitioned_along_batch_matches_the_op_without_gathering(simulated):

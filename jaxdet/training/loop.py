@@ -258,8 +258,9 @@ def restore_trained(config: ml_collections.ConfigDict, workdir: str, *, step: in
 
 def detect(config: ml_collections.ConfigDict, state: TrainState, dataset: Dataset, *,
            show_progress: bool = True, batch_size: int | None = None) -> tuple:
-    """Detections on every image of `dataset` (with several processes, each detects on its shard
-    of the images and all of them receive everyone's detections).
+    """Detections on every image of `dataset`: each batch split over this process's devices that
+    hold `state` (with several processes, each detects on its shard of the images and all of them
+    receive everyone's detections).
 
     Returns:
       (list over records of {"boxes" [n, 4] xyxy original pixels, "scores" [n], "labels" [n]},
@@ -268,15 +269,21 @@ def detect(config: ml_collections.ConfigDict, state: TrainState, dataset: Datase
     pipeline = eval_pipeline(config, dataset, batch_size=batch_size, num_shards=jax.process_count(),
                              shard_index=jax.process_index())
     settings = test_settings(config)
-    # This process's copy of the (replicated) weights: detection runs on one local device.
-    variables = jax.tree.map(lambda x: x.addressable_data(0), state.variables)
+    mesh = _local_detection_mesh(state, pipeline.batch_size)
+    # This process's copy of the (replicated) weights, on each of its devices (all addressable:
+    # plain device_put, no cross-process array).
+    variables = jax.device_put(jax.tree.map(lambda x: x.addressable_data(0), state.variables),
+                               parallel.replicated(mesh))
+    inputs = ("images", "image_hw", "scale", "proposals", "proposal_valid")
     found = {}
     began = time.perf_counter()
     with reporting.detection_bar(len(dataset), show_bar=show_progress and is_main_process()) as bar:
         for batch in pipeline.epoch():
-            detections = predict(state.model, variables, batch["images"], batch["image_hw"],
-                                 image_scale=batch["scale"], proposals=batch.get("proposals"),
-                                 proposal_valid=batch.get("proposal_valid"), settings=settings)
+            placed = jax.device_put({k: batch[k] for k in inputs if k in batch}, parallel.split_batch(mesh))
+            with jax.set_mesh(mesh):  # each device detects on its own images
+                detections = predict(state.model, variables, placed["images"], placed["image_hw"],
+                                     image_scale=placed["scale"], proposals=placed.get("proposals"),
+                                     proposal_valid=placed.get("proposal_valid"), settings=settings)
             # Exact per-axis mapping back to the original pixels (the nominal scale is rounded).
             # Filler slots of a last partial batch have size 0: keep their (ignored) boxes finite.
             boxes = boxes_to_original(np.asarray(detections.boxes), image_hw=np.maximum(batch["image_hw"], 1),
@@ -290,6 +297,13 @@ def detect(config: ml_collections.ConfigDict, state: TrainState, dataset: Datase
     if jax.process_count() > 1:
         found = distributed.gather_detections(found)
     return [found[i] for i in range(len(dataset))], time.perf_counter() - began
+
+
+def _local_detection_mesh(state: TrainState, batch_size: int) -> jax.sharding.Mesh:
+    """The devices of this process that hold `state`, as a mesh detection splits its batches over;
+    only the first of them when `batch_size` does not divide among them."""
+    devices = sorted(jax.tree.leaves(state.variables)[0].sharding.addressable_devices, key=lambda d: d.id)
+    return parallel.make_mesh(devices=devices if batch_size % len(devices) == 0 else devices[:1])
 
 
 def detection_picture(dataset: Dataset, detections: Sequence[Mapping[str, np.ndarray]], class_names: Sequence[str],
