@@ -85,12 +85,16 @@ def test_threshold_is_inclusive_and_classes_without_gt_are_nan():
     assert result["ap"].shape == (3,) and result["ap"][1] == 1.0 and np.isnan(result["ap"][2])
 
 
-def test_average_precision_11_point_uses_exact_tenths():
-    # Recall exactly 3/10 must count for the 0.3 threshold.
-    precision = np.array([1.0, 1.0, 1.0])
-    recall = np.array([0.1, 0.2, 0.3])
-    assert average_precision(precision, recall, use_07_metric=True) == pytest.approx(4 / 11)
+def test_average_precision_11_point_thresholds_are_the_devkit_ports():
+    # py-faster-rcnn's voc_ap: thresholds np.arange(0., 1.1, 0.1), whose third is
+    # 0.30000000000000004, so a recall of exactly 3/10 (10 objects, 3 found, then 2 misses)
+    # misses it: AP = (1 + 1 + 1) / 11, not 4 / 11.
+    precision = np.array([1.0, 1.0, 1.0, 0.75, 0.6])
+    recall = np.array([0.1, 0.2, 0.3, 0.3, 0.3])
+    assert average_precision(precision, recall, use_07_metric=True) == pytest.approx(3 / 11)
     assert average_precision(precision, recall, use_07_metric=False) == pytest.approx(0.3)
+    # A recall of 0.4 reaches 0, 0.1, 0.2, 0.3 and 0.4 (4 * 0.1 == 0.4 in floats).
+    assert average_precision(np.array([1.0]), np.array([0.4]), use_07_metric=True) == pytest.approx(5 / 11)
 
 
 def test_bad_arguments():
@@ -162,7 +166,7 @@ def _devkit_class_ap(cls, pred_boxes, pred_labels, pred_scores, gt_boxes, gt_lab
         prec = tp / (fp + tp)  # MATLAB: NaN at 0/0, which max() then ignores
     if use_07:
         ap = 0.0
-        for t in [k / 10 for k in range(11)]:
+        for t in np.arange(0.0, 1.1, 0.1):
             p = prec[rec >= t]
             p = p[~np.isnan(p)]
             ap += (p.max() if len(p) else 0.0) / 11

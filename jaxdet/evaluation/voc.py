@@ -182,17 +182,21 @@ def average_precision(precision: np.ndarray, recall: np.ndarray, *, use_07_metri
 
     Args:
       precision, recall: [D] cumulative values.
-      use_07_metric: mean over recall thresholds k/10, k = 0..10, of the best precision at
-        recall >= threshold (0 if none); else the area under the envelope
+      use_07_metric: mean over the 11 recall thresholds np.arange(0, 1.1, 0.1) (0, 0.1, ...,
+        1 as the devkit port computes them) of the best precision at recall >= threshold (0 if
+        none); else the area under the envelope
         `p(r) = max precision at recall >= r`.
     """
     precision = np.asarray(precision, np.float64)
     recall = np.asarray(recall, np.float64)
     if use_07_metric:
-        # k / 10 rather than an accumulated 0.1 step, so a recall of exactly 3/10 reaches 0.3.
+        # The thresholds as the Python devkit port (py-faster-rcnn's voc_eval) builds them,
+        # np.arange(0, 1.1, 0.1), whose floats are not the exact tenths: its third threshold is
+        # 0.30000000000000004, so a recall of exactly 3/10 does not reach it. Reported VOC07
+        # figures come from this computation, so it is kept bit for bit.
         total = 0.0
-        for k in range(11):
-            reached = recall >= k / 10
+        for threshold in np.arange(0.0, 1.1, 0.1):
+            reached = recall >= threshold
             total += precision[reached].max() if reached.any() else 0.0
         return total / 11.0
     mrec = np.concatenate([[0.0], recall, [1.0]])
