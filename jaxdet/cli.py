@@ -669,7 +669,9 @@ def explain(error: BaseException) -> tuple:
         return 1, str(error)
     if isinstance(error, DataError):
         return 1, (f"bad data: {error}. Fix or remove that file, or set --config.data.on_error=skip to drop "
-                   "the images with bad annotations (they are counted and named in a warning).")
+                   "the bad images (they are counted and named in a warning); add "
+                   "--config.data.check_images=true to decode every image first, so that corrupt ones are "
+                   "dropped before training rather than stopping it.")
     if isinstance(error, TrainingDiverged):
         return 3, str(error)
     if isinstance(error, CheckpointsExist):

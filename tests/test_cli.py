@@ -301,3 +301,32 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, shapes_dir,
     state = loop.restore_trained(config, str(workdir))
     assert int(state.step) == 2
     assert all(bool(np.all(np.isfinite(leaf))) for leaf in jax.tree.leaves(state.params))
+
+
+def test_bad_images_stop_with_their_name_or_are_skipped_by_the_policy(tmp_path, shapes_dir, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dir, data)
+    train = read_voc(str(data), "train", class_names=("circle", "square", "triangle"))
+    corrupt, malformed = train.records[0].path, train.records[1].path
+    with open(corrupt, "wb") as f:
+        f.write(b"not a PNG")
+    xml = os.path.join(data, "Annotations", os.path.splitext(os.path.basename(malformed))[0] + ".xml")
+    with open(xml, "w") as f:
+        f.write("<annotation><object>")
+    common = ("train", "--config", SMOKE, f"--config.data.root={data}", "--no-progress", "--no-eval",
+              "--config.train.num_steps=2")
+    # Stop (the default): the malformed XML, named, with the way to skip.
+    status, _, err = run(capsys, *common, "--workdir", tmp_path / "a")
+    assert status == 1
+    assert_one_paragraph(err, "bad data", os.path.basename(xml), "--config.data.on_error=skip",
+                         "--config.data.check_images=true")
+    # Skip, images decoded first: both bad images are dropped, named and counted, and training runs.
+    with pytest.warns(UserWarning) as caught:
+        status, _, err = run(capsys, *common, "--workdir", tmp_path / "b", "--config.data.on_error=skip",
+                             "--config.data.check_images=true")
+    assert status == 0, err
+    warned = " ".join(str(w.message) for w in caught)
+    assert os.path.basename(corrupt) in warned and os.path.basename(xml) in warned
+    assert "skipped 2 of 16 images" in warned

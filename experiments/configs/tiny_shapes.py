@@ -98,6 +98,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         flip=True,
         normalization="torchvision",
         max_boxes=8,
+        on_error="raise",            # a bad image or annotation: "raise" stops, naming it; "skip" drops
+                                     # the image and names it in a warning with the count
+        check_images=False,          # decode every image while reading the dataset (slow), so that a
+                                     # corrupt one is found (and skipped) before training, not during it
     )
 
     config.train = dict(

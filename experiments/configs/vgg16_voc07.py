@@ -92,6 +92,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         normalization="torchvision",  # "torchvision" (RGB, mean/std) or "caffe" (BGR, 0-255, mean)
         max_boxes=64,                # ground-truth boxes padded to this per image
         use_difficult=False,         # VOC "difficult" boxes are not training targets
+        on_error="raise",            # a bad image or annotation: "raise" stops, naming it; "skip" drops
+                                     # the image and names it in a warning with the count
+        check_images=False,          # decode every image while reading the dataset (slow), so that a
+                                     # corrupt one is found (and skipped) before training, not during it
     )
 
     config.train = dict(

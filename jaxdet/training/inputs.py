@@ -77,7 +77,7 @@ def _read(config: ml_collections.ConfigDict, split: str) -> Dataset:
     if kind not in DATASETS:
         raise ValueError(f"data.dataset must be one of {DATASETS}, got {kind!r}")
     root = _get(data, "root", "")
-    on_error = _get(data, "on_error", "raise")
+    checks = dict(on_error=_get(data, "on_error", "raise"), check_images=bool(_get(data, "check_images", False)))
     if kind == "shapes":
         shapes = _shapes_config(data)
         if not root:
@@ -85,7 +85,7 @@ def _read(config: ml_collections.ConfigDict, split: str) -> Dataset:
                            else (data.num_test, data.test_seed))
             return make_shapes(int(count), seed=int(seed), config=shapes)
         _require(os.path.join(root, "ImageSets", "Main", f"{split}.txt"), "the split list", kind)
-        return read_voc(root, split, class_names=shapes.classes, on_error=on_error)
+        return read_voc(root, split, class_names=shapes.classes, **checks)
     if not root:
         raise DatasetNotFound(f"the {kind} dataset needs a location: set --config.data.root=DIR "
                               f"(the {'VOCdevkit' if kind == 'voc' else 'COCO'} directory); nothing is "
@@ -99,11 +99,11 @@ def _read(config: ml_collections.ConfigDict, split: str) -> Dataset:
             year_root = os.path.join(root, year)
             _require(os.path.join(year_root, "ImageSets", "Main", f"{image_set}.txt"),
                      f"the split list of {name!r}", kind)
-            parts.append(read_voc(year_root, image_set, class_names=VOC_CLASSES, on_error=on_error))
+            parts.append(read_voc(year_root, image_set, class_names=VOC_CLASSES, **checks))
         else:
             annotation_file = os.path.join(root, "annotations", f"instances_{name}.json")
             _require(annotation_file, f"the annotations of {name!r}", kind)
-            parts.append(read_coco(annotation_file, os.path.join(root, name), on_error=on_error,
+            parts.append(read_coco(annotation_file, os.path.join(root, name), **checks,
                                    keep_empty=split == "test"))
     dataset = parts[0] if len(parts) == 1 else concat_datasets(*parts)
     if len(dataset) == 0:
