@@ -96,3 +96,41 @@ def test_conversion_to_coco_results():
                            category_ids=CATEGORY_IDS)
     with pytest.raises(ValueError, match="image_ids not in the ground truth"):
         _evaluate(_gt(OBJECTS), {}, image_ids=(10, 1234))
+
+
+def test_a_coco_dataset_is_scored_against_its_own_file_and_ids(tmp_path):
+    from PIL import Image
+
+    from jaxdet.data import coco_ground_truth, dataset_to_coco, read_coco
+
+    # Sparse image ids, as COCO's; a 200x150 box whose segment covers only 600 px: "small" by
+    # COCO's rule (area < 32^2), though its box is large.
+    gt = _gt(OBJECTS)
+    gt["annotations"][1]["area"] = 600.0
+    for image in gt["images"]:
+        Image.new("RGB", (400, 400)).save(tmp_path / image["file_name"])
+    path = tmp_path / "instances.json"
+    path.write_text(json.dumps(gt))
+    dataset = read_coco(str(path), str(tmp_path))
+    file, image_ids = coco_ground_truth(dataset)
+    assert file == str(path) and sorted(image_ids) == [10, 20, 99]
+    # Perfect detections, given per record in the dataset's order.
+    boxes = [r.boxes for r in dataset.records]
+    labels = [r.labels for r in dataset.records]
+    scores = [np.ones(len(r.labels)) for r in dataset.records]
+    official = eval_detection_coco(boxes, labels, scores, gt=file, image_ids=image_ids,
+                                   category_ids=dataset.category_ids)
+    assert official["AP"] == pytest.approx(1.0)
+    assert official["APs"] == pytest.approx(1.0)  # the 600 px segment is small
+    assert {r["image_id"] for r in official["results"]} == {10, 20}  # the file's ids, not indices
+    # The conversion from records knows boxes only: the same object is "large" there.
+    converted = eval_detection_coco(boxes, labels, scores, gt=dataset_to_coco(dataset),
+                                    image_ids=[r.image_id for r in dataset.records],
+                                    category_ids=dataset.category_ids)
+    assert converted["APs"] == -1.0
+    # A dataset from elsewhere (shapes, VOC) is converted.
+    from jaxdet.data import make_shapes
+
+    shapes = make_shapes(2, seed=0)
+    gt_dict, ids = coco_ground_truth(shapes)
+    assert ids == [0, 1] and len(gt_dict["images"]) == 2

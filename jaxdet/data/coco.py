@@ -103,7 +103,8 @@ def read_coco(
         if keep_empty or np.any(~record.iscrowd):
             records.append(record)
     log.summarise(len(images), annotation_file)
-    return make_dataset(records, class_names, category_ids=category_ids, skipped=log.skipped)
+    return make_dataset(records, class_names, category_ids=category_ids, skipped=log.skipped,
+                        annotation_file=os.path.abspath(annotation_file))
 
 
 def _record(annotation_file, path, image_id, height, width, anns, label_of, class_names, *,
@@ -140,6 +141,19 @@ def _record(annotation_file, path, image_id, height, width, anns, label_of, clas
         path=path,
         source_id=image_id,
     )
+
+
+def coco_ground_truth(dataset: Dataset) -> tuple:
+    """(gt, image_ids) for `jaxdet.evaluation.eval_detection_coco` on `dataset`'s records.
+
+    A dataset read from a COCO instances file is evaluated against that file with its own image
+    ids, as the official evaluation does: segment areas for the small/medium/large split, crowd
+    regions, and a results file whose ids the file (and the COCO server) know. Any other dataset
+    is converted by `dataset_to_coco`, with the dataset indices as ids.
+    """
+    if dataset.annotation_file is not None:
+        return dataset.annotation_file, [int(r.source_id) for r in dataset.records]
+    return dataset_to_coco(dataset), [r.image_id for r in dataset.records]
 
 
 def dataset_to_coco(dataset: Dataset, *, file_names=None) -> dict:

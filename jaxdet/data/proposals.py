@@ -59,4 +59,4 @@ def attach_proposals(dataset: Dataset, path: str) -> Dataset:
             boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
             records.append(dataclasses.replace(record, proposals=boxes))
     return make_dataset(records, dataset.class_names, category_ids=dataset.category_ids,
-                        skipped=dataset.skipped)
+                        skipped=dataset.skipped, annotation_file=dataset.annotation_file)

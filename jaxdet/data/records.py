@@ -93,12 +93,15 @@ class Dataset:
       category_ids: tuple of int, the COCO category id of each label (`label + 1` for datasets
         that have none), for COCO result files.
       skipped: tuple of (file, reason) for the images the `on_error="skip"` policy dropped.
+      annotation_file: the COCO instances file the records were read from (`read_coco`), whose
+        image ids are the records' `source_id`; None otherwise.
     """
 
     records: tuple
     class_names: tuple
     category_ids: tuple
     skipped: tuple = ()
+    annotation_file: str | None = None
 
     def __post_init__(self):
         if len(self.category_ids) != len(self.class_names):
@@ -127,12 +130,14 @@ def make_dataset(
     *,
     category_ids: Sequence[int] | None = None,
     skipped: Sequence[tuple] = (),
+    annotation_file: str | None = None,
 ) -> Dataset:
     """Builds a Dataset, numbering `records` 0..N-1 in the order given."""
     records = tuple(dataclasses.replace(r, image_id=i) for i, r in enumerate(records))
     if category_ids is None:
         category_ids = tuple(range(1, len(class_names) + 1))
-    return Dataset(records, tuple(class_names), tuple(int(c) for c in category_ids), tuple(skipped))
+    return Dataset(records, tuple(class_names), tuple(int(c) for c in category_ids), tuple(skipped),
+                   annotation_file)
 
 
 def concat_datasets(*datasets: Dataset) -> Dataset:
@@ -145,8 +150,10 @@ def concat_datasets(*datasets: Dataset) -> Dataset:
             raise ValueError("concat_datasets: datasets have different classes")
     records = [r for d in datasets for r in d.records]
     skipped = [s for d in datasets for s in d.skipped]
+    files = {d.annotation_file for d in datasets}
     return make_dataset(
-        records, first.class_names, category_ids=first.category_ids, skipped=skipped
+        records, first.class_names, category_ids=first.category_ids, skipped=skipped,
+        annotation_file=files.pop() if len(files) == 1 else None,
     )
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from jaxdet import reporting
-from jaxdet.data import Dataset, boxes_to_original, dataset_to_coco, load_image
+from jaxdet.data import Dataset, boxes_to_original, coco_ground_truth, load_image
 from jaxdet.evaluation import STAT_NAMES, draw_detections, eval_detection_coco, eval_detection_voc, plot_pr_curves
 from jaxdet.inference import detections_to_lists, predict
 from jaxdet.training import distributed, parallel
@@ -349,8 +349,8 @@ def evaluate(config: ml_collections.ConfigDict, state: TrainState, dataset: Data
                                num_classes=dataset.num_classes)
     voc_area = eval_detection_voc(boxes, labels, scores, gt_boxes, gt_labels, ignored, use_07_metric=False,
                                   num_classes=dataset.num_classes)
-    coco = eval_detection_coco(boxes, labels, scores, gt=dataset_to_coco(dataset),
-                               image_ids=[r.image_id for r in dataset.records], category_ids=dataset.category_ids)
+    gt, image_ids = coco_ground_truth(dataset)
+    coco = eval_detection_coco(boxes, labels, scores, gt=gt, image_ids=image_ids, category_ids=dataset.category_ids)
     figures = {
         "voc07_map": voc07["map"],
         "voc_map": voc_area["map"],
