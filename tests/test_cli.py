@@ -179,6 +179,28 @@ def test_resume_continues_and_a_second_run_needs_resume(trained, capsys):
     assert [r["step"] for r in rows] == [2, 4, 6]
 
 
+def test_a_resumed_run_continues_the_same_loss_curve(trained, shapes_dir, tmp_path, capsys):
+    # After the test above, `trained` went 4 steps, stopped, and resumed to 6. A run of 6 steps
+    # in one go must log the same losses and end with the same parameters.
+    if not (trained / "checkpoints" / "6").is_dir():
+        status, _, _ = run(capsys, "train", "--workdir", trained, "--config.train.num_steps=6", "--no-eval",
+                           "--resume", "--no-progress")
+        assert status == 0
+    straight = tmp_path / "straight"
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir",
+                         straight, "--config.train.num_steps=6", "--no-eval", "--no-progress")
+    assert status == 0, err
+    logs = [[json.loads(line) for line in (w / "train_log.jsonl").read_text().splitlines()] for w in (trained, straight)]
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [2, 4, 6]
+    for resumed, one_go in zip(*logs):
+        assert resumed["loss"] == one_go["loss"], (resumed, one_go)
+    config = cli.load_config(SMOKE)
+    config.data.root = str(shapes_dir)
+    params = [jax.tree.leaves(loop.restore_trained(config, str(w), step=6).params) for w in (trained, straight)]
+    for a, b in zip(*params):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_demo_as_the_makefile_runs_it(tmp_path, capsys):
     with open(os.path.join(REPO, "Makefile")) as f:
         recipe = re.search(r"^demo:.*\n\t(.+)$", f.read(), re.MULTILINE).group(1)
