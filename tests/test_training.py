@@ -79,6 +79,11 @@ def test_every_loss_term_reaches_the_backbone(config):
     def nonzero(tree):
         return any(np.any(np.asarray(g) != 0) for g in jax.tree.leaves(tree))
 
+    # The gradient flows through the native custom calls (not the jnp fallback of impl="auto").
+    from xla_ops._native import BACKWARD_TARGET, FORWARD_TARGET
+
+    hlo = gradient_of_term.lower(state.params, jnp.eye(len(LOSSES))[0]).as_text()
+    assert FORWARD_TARGET in hlo and BACKWARD_TARGET in hlo
     for term, name in enumerate(LOSSES):
         grads, metrics = gradient_of_term(state.params, jnp.eye(len(LOSSES))[term])
         assert np.isfinite(float(metrics[name])) and float(metrics[name]) > 0, metrics
