@@ -20,6 +20,7 @@ import difflib
 import glob
 import json
 import os
+import shlex
 import shutil
 import sys
 import textwrap
@@ -444,10 +445,26 @@ def _run_make_shapes(args) -> int:
     counts = _shapes_splits(config)
     for split, where in written.items():
         print(f"{split}: {counts[split][0]} images (seed {counts[split][1]}) -> {where}")
-    hint = (f"--config.data.root={args.out}" if args.format == "voc" else
-            f"--config.data.dataset=coco --config.data.root={args.out} (splits 'train' and 'test')")
-    print(f"train on them with: {PROG} train --config {args.config or DEMO_CONFIG} {hint} --workdir runs/shapes")
+    print(f"train on them with: {shapes_train_command(args)}")
+    if args.format == "coco":
+        print("(data.dataset=coco trains on the split 'train' and evaluates on 'test', the two written above)")
     return 0
+
+
+# What make-shapes' overrides change only in the files it writes: the train command reads those files.
+_WRITE_ONLY_KEYS = ("data.root", "data.dataset", "data.num_train", "data.num_test", "data.train_seed",
+                    "data.test_seed")
+
+
+def shapes_train_command(args) -> str:
+    """The command line (one, pasteable into a shell) that trains on the shapes make-shapes wrote."""
+    words = [PROG, "train", "--config", args.config or DEMO_CONFIG]
+    # The rest of the user's overrides (class names, image size, the model) hold for training too.
+    words += [f"--config.{key}={text}" for key, text in args.overrides if key not in _WRITE_ONLY_KEYS]
+    if args.format == "coco":
+        words.append("--config.data.dataset=coco")
+    words += [f"--config.data.root={args.out}", "--workdir", os.path.join("runs", "shapes")]
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def _prepare_demo_data(config, workdir: str) -> str:

@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import struct
+import subprocess
 
 import jax
 import numpy as np
@@ -91,6 +92,29 @@ def test_make_shapes_writes_voc_the_reader_takes(shapes_dir):
         assert len(record.labels) >= 1 and np.all(record.boxes[:, 2:] > record.boxes[:, :2])
     # Held-out images come from another seed: no image is in both sets.
     assert not {r.path for r in train.records} & {r.path for r in test.records}
+
+
+@pytest.mark.parametrize("format", ["voc", "coco"])
+def test_make_shapes_prints_a_train_command_that_runs(format, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the printed command's --workdir is relative
+    out_dir = tmp_path / "my shapes"  # a space: the command must quote it
+    status, out, err = run(capsys, "make-shapes", "--out", out_dir, "--config", SMOKE, "--format", format,
+                           "--config.data.num_test=4")
+    assert status == 0, err
+    lines = [line for line in out.splitlines() if line.startswith("train on them with: ")]
+    assert len(lines) == 1, out
+    command = lines[0][len("train on them with: "):]
+    # Pasted into a shell, it is one valid command line (no stray notes in parentheses).
+    assert subprocess.run(["bash", "-n", "-c", command]).returncode == 0, command
+    words = shlex.split(command)
+    assert words[:2] == ["jaxdet", "train"] and "--config.data.num_test=4" not in words, command
+    status, out, err = run(capsys, *words[1:], "--config.train.num_steps=1", "--no-eval", "--no-progress")
+    assert status == 0, err
+    workdir = tmp_path / words[words.index("--workdir") + 1]
+    assert (workdir / "checkpoints" / "1").is_dir()
+    assert json.loads((workdir / "class_names.json").read_text()) == ["circle", "square", "triangle"]
+    assert json.loads((workdir / "config.json").read_text())["data"]["dataset"] == ("shapes" if format == "voc"
+                                                                                     else "coco")
 
 
 def test_train_writes_what_it_promises(trained):
