@@ -315,6 +315,7 @@ def _run_train(args) -> int:
     from jaxdet.training import loop
 
     config = _config_for(args)
+    loop.check_train_settings(config)  # before anything starts or is written
     join_processes(args)
     devices = select_devices(args.device, args.num_devices)
     _announce(config, devices, f"a {config.model.kind} ({config.model.backbone})")
@@ -492,6 +493,7 @@ def _run_demo(args) -> int:
     from jaxdet.training import loop
 
     config = _config_for(args, DEMO_CONFIG)
+    loop.check_train_settings(config)  # before the previous demo's files are removed
     devices = select_devices(args.device, args.num_devices)
     workdir = args.workdir
     if not args.resume:
@@ -675,10 +677,10 @@ def explain(error: BaseException) -> tuple:
     """(exit status, one-paragraph message) for an error a user can act on; None for a bug."""
     from jaxdet.data import DataError
     from jaxdet.training.inputs import DatasetNotFound
-    from jaxdet.training.loop import CheckpointsExist, TrainingDiverged
+    from jaxdet.training.loop import CheckpointsExist, InvalidSetting, TrainingDiverged
     from jaxdet.training.weights import WeightsError
 
-    if isinstance(error, UsageError):
+    if isinstance(error, (UsageError, InvalidSetting)):
         return 2, f"config or command-line error: {error}"
     if isinstance(error, DeviceError):
         return 1, str(error)

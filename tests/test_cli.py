@@ -280,6 +280,25 @@ def test_config_typo_names_the_key_and_close_matches(tmp_path, capsys):
     assert not os.listdir(tmp_path)  # nothing written by a run that never started
 
 
+@pytest.mark.parametrize("command, override", [
+    ("train", "train.num_steps=-1"), ("train", "train.num_steps=0"), ("train", "train.batch_size=0"),
+    ("train", "train.log_every=0"), ("train", "train.checkpoint_every=-2"), ("demo", "train.num_steps=0"),
+])
+def test_counts_below_one_are_rejected_naming_the_key(command, override, shapes_dir, tmp_path, capsys):
+    key, value = override.split("=")
+    workdir = tmp_path / "w"
+    data = [] if command == "demo" else [f"--config.data.root={shapes_dir}"]
+    status, out, err = run(capsys, command, "--config", SMOKE, *data, f"--config.{override}", "--workdir", workdir,
+                           "--no-progress")
+    assert status == 2, out
+    assert_one_paragraph(err, f"{key} must be a whole number of at least 1, got {value}", f"--config.{key}=N")
+    assert not workdir.exists()  # refused before anything was written
+    config = cli.load_config(SMOKE)
+    cli.apply_override(config, key, value)
+    with pytest.raises(loop.InvalidSetting, match=key):
+        loop.train(config, str(workdir))
+
+
 @pytest.mark.parametrize("text, current, expected", [
     ("3e-4", 1e-3, 3e-4), ("7", 1.0, 7.0), ("12", 5, 12), ("false", True, False), ("1", False, True),
     ("4,8,16", (2, 4, 8), (4, 8, 16)), ("(0.5, 1.0)", (1.0,), (0.5, 1.0)), ("", (1500,), ()),

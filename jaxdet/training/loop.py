@@ -87,6 +87,31 @@ class CheckpointsExist(RuntimeError):
     """The work directory already holds a run's checkpoints and resuming was not asked for."""
 
 
+class InvalidSetting(ValueError):
+    """A config value the loop cannot run with; the message names the key."""
+
+
+# The counts `train` (and the evaluation after it) read, each at least 1.
+POSITIVE_SETTINGS = ("train.num_steps", "train.batch_size", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "eval.batch_size")
+
+
+def check_train_settings(config: ml_collections.ConfigDict) -> None:
+    """Raises InvalidSetting naming every count of POSITIVE_SETTINGS the config has that is below 1
+    (or not a whole number): e.g. num_steps -1 would train nothing and evaluate a random model."""
+    problems = []
+    for key in POSITIVE_SETTINGS:
+        section, name = key.split(".")
+        if section not in config or name not in config[section]:
+            continue
+        value = config[section][name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            problems.append(f"{key} must be a whole number of at least 1, got {value!r} "
+                            f"(--config.{key}=N)")
+    if problems:
+        raise InvalidSetting("; ".join(problems))
+
+
 @dataclasses.dataclass
 class TrainResult:
     """What `train` returns: the final state and the figures of the run."""
@@ -151,9 +176,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
       dataset: the training Dataset; default `load_dataset(config, "train")`.
 
     Raises:
+      InvalidSetting: a step count, interval or batch size below 1 (`check_train_settings`).
       CheckpointsExist: workdir has checkpoints and `resume` is False.
       TrainingDiverged: a non-finite loss or gradient (nothing after the last good checkpoint saved).
     """
+    check_train_settings(config)
     mesh = parallel.make_mesh(devices=devices)
     global_batch = int(config.train.batch_size)
     layout = parallel.batch_layout(global_batch, mesh)
