@@ -5,11 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 NATIVE := $(wildcard xla_ops/csrc/*)
 STAMP := $(VENV)/.jaxdet-installed
+NEEDS_PY311 := 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else f"jaxdet needs Python 3.11 or newer (jax 0.10 does); $(PYTHON) is {sys.version.split()[0]}: run make PYTHON=python3.11 ...")'
 
 .PHONY: install build test bench demo clean
 
 $(STAMP): pyproject.toml setup.py
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	test -x $(PY) || { $(PYTHON) -c $(NEEDS_PY311) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip "setuptools>=70" wheel "pybind11>=2.12" "jax>=0.10"
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
 	touch $@

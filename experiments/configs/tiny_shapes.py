@@ -81,6 +81,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     config.data = dict(
         dataset="shapes",
+        root="",                     # a shapes dataset on disk (jaxdet make-shapes); "": generated in memory
         shapes=dict(                 # keyword arguments of jaxdet.data.ShapesConfig
             image_size=(128, 128),
             classes=("circle", "square", "triangle"),
