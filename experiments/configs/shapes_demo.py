@@ -1,5 +1,6 @@
 """The main job (`python -m jaxdet demo`): the tiny Faster R-CNN of `tiny_shapes.py`, trained on
-the CPU in 3-4 minutes on 2 idle cores (up to about 15 when they are shared), VOC07 mAP@0.5 >= 0.9 on 200 held-out shapes images.
+the CPU in 3-4 minutes on 2 idle cores (up to about 15 when they are shared), VOC07 mAP@0.5 >=
+0.9 on 200 held-out shapes images.
 
 It is `tiny_shapes.get_config()` with its schedule pinned here (so that the demo's measured
 figures, in experiments/results/shapes.md, stay those of this file whatever tiny_shapes' tests
