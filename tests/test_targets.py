@@ -211,13 +211,16 @@ def test_proposal_targets_edge_cases():
     rng = np.random.default_rng(3)
     proposals = random_gt(rng, 20)
     proposal_valid = np.ones(20, bool)
-    # No ground truth: every valid proposal is background.
-    empty = proposal_targets_jit(proposals=proposals, proposal_valid=proposal_valid,
-                             gt_boxes=np.zeros((0, 4), np.float32),
-                             gt_labels=np.zeros((0,), np.int32), gt_valid=np.zeros((0,), bool),
-                             key=jax.random.key(0), num_samples=16)
-    assert np.asarray(empty.valid).all() and (np.asarray(empty.labels) == 0).all()
-    np.testing.assert_array_equal(empty.deltas, 0.0)
+    # No ground truth, or only padding (whose boxes overlap the proposals): every valid
+    # proposal is background, and the padding is never appended as a RoI.
+    for gt_boxes, gt_valid in ((np.zeros((0, 4), np.float32), np.zeros((0,), bool)),
+                               (proposals[:3].copy(), np.zeros((3,), bool))):
+        empty = proposal_targets_jit(proposals=proposals, proposal_valid=proposal_valid, gt_boxes=gt_boxes,
+                                     gt_labels=np.full((len(gt_boxes),), 4, np.int32), gt_valid=gt_valid,
+                                     key=jax.random.key(0), num_samples=16)
+        assert np.asarray(empty.valid).all() and (np.asarray(empty.labels) == 0).all()
+        np.testing.assert_array_equal(empty.deltas, 0.0)
+        assert {tuple(r) for r in np.asarray(empty.rois)} <= {tuple(r) for r in proposals}
     # Only invalid proposals: the appended ground truth is the foreground, exactly on target;
     # fewer RoIs than samples leaves padding.
     gt = random_gt(rng, 2)
