@@ -278,7 +278,9 @@ def _print_summary(metrics: dict, title: str) -> None:
                       ("eval_images_per_second", "detection images/s")):
         if key in metrics:
             value = metrics[key]
-            rows.append((name, f"{value:.1f}" if key.endswith(("seconds", "per_second")) else value))
+            # None: no such figure (metrics.json's null), e.g. no training rate after a single step.
+            timing = key.endswith(("seconds", "per_second")) and value is not None
+            rows.append((name, f"{value:.1f}" if timing else value))
     for name, ap in metrics.get("per_class_ap", {}).items():
         rows.append((f"AP {name}", ap))
     print(summary_table(rows, title=title))

@@ -6,7 +6,8 @@ Files in the work directory:
   train_log.jsonl    one line per logging window: {"step", "images_per_second", and the means of
                      the step metrics (losses, accuracies, learning_rate, ...) over the window}
   loss_curve.png     the losses of train_log.jsonl against the step
-  metrics.json       the run's figures (see `jaxdet.training.loop`)
+  metrics.json       the run's figures (see `jaxdet.training.loop`), strict JSON: a figure that is
+                     not a finite number (no rate after one step, no AP without ground truth) is null
 """
 
 from __future__ import annotations
@@ -158,23 +159,42 @@ def detection_bar(total: int, *, show_bar: bool = True) -> tqdm:
                 file=sys.stderr)
 
 
+def json_safe(value):
+    """`value` with every non-finite float (NaN, inf: e.g. the training rate of a one-step run, the
+    AP of a class without ground truth) replaced by None, numpy scalars made Python ones, tuples
+    made lists: what strict JSON (RFC 8259, JavaScript's JSON.parse, jq) can hold."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def update_metrics_file(workdir: str, values: Mapping) -> dict:
-    """Merges `values` into `metrics.json` (kept from training when only evaluating); returns all of it."""
+    """Merges `values` into `metrics.json` (kept from training when only evaluating); returns all of
+    it as written: strict JSON, a figure that is not a finite number is null (see `json_safe`)."""
     path = os.path.join(workdir, METRICS)
     metrics = {}
     if os.path.exists(path):
         with open(path) as f:
-            metrics = json.load(f)
+            metrics = json.load(f)  # a file of an older version may hold NaN: made null below
     metrics.update(values)
+    metrics = json_safe(metrics)
     with open(path, "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True, allow_nan=True)
+        json.dump(metrics, f, indent=2, sort_keys=True, allow_nan=False)
         f.write("\n")
     return metrics
 
 
 def summary_table(rows: Iterable[tuple], *, title: str = "") -> str:
-    """A two-column text table of (name, value) rows; floats with 4 decimals, strings as given."""
-    cells = [(str(name), f"{value:.4f}" if isinstance(value, float) else str(value)) for name, value in rows]
+    """A two-column text table of (name, value) rows; floats with 4 decimals, None (no figure,
+    metrics.json's null) as "n/a", strings as given."""
+    cells = [(str(name), f"{value:.4f}" if isinstance(value, float) else "n/a" if value is None else str(value))
+             for name, value in rows]
     left = max([len(n) for n, _ in cells], default=0)
     right = max([len(v) for _, v in cells], default=0)
     # A long title widens the value column, never the names.

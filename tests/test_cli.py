@@ -141,6 +141,38 @@ def test_train_writes_what_it_promises(trained):
             assert picture.format == "PNG" and min(picture.size) >= 200
 
 
+def strict_json(text: str):
+    """JSON as RFC 8259 has it: NaN and Infinity are not JSON (JSON.parse, jq reject them)."""
+    def refuse(constant):
+        raise AssertionError(f"{constant} in metrics.json: not JSON")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_metrics_json_is_strict_json_with_null_for_what_is_not_a_number(tmp_path):
+    from jaxdet import reporting
+
+    (tmp_path / "metrics.json").write_text('{"train_images_per_second": NaN, "steps": 1}')  # an older file
+    returned = reporting.update_metrics_file(str(tmp_path), {
+        "voc07_map": 0.5, "coco_ap": np.float64(0.25), "eval_seconds": float("inf"), "first": np.float32("nan"),
+        "per_class_ap": {"circle": 1.0, "square": float("nan")}, "devices": ("cpu:0",)})
+    written = strict_json((tmp_path / "metrics.json").read_text())
+    assert written == returned == {
+        "train_images_per_second": None, "steps": 1, "voc07_map": 0.5, "coco_ap": 0.25, "eval_seconds": None,
+        "first": None, "per_class_ap": {"circle": 1.0, "square": None}, "devices": ["cpu:0"]}
+
+
+def test_a_one_step_run_has_no_training_rate_and_says_so(shapes_dir, tmp_path, capsys):
+    # One step is all compilation: there is no rate after it (NaN inside, null in metrics.json).
+    workdir = tmp_path / "w"
+    status, out, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir",
+                           workdir, "--config.train.num_steps=1", "--no-progress")
+    assert status == 0, err
+    metrics = strict_json((workdir / "metrics.json").read_text())
+    assert metrics["train_images_per_second"] is None and metrics["steps"] == 1
+    assert isinstance(metrics["voc07_map"], float)
+    assert re.search(r"\| training images/s +\| +n/a \|", out), out
+
+
 def test_coco_ap_matches_pycocotools_on_the_written_results(trained, shapes_dir):
     metrics = json.loads((trained / "metrics.json").read_text())
     results = json.loads((trained / "detections_coco.json").read_text())
