@@ -336,9 +336,18 @@ def _run_train(args) -> int:
     return 0
 
 
+def _require_run_dir(workdir: str) -> None:
+    """UsageError unless `workdir` is a directory (eval and predict read a training run's)."""
+    if not os.path.isdir(workdir):
+        what = "is not a directory" if os.path.exists(workdir) else "does not exist"
+        raise UsageError(f"--workdir {workdir} {what}: give the directory of a training run (what "
+                         f"`{PROG} train --workdir DIR` or `{PROG} demo` wrote, with checkpoints/ and config.json)")
+
+
 def _run_eval(args) -> int:
     from jaxdet.training import inputs, loop, parallel
 
+    _require_run_dir(args.workdir)
     config = _config_for(args)
     join_processes(args)
     devices = select_devices(args.device, args.num_devices)
@@ -377,6 +386,7 @@ def _run_predict(args) -> int:
     from jaxdet.evaluation import draw_detections
     from jaxdet.training import loop
 
+    _require_run_dir(args.workdir)
     config = _config_for(args)
     select_devices(args.device, args.num_devices)
     files = _image_files(args.images)

@@ -200,6 +200,21 @@ def test_eval_of_the_checkpoint_reproduces_the_final_evaluation(trained, capsys)
     assert "VOC07 mAP@0.5" in out and str(trained / "metrics.json") in out
 
 
+def test_eval_of_a_missing_run_or_step_says_which(trained, tmp_path, capsys):
+    missing = tmp_path / "no_such_run"
+    for command in (("eval",), ("predict", trained / "loss_curve.png")):
+        status, _, err = run(capsys, *command, "--workdir", missing, "--no-progress")
+        assert status == 2
+        text = assert_one_paragraph(err, f"--workdir {missing} does not exist", "jaxdet train --workdir")
+        assert "config.json" not in text.split("does not exist")[0]
+    assert not missing.exists()
+    steps = sorted(int(d) for d in os.listdir(trained / "checkpoints") if d.isdigit())
+    status, _, err = run(capsys, "eval", "--workdir", trained, "--step", 99, "--no-progress")
+    assert status == 1
+    assert_one_paragraph(err, "no checkpoint of step 99", f"of steps {', '.join(map(str, steps))}",
+                         "train.keep_checkpoints", "--step")
+
+
 def test_predict_two_images_matches_the_evaluation_detections(trained, shapes_dir, tmp_path, capsys):
     images = [shapes_dir / "JPEGImages" / f"s1_{i:06d}.png" for i in range(2)]  # held-out images 0 and 1
     status, out, _ = run(capsys, "predict", "--workdir", trained, *images, "--out", tmp_path,

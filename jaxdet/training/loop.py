@@ -268,15 +268,24 @@ def restore_trained(config: ml_collections.ConfigDict, workdir: str, *, step: in
     """The TrainState of a run's checkpoint (the latest if `step` is None).
 
     Raises:
-      FileNotFoundError: workdir has no checkpoint (or not that step).
+      FileNotFoundError: workdir has no checkpoint (or not that step: the message lists those there).
     """
     config = ml_collections.ConfigDict(config.to_dict())
     config.model.pretrained = ""  # the checkpoint holds every weight
     checkpoint_dir = os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+    no_checkpoints = f"no checkpoints in {workdir}: train there first (jaxdet train --workdir {workdir})"
     if not os.path.isdir(checkpoint_dir):
-        raise FileNotFoundError(f"no checkpoints in {workdir}: train there first (jaxdet train --workdir {workdir})")
+        raise FileNotFoundError(no_checkpoints)
     manager = checkpoint_manager(checkpoint_dir, keep=1000)
     try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(no_checkpoints)
+        if step is not None and step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint of step {step} in {checkpoint_dir}; the run's checkpoints are of step"
+                f"{'s' if len(steps) > 1 else ''} {', '.join(str(s) for s in steps)} (a run keeps only its last "
+                f"train.keep_checkpoints): pass --step with one of them, or no --step for the latest")
         state, _ = restore_checkpoint(manager, create_train_state(config, jax.random.key(0)), step=step)
     finally:
         manager.close()
