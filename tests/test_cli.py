@@ -442,3 +442,22 @@ def test_bad_images_stop_with_their_name_or_are_skipped_by_the_policy(tmp_path, 
     warned = " ".join(str(w.message) for w in caught)
     assert os.path.basename(corrupt) in warned and os.path.basename(xml) in warned
     assert "skipped 2 of 16 images" in warned
+
+
+def test_frozen_stages_without_pretrained_weights_warn():
+    import warnings
+
+    import ml_collections
+
+    def warned(**model):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loop._warn_if_frozen_without_weights(ml_collections.ConfigDict(model))
+        return [str(w.message) for w in caught]
+
+    (message,) = warned(frozen_stages=2, pretrained="")
+    assert "frozen_stages=2" in message and "--config.model.pretrained=FILE" in message
+    assert warned(frozen_stages=2, pretrained="vgg16.pth") == []
+    assert warned(frozen_stages=0, pretrained="") == []
+    # The paper's recipe without weights is the case this is for.
+    assert warned(**cli.load_config("vgg16_voc07").model.to_dict())

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import time
+import warnings
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -161,6 +162,16 @@ def read_class_names(workdir: str) -> tuple:
         return tuple(json.load(f))
 
 
+def _warn_if_frozen_without_weights(model: ml_collections.ConfigDict) -> None:
+    """Frozen backbone stages keep their initial weights: random ones, unless pretrained are given."""
+    frozen = int(model.get("frozen_stages", 0))
+    if frozen > 0 and not model.get("pretrained", ""):
+        warnings.warn(f"model.frozen_stages={frozen} freezes the first {frozen} backbone stages, but no "
+                      "pretrained weights are given (model.pretrained is empty): they stay random for the "
+                      "whole run. Set --config.model.pretrained=FILE (e.g. an ImageNet VGG16 .pth), or "
+                      "--config.model.frozen_stages=0 to train them from scratch.", UserWarning, stacklevel=3)
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
           devices: Sequence[Any] | None = None, show_progress: bool = True,
           dataset: Dataset | None = None) -> TrainResult:
@@ -199,6 +210,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
         raise CheckpointsExist(
             f"{workdir} already holds the checkpoints of a run (the latest at step {latest}). Pass --resume to "
             "continue it, or choose another --workdir to start a new run.")
+    if latest is None:
+        _warn_if_frozen_without_weights(config.model)
     state = create_train_state(config, jax.random.key(int(config.train.seed)))
     start = 0
     if latest is not None:
