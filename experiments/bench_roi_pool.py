@@ -1,12 +1,29 @@
 """Benchmark of RoI max pooling: the native custom call against the jnp reference, the seed's
 SlowROIPool (PyTorch AdaptiveMaxPool2d per RoI) and, on GPUs, torchvision.ops.roi_pool, all in
-one run, with the kernel's effective bandwidth against a plain memory copy of the same run.
+one run; on CPUs also the forward's bandwidth against a plain memory copy of the same bytes,
+timed in the same loop.
 
 Usage:  python experiments/bench_roi_pool.py [--rois 128 2000] [--repeats 20] [--out FILE.md]
+        python experiments/bench_roi_pool.py --only-native [--channels 512 3] [--baseline-so SO]
 Features are [1, 50, 50, 512] (an 800x800 image through VGG16, stride 16), output 7x7.
+
+Bandwidth (CPU): the forward's *unique bytes* are the feature map read once plus the output and
+the argmax written once; a bin's reads of features already in the caches are not counted (they
+are given apart, as "bins read"). The copy is np.copyto of unique / 2 bytes into a preallocated
+array (so it reads unique / 2 and writes unique / 2 bytes: the same total), timed alternately
+with the kernel in one loop; the ratio is copy time / kernel time (1.0: the kernel moves its
+bytes as fast as a copy). The kernel writes into buffers XLA allocates afresh on every call,
+which the copy does not; "XLA fill" (the same output shapes written by a jitted broadcast)
+shows what fresh buffers cost on their own.
+
+--baseline-so PATH times another build of xla_ops/_roi_pool_cpu (e.g. of an older commit, built
+with `python setup.py build_ext --inplace` in a copy of that commit) against this one, forward
+and backward alternately in one loop, and checks that both give the same bits.
 """
 
 import argparse
+import importlib.machinery
+import importlib.util
 import platform
 import statistics
 import sys
@@ -16,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xla_ops import roi_pool, roi_pool_with_argmax
+from xla_ops import _native, roi_pool, roi_pool_with_argmax
 from xla_ops.reference import map_rois, bin_ranges
 
 IMAGE = 800
@@ -24,10 +41,10 @@ STRIDE = 16
 OUTPUT = (7, 7)
 
 
-def make_inputs(num_rois, seed=0):
+def make_inputs(num_rois, seed=0, channels=512):
     rng = np.random.default_rng(seed)
     feature_hw = IMAGE // STRIDE
-    features = rng.normal(size=(1, feature_hw, feature_hw, 512)).astype(np.float32)
+    features = rng.normal(size=(1, feature_hw, feature_hw, channels)).astype(np.float32)
     # Proposal-like boxes: 16 to 400 pixels a side, inside the image.
     size = rng.uniform(16, 400, (num_rois, 2))
     x1 = rng.uniform(0, IMAGE - size[:, 0])
@@ -48,9 +65,30 @@ def timed(fn, repeats, warmup=2):
     return statistics.median(times)
 
 
-def bytes_touched(features, rois):
-    """Bytes the forward pass must move: every feature element read once per bin it lies in,
-    plus the output and argmax written."""
+def timed_together(fns, repeats, warmup=2):
+    """Median seconds of each fn of `fns` (name -> fn), all run in one loop, one after the other
+    (in reverse order every other round), so that they share whatever load the machine has."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for i in range(repeats):
+        for name in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def unique_bytes(features, num_rois):
+    """The forward's bytes moved once each: the features read, the output and argmax written."""
+    outputs = num_rois * OUTPUT[0] * OUTPUT[1] * features.shape[3]
+    return features.nbytes + outputs * (features.itemsize + 4)
+
+
+def bin_bytes(features, rois):
+    """The feature bytes the bins read: every feature element once per bin it lies in (most of
+    them from the caches: a [1, 50, 50, 512] float32 map is 5 MB)."""
     n, h, w, c = features.shape
     geo = map_rois(jnp.asarray(rois), spatial_scale=1 / STRIDE, num_images=n, pooled_hw=OUTPUT,
                    rounding="none")
@@ -59,16 +97,85 @@ def bytes_touched(features, rois):
     rows = np.maximum(np.asarray(h_hi - h_lo), 0)  # [K, PH]
     cols = np.maximum(np.asarray(w_hi - w_lo), 0)  # [K, PW]
     pixels = (rows[:, :, None] * cols[:, None, :]).sum()
-    outputs = rois.shape[0] * OUTPUT[0] * OUTPUT[1] * c
-    return int(pixels) * c * 4 + outputs * (4 + 4)
+    return int(pixels) * c * features.itemsize
 
 
-def copy_bandwidth(nbytes, repeats):
-    """Bytes per second (read + write) of a plain numpy copy of an out-of-cache buffer."""
-    src = np.ones(max(nbytes, 256 << 20) // 4, np.float32)
-    dst = np.empty_like(src)
-    seconds = timed(lambda: np.copyto(dst, src), repeats)
-    return 2 * src.nbytes / seconds
+def bandwidth_lines(features, rois, repeats):
+    """The forward against a copy of as many bytes, and XLA writing the same outputs afresh."""
+    num_rois, channels = rois.shape[0], features.shape[3]
+    moved = unique_bytes(features, num_rois)
+    src = np.ones(moved // 2 // 4, np.float32)
+    dst = np.zeros_like(src)  # touched: the copy pays no page faults
+    f, r = jnp.asarray(features), jnp.asarray(rois)
+    fwd = jax.jit(lambda f, r: roi_pool_with_argmax(f, r, OUTPUT, 1 / STRIDE, impl="ffi"))
+    shape = (num_rois, *OUTPUT, channels)
+    fill = jax.jit(lambda f: (jnp.broadcast_to(f[0, 0, 0], shape),
+                              jnp.broadcast_to(f[0, 0, 0].astype(jnp.int32), shape)))
+    t = timed_together({"kernel": lambda: jax.block_until_ready(fwd(f, r)),
+                        "copy": lambda: np.copyto(dst, src),
+                        "fill": lambda: jax.block_until_ready(fill(f))}, repeats)
+    gbs = lambda seconds: moved / seconds / 1e9
+    return [f"- {num_rois} RoIs: unique bytes {moved / 1e6:.1f} MB (features {features.nbytes / 1e6:.1f} MB "
+            f"once, output + argmax {(moved - features.nbytes) / 1e6:.1f} MB); the bins read "
+            f"{bin_bytes(features, rois) / 1e6:.1f} MB of features",
+            f"  - forward {t['kernel'] * 1e3:.2f} ms = {gbs(t['kernel']):.2f} GB/s; copy of the same "
+            f"bytes {t['copy'] * 1e3:.2f} ms = {gbs(t['copy']):.2f} GB/s; **ratio {t['copy'] / t['kernel']:.2f}**",
+            f"  - XLA fill of the same output and argmax (fresh buffers, no reads): "
+            f"{t['fill'] * 1e3:.2f} ms = {t['copy'] / t['fill']:.2f} of the copy"]
+
+
+def native_calls(suffix=""):
+    """The forward and backward custom calls by target name (+ suffix), jitted."""
+    def fwd(f, r):
+        shape = (r.shape[0], *OUTPUT, f.shape[3])
+        return jax.ffi.ffi_call(_native.FORWARD_TARGET + suffix,
+                                (jax.ShapeDtypeStruct(shape, f.dtype), jax.ShapeDtypeStruct(shape, jnp.int32)))(
+            f, r, pooled_h=np.int64(OUTPUT[0]), pooled_w=np.int64(OUTPUT[1]),
+            spatial_scale=np.float32(1 / STRIDE), rounding=np.int32(0))
+
+    def bwd(g, r, a, feature_shape):
+        return jax.ffi.ffi_call(_native.BACKWARD_TARGET + suffix,
+                                jax.ShapeDtypeStruct(feature_shape, jnp.float32))(
+            g, r, a, deterministic=True, spatial_scale=np.float32(1 / STRIDE), rounding=np.int32(0))
+
+    return jax.jit(fwd), jax.jit(bwd, static_argnums=3)
+
+
+def load_baseline(path):
+    """Registers the handlers of another build of the CPU extension under "<target>_baseline"."""
+    loader = importlib.machinery.ExtensionFileLoader("_roi_pool_cpu", path)
+    spec = importlib.util.spec_from_file_location("_roi_pool_cpu", path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    for name, capsule in module.registrations().items():
+        jax.ffi.register_ffi_target(name + "_baseline", capsule, platform="cpu")
+    return native_calls("_baseline")
+
+
+def baseline_lines(features, rois, baseline, repeats):
+    """This build against the baseline build: forward and backward, the same bits."""
+    assert _native.is_built("cpu"), _native.why_not_built("cpu")
+    current = native_calls()
+    f, r = jnp.asarray(features), jnp.asarray(rois)
+    results = {}
+    for name, (fwd, bwd) in (("this build", current), ("baseline", baseline)):
+        out, arg = fwd(f, r)
+        cot = jnp.asarray(np.random.default_rng(1).normal(size=out.shape).astype(np.float32))
+        results[name] = (out, arg, bwd(cot, r, arg, features.shape))
+    for x, y in zip(results["this build"], results["baseline"]):
+        assert np.asarray(x).tobytes() == np.asarray(y).tobytes(), "the builds disagree"
+    out, arg, _ = results["this build"]
+    fns = {}
+    for name, (fwd, bwd) in (("this build", current), ("baseline", baseline)):
+        fns[f"{name} forward"] = lambda fwd=fwd: jax.block_until_ready(fwd(f, r))
+        fns[f"{name} backward"] = lambda bwd=bwd: bwd(cot, r, arg, features.shape).block_until_ready()
+    t = timed_together(fns, repeats)
+    lines = []
+    for part in ("forward", "backward"):
+        new, old = t[f"this build {part}"], t[f"baseline {part}"]
+        lines.append(f"| {rois.shape[0]} | {list(features.shape)} | {part} | {old * 1e3:.2f} | "
+                     f"{new * 1e3:.2f} | **{old / new:.2f}x** |")
+    return lines
 
 
 def jax_fns(features, rois, impl):
@@ -124,6 +231,11 @@ def main():
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--reference-max-rois", type=int, default=128,
                         help="skip the (slow) jnp reference above this many RoIs")
+    parser.add_argument("--only-native", action="store_true",
+                        help="only the custom call: bandwidth and --baseline-so (no reference, no torch)")
+    parser.add_argument("--channels", type=int, nargs="+", default=[512],
+                        help="feature channels of the --baseline-so shapes")
+    parser.add_argument("--baseline-so", help="another build of xla_ops/_roi_pool_cpu to compare with")
     parser.add_argument("--out", help="append the markdown table to this file")
     args = parser.parse_args()
 
@@ -132,19 +244,23 @@ def main():
     try:
         import torch  # noqa: F401  (its default thread count matches XLA's: all cores)
 
-        have_torch = True
+        have_torch = not args.only_native
     except ImportError:
         have_torch = False
 
     lines = [f"### {platform.node()} · JAX {jax.__version__} on {backend} "
              f"({jax.devices()[0].device_kind}) · features [1, 50, 50, 512] float32, 7x7",
-             "", f"Command: `{' '.join([sys.executable.split('/')[-1]] + sys.argv)}`", "",
-             "| RoIs | implementation | forward ms | fwd+bwd ms | fwd speed-up of ffi | fwd+bwd speed-up of ffi |",
-             "|---:|---|---:|---:|---:|---:|"]
-    bandwidth_lines = []
-    copy_bw = copy_bandwidth(256 << 20, 5) if backend == "cpu" else None
+             "", f"Command: `{' '.join([sys.executable.split('/')[-1]] + sys.argv)}`", ""]
+    if not args.only_native:
+        lines += ["| RoIs | implementation | forward ms | fwd+bwd ms | fwd speed-up of ffi | fwd+bwd speed-up of ffi |",
+                  "|---:|---|---:|---:|---:|---:|"]
+    bandwidth = []
     for num_rois in args.rois:
         features, rois = make_inputs(num_rois)
+        if backend == "cpu":
+            bandwidth += bandwidth_lines(features, rois, args.repeats)
+        if args.only_native:
+            continue
         results = {"ffi (custom call)": [timed(fn, args.repeats) for fn in jax_fns(features, rois, "ffi")]}
         if num_rois <= args.reference_max_rois:
             results["jnp reference"] = [timed(fn, max(3, args.repeats // 5))
@@ -158,14 +274,20 @@ def main():
         for name, (fwd, both) in results.items():
             lines.append(f"| {num_rois} | {name} | {fwd * 1e3:.3f} | {both * 1e3:.3f} | "
                          f"{fwd / ffi_fwd:.1f}x | {both / ffi_both:.1f}x |")
-        moved = bytes_touched(features, rois)
-        kernel_bw = moved / ffi_fwd
-        text = f"- {num_rois} RoIs: forward moves {moved / 1e6:.1f} MB in {ffi_fwd * 1e3:.3f} ms = {kernel_bw / 1e9:.2f} GB/s"
-        if copy_bw:
-            text += f"; plain copy in the same run {copy_bw / 1e9:.2f} GB/s; ratio {kernel_bw / copy_bw:.2f}"
-        bandwidth_lines.append(text)
-    lines += ["", "Effective bandwidth (bytes of every bin read once, plus output and argmax written):"]
-    lines += bandwidth_lines
+    if bandwidth:
+        lines += ["", "Forward bandwidth against a copy of the same bytes in the same loop (medians; "
+                  "unique bytes = features once + output + argmax; ratio = copy time / forward time):"]
+        lines += bandwidth
+    if args.baseline_so:
+        baseline = load_baseline(args.baseline_so)
+        lines += ["", f"This build against `{args.baseline_so}` (alternating in one loop, medians; "
+                  "the same output, argmax and gradient bits):", "",
+                  "| RoIs | features | pass | baseline ms | this build ms | speed-up |",
+                  "|---:|---|---|---:|---:|---:|"]
+        for channels in args.channels:
+            for num_rois in args.rois:
+                features, rois = make_inputs(num_rois, channels=channels)
+                lines += baseline_lines(features, rois, baseline, args.repeats)
     report = "\n".join(lines) + "\n"
     print(report)
     if args.out:
