@@ -238,17 +238,26 @@ def test_no_rois_and_empty_maps(impl):
 
 @pytest.mark.parametrize("impl", ["reference"] + (["ffi"] if CPU_BUILT else []))
 def test_nan_features_propagate_and_extreme_values(impl):
-    f = np.arange(36, dtype=np.float32).reshape(1, 6, 6, 1)
-    f[0, 1, 2, 0] = np.nan
-    f[0, 4, 0, 0] = np.nan  # second NaN in the same bin: argmax stays on the first
-    f[0, :3, 3:, 0] = -np.inf  # a bin of only -inf: output -inf, argmax its first element
-    f[0, 3:, 3:, 0] = 1e9  # all equal and >= 2^24: the seed's "first - 1" start would fail
+    # The same plane in 33 channels.
+    f = np.arange(36, dtype=np.float32).reshape(1, 6, 6, 1).repeat(33, axis=3)
+    f[0, 1, 2] = np.nan
+    f[0, 4, 0] = np.nan  # second NaN in the same bin: argmax stays on the first
+    f[0, :3, 3:] = -np.inf  # a bin of only -inf: output -inf, argmax its first element
+    f[0, 3:, 3:] = 1e9  # all equal and >= 2^24: the seed's "first - 1" start would fail
     rois = np.array([[0, 0, 0, 5, 5]], np.float32)
     out, argmax = roi_pool_with_argmax(jnp.asarray(f), rois, (2, 2), 1.0, impl=impl)
-    assert np.isnan(out[0, 0, 0, 0]) and argmax[0, 0, 0, 0] == 1 * 6 + 2
-    assert out[0, 0, 1, 0] == -np.inf and argmax[0, 0, 1, 0] == 0 * 6 + 3
-    assert np.isnan(out[0, 1, 0, 0]) and argmax[0, 1, 0, 0] == 4 * 6 + 0
-    assert out[0, 1, 1, 0] == 1e9 and argmax[0, 1, 1, 0] == 3 * 6 + 3
+    out, argmax = np.asarray(out), np.asarray(argmax)
+    assert np.isnan(out[0, 0, 0]).all() and (argmax[0, 0, 0] == 1 * 6 + 2).all()
+    assert (out[0, 0, 1] == -np.inf).all() and (argmax[0, 0, 1] == 0 * 6 + 3).all()
+    assert np.isnan(out[0, 1, 0]).all() and (argmax[0, 1, 0] == 4 * 6 + 0).all()
+    assert (out[0, 1, 1] == 1e9).all() and (argmax[0, 1, 1] == 3 * 6 + 3).all()
+    # At 7x7 bins XLA's CPU max reduction over these 33 channels drops NaNs (it keeps them for
+    # 2x2 bins): the reference must not rely on it.
+    out, argmax = roi_pool_with_argmax(jnp.asarray(f), rois, (7, 7), 1.0, impl=impl)
+    expected_out, expected_argmax = seed_roi_pool(f, rois, (7, 7), 1.0)
+    assert np.isnan(expected_out).any()
+    assert_same(out, expected_out)
+    assert_same(argmax, expected_argmax)
 
 
 @pytest.mark.parametrize("bad, message", [

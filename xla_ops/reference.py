@@ -104,6 +104,12 @@ def _first_hit(hit, axis):
     return jnp.where(jnp.any(hit, axis=axis), jnp.argmax(hit, axis=axis), -1)
 
 
+def _max(x, axis):
+    """jnp.max with NaN propagating. XLA's CPU backend does not always propagate it: a reduction
+    vectorised over many channels (33 in the tests) can drop the NaN, so the rule is explicit."""
+    return jnp.where(jnp.any(jnp.isnan(x), axis=axis), jnp.nan, jnp.max(x, axis=axis))
+
+
 def _is_max(x, m):
     """Where x equals the max m; NaN counts as equal to a NaN max (NaN propagates)."""
     return (x == m) | (jnp.isnan(x) & jnp.isnan(m))
@@ -137,13 +143,13 @@ def roi_pool_reference(features, rois, *, output_size, spatial_scale, rounding="
         cols = jnp.arange(w)
         col_mask = (cols[None, :] >= wl[:, None]) & (cols[None, :] < wh[:, None])  # [PW, W]
         masked = jnp.where(col_mask[None, :, :, None], key[:, None], -jnp.inf)  # [H, PW, W, C]
-        row_max = jnp.max(masked, axis=2)  # [H, PW, C]
+        row_max = _max(masked, axis=2)  # [H, PW, C]
         row_arg = _first_hit(col_mask[None, :, :, None] & _is_max(masked, row_max[:, :, None]),
                              axis=2)  # [H, PW, C]
         rows = jnp.arange(h)
         row_mask = (rows[None, :] >= hl[:, None]) & (rows[None, :] < hh[:, None])  # [PH, H]
         masked_rows = jnp.where(row_mask[:, :, None, None], row_max[None], -jnp.inf)
-        bin_max = jnp.max(masked_rows, axis=1)  # [PH, PW, C]
+        bin_max = _max(masked_rows, axis=1)  # [PH, PW, C]
         best_row = _first_hit(row_mask[:, :, None, None] & _is_max(masked_rows, bin_max[:, None]),
                               axis=1)  # [PH, PW, C]
         col = jnp.take_along_axis(row_arg[None], jnp.maximum(best_row, 0)[:, None], axis=1)[:, 0]
