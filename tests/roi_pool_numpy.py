@@ -15,7 +15,9 @@ def seed_roi_pool(features, rois, output_size, spatial_scale, rounding="none"):
 
     Follows the seed kernel line by line in float32, except that the running max starts at the
     bin's first element (the seed's `first - 1` start fails for |x| >= 2^24 and NaN), and that
-    invalid RoIs (bad batch index, non-finite coordinates) pool to zeros, as DESIGN.md asks.
+    invalid RoIs pool to zeros, as DESIGN.md asks: a bad batch index, a non-finite coordinate,
+    or a scaled size that is not finite (e.g. x1 = x2 = 3.4e38 at scale 4: inf - inf, whose bins
+    would be NaN), the rule of `MapRoi` in xla_ops/csrc/roi_pool_bins.h.
     """
     n, h, w, c = features.shape
     ph_n, pw_n = output_size
@@ -40,6 +42,8 @@ def seed_roi_pool(features, rois, output_size, spatial_scale, rounding="none"):
                 rx2, ry2 = round_half_away(x2 * scale), round_half_away(y2 * scale)
                 roi_w = max(rx2 - rx1 + f32(1), f32(1))
                 roi_h = max(ry2 - ry1 + f32(1), f32(1))
+            if not (np.isfinite(roi_w) and np.isfinite(roi_h)):
+                continue
             bin_w, bin_h = roi_w / f32(pw_n), roi_h / f32(ph_n)
             for ph in range(ph_n):
                 for pw in range(pw_n):

@@ -90,15 +90,41 @@ def test_ties_take_the_first_element_and_empty_bins_are_zero():
 
 
 # ---------------------------------------------------------------------------------------------
+# RoIs that are invalid or extreme (the bad-input tests below, and mixed into the comparisons).
+
+ADVERSARIAL_ROIS = np.array([
+    [-1, 0, 0, 8, 8],          # batch index below 0
+    [2, 0, 0, 8, 8],           # batch index == N
+    [1e9, 0, 0, 8, 8],         # far out of range
+    [np.nan, 0, 0, 8, 8],      # NaN batch index
+    [np.inf, 0, 0, 8, 8],
+    [-0.5, 0, 0, 8, 8],        # truncates to 0 but is below 0: invalid
+    [0.7, 0, 0, 8, 8],         # valid, image 0 (the seed's truncation)
+    [0, np.nan, 0, 8, 8],      # NaN coordinate
+    [0, 0, np.inf, 8, 8],
+    [0, 0, 0, -np.inf, 8],
+    [1, 9, 9, 2, 2],           # inverted
+    [1, 5, 5, 4, 4],           # zero size (x2 + 1 == x1)
+    [0, 1e6, 1e6, 2e6, 2e6],   # far outside the map
+    [0, -2e6, -2e6, -1e6, -1e6],
+    [1, -1e30, -1e30, 1e30, 1e30],  # huge: edges must be clamped before the integer cast
+    [0, 3.4e38, 0, 3.4e38, 8],      # (x2 + 1) * scale may overflow to inf
+    [1, 0, 0, 1e-40, 1e-40],   # subnormal coordinates
+    [1, 2, 3, 5, 7],           # an ordinary RoI among them
+], np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
 # The jnp reference against the independent numpy seed implementation.
 
 
 @pytest.mark.parametrize("rounding", ["none", "round"])
-@pytest.mark.parametrize("scale", [1 / 16, 0.5, 1.0])
+@pytest.mark.parametrize("scale", [1 / 16, 0.5, 1.0, 4.0])
 def test_reference_matches_numpy_seed_kernel(rounding, scale):
     rng = np.random.default_rng(3)
     features = rng.normal(size=(2, 7, 9, 3)).astype(np.float32)
-    rois = random_rois(rng, 12, 2, (7 / scale, 9 / scale))
+    # The adversarial rows too: at scale 4, 3.4e38 scales to inf and the RoI's size to NaN.
+    rois = np.concatenate([random_rois(rng, 12, 2, (7 / scale, 9 / scale)), ADVERSARIAL_ROIS])
     expected = seed_roi_pool(features, rois, (3, 2), scale, rounding)
     got = roi_pool_reference(jnp.asarray(features), jnp.asarray(rois), output_size=(3, 2),
                              spatial_scale=scale, rounding=rounding)
@@ -173,28 +199,7 @@ def test_batched_rois_form():
 
 # ---------------------------------------------------------------------------------------------
 # Bad input: data-dependent cases give zeros with argmax -1 (never an out-of-bounds access);
-# shape and dtype errors name the argument.
-
-ADVERSARIAL_ROIS = np.array([
-    [-1, 0, 0, 8, 8],          # batch index below 0
-    [2, 0, 0, 8, 8],           # batch index == N
-    [1e9, 0, 0, 8, 8],         # far out of range
-    [np.nan, 0, 0, 8, 8],      # NaN batch index
-    [np.inf, 0, 0, 8, 8],
-    [-0.5, 0, 0, 8, 8],        # truncates to 0 but is below 0: invalid
-    [0.7, 0, 0, 8, 8],         # valid, image 0 (the seed's truncation)
-    [0, np.nan, 0, 8, 8],      # NaN coordinate
-    [0, 0, np.inf, 8, 8],
-    [0, 0, 0, -np.inf, 8],
-    [1, 9, 9, 2, 2],           # inverted
-    [1, 5, 5, 4, 4],           # zero size (x2 + 1 == x1)
-    [0, 1e6, 1e6, 2e6, 2e6],   # far outside the map
-    [0, -2e6, -2e6, -1e6, -1e6],
-    [1, -1e30, -1e30, 1e30, 1e30],  # huge: edges must be clamped before the integer cast
-    [0, 3.4e38, 0, 3.4e38, 8],      # (x2 + 1) * scale may overflow to inf
-    [1, 0, 0, 1e-40, 1e-40],   # subnormal coordinates
-    [1, 2, 3, 5, 7],           # an ordinary RoI among them
-], np.float32)
+# shape and dtype errors name the argument. (ADVERSARIAL_ROIS is above.)
 
 
 @needs_cpu_kernel
