@@ -14,6 +14,7 @@ from roi_pool_numpy import scatter_through_argmax, seed_roi_pool
 
 CPU_BUILT = _native.is_built("cpu")
 needs_cpu_kernel = pytest.mark.skipif(not CPU_BUILT, reason="CPU extension not built")
+IMPLS = ["reference"] + (["ffi"] if CPU_BUILT else [])
 
 
 def random_rois(rng, num, num_images, extent, *, spread=0.25):
@@ -45,7 +46,8 @@ def assert_same(a, b):
 # Hand-computed cases.
 
 
-def test_seed_2x2_pooling_of_a_5x7_region():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_seed_2x2_pooling_of_a_5x7_region(impl):
     # 003_*: region (x, y, w, h) = (0, 3, 5, 7), i.e. xyxy (0, 3, 4, 9) in inclusive pixels,
     # pooled 2x2. Seed semantics: x in [0, 5) split at 2.5 -> columns [0, 3) and [2, 5);
     # y in [3, 10) split at 6.5 -> rows [3, 7) and [6, 10). With value 10 * y + x the max of
@@ -53,13 +55,13 @@ def test_seed_2x2_pooling_of_a_5x7_region():
     y, x = np.mgrid[0:12, 0:8]
     features = jnp.asarray((10 * y + x).astype(np.float32))[None, :, :, None]
     rois = np.array([[0, 0, 3, 4, 9]], np.float32)
-    for impl in ["reference"] + (["ffi"] if CPU_BUILT else []):
-        out, argmax = roi_pool_with_argmax(features, rois, (2, 2), 1.0, impl=impl)
-        np.testing.assert_array_equal(out[0, :, :, 0], [[62, 64], [92, 94]])
-        np.testing.assert_array_equal(argmax[0, :, :, 0], [[6 * 8 + 2, 6 * 8 + 4], [9 * 8 + 2, 9 * 8 + 4]])
+    out, argmax = roi_pool_with_argmax(features, rois, (2, 2), 1.0, impl=impl)
+    np.testing.assert_array_equal(out[0, :, :, 0], [[62, 64], [92, 94]])
+    np.testing.assert_array_equal(argmax[0, :, :, 0], [[6 * 8 + 2, 6 * 8 + 4], [9 * 8 + 2, 9 * 8 + 4]])
 
 
-def test_hand_case_round_mode_and_hot_pixels():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_hand_case_round_mode_and_hot_pixels(impl):
     # 6x6 map, zeros except hot pixels; RoI (1.4, 1.6, 4.4, 4.5) at scale 1.
     # rounding="round": x in [1, 4] -> width 4, y in [2, 5] (4.5 rounds away to 5) -> height 4;
     # 2x2 bins: columns {1,2}, {3,4}; rows {2,3}, {4,5}.
@@ -67,23 +69,24 @@ def test_hand_case_round_mode_and_hot_pixels():
     f[2, 2], f[3, 4], f[5, 1], f[4, 4] = 5.0, 7.0, 3.0, 9.0
     features = jnp.asarray(f)[None, :, :, None]
     rois = np.array([[0, 1.4, 1.6, 4.4, 4.5]], np.float32)
-    out, argmax = roi_pool_with_argmax(features, rois, (2, 2), 1.0, rounding="round",
-                                       impl="reference")
+    out, argmax = roi_pool_with_argmax(features, rois, (2, 2), 1.0, rounding="round", impl=impl)
     np.testing.assert_array_equal(out[0, :, :, 0], [[5, 7], [3, 9]])
     np.testing.assert_array_equal(argmax[0, :, :, 0], [[2 * 6 + 2, 3 * 6 + 4], [5 * 6 + 1, 4 * 6 + 4]])
     # rounding="none": x in [1.4, 5.4) -> columns [1, 4) and [3, 6); y in [1.6, 5.5) -> rows
     # [1, 4) and [3, 6).
-    out, _ = roi_pool_with_argmax(features, rois, (2, 2), 1.0, impl="reference")
+    out, argmax = roi_pool_with_argmax(features, rois, (2, 2), 1.0, impl=impl)
     np.testing.assert_array_equal(out[0, :, :, 0], [[5, 7], [3, 9]])
+    np.testing.assert_array_equal(argmax[0, :, :, 0], [[2 * 6 + 2, 3 * 6 + 4], [5 * 6 + 1, 4 * 6 + 4]])
 
 
-def test_ties_take_the_first_element_and_empty_bins_are_zero():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_ties_take_the_first_element_and_empty_bins_are_zero(impl):
     features = jnp.ones((1, 4, 4, 2), jnp.float32)
     # A RoI three pixels wide pooled into 1x6 bins: bins are 0.5 wide, some empty after clipping
     # at the right border (x in [2, 5), the map ends at 4).
     rois = np.array([[0, 2, 0, 4, 3]], np.float32)
     expected_out, expected_arg = seed_roi_pool(np.ones((1, 4, 4, 2), np.float32), rois, (1, 6), 1.0)
-    out, argmax = roi_pool_with_argmax(features, rois, (1, 6), 1.0, impl="reference")
+    out, argmax = roi_pool_with_argmax(features, rois, (1, 6), 1.0, impl=impl)
     assert_same(out, expected_out)
     assert_same(argmax, expected_arg)
     assert (expected_arg[0, 0, :, 0] == [2, 2, 3, 3, -1, -1]).all()
@@ -229,7 +232,7 @@ def test_adversarial_rois(rounding, scale):
                                                             features.shape), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["reference"] + (["ffi"] if CPU_BUILT else []))
+@pytest.mark.parametrize("impl", IMPLS)
 def test_no_rois_and_empty_maps(impl):
     features = jnp.ones((2, 5, 5, 3))
     out, argmax = roi_pool_with_argmax(features, np.zeros((0, 5), np.float32), (7, 7), impl=impl)
@@ -241,7 +244,7 @@ def test_no_rois_and_empty_maps(impl):
     assert (np.asarray(argmax) == -1).all() and not np.asarray(out).any()
 
 
-@pytest.mark.parametrize("impl", ["reference"] + (["ffi"] if CPU_BUILT else []))
+@pytest.mark.parametrize("impl", IMPLS)
 def test_nan_features_propagate_and_extreme_values(impl):
     # The same plane in 33 channels.
     f = np.arange(36, dtype=np.float32).reshape(1, 6, 6, 1).repeat(33, axis=3)
@@ -340,7 +343,7 @@ def test_native_gradient_equals_numpy_scatter_and_is_deterministic():
 # Transformations: jit, vmap, grad, scan.
 
 
-@pytest.mark.parametrize("impl", ["reference"] + (["ffi"] if CPU_BUILT else []))
+@pytest.mark.parametrize("impl", IMPLS)
 def test_vmap_of_a_per_example_function(impl):
     rng = np.random.default_rng(19)
     features = distinct_features(rng, (3, 1, 10, 10, 4))  # 3 examples, one image each
