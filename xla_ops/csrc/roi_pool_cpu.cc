@@ -1,7 +1,8 @@
 // RoI max pooling on CPUs as XLA FFI custom calls (NHWC, channels innermost).
 //
 // Forward: for each RoI and bin, the max over the bin of every channel and its argmax (the flat
-// index h * W + w in that image's plane; -1 for an empty bin or an invalid RoI).
+// index h * W + w in that image's plane; -1 for an empty bin or an invalid RoI). Work is split
+// by output rows (RoI, bin row), handed out in chunks.
 // Backward: the cotangent of each output is added to the feature at its argmax. Work is split
 // by (image, channel block), each worker walking the RoIs in order, so every gradient element
 // is summed by one thread in one fixed order: the result is bit-identical run after run
@@ -18,7 +19,15 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "pybind11/pybind11.h"
 #include "roi_pool_bins.h"
@@ -67,80 +76,311 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t n, int64_t min_chunk,
   state->cv.wait(lock, [&] { return state->done.load() == num_chunks; });
 }
 
-// best[c], arg[c] <- the max-with-argmax update over one pixel's channels.
+// ---- Forward ----
+//
+// Each bin is pooled in blocks of kPoolBlock channels whose running maxima and argmaxes stay in
+// registers while the bin's pixels stream by. A row of PW bins is then written once: the
+// winning elements (bit for bit) and the argmax, with non-temporal stores when the outputs are
+// large. The update is TakesOver() of roi_pool_bins.h on the flushed values, element by
+// element and pixel by pixel in row-major order, so the result is the one of the CUDA kernel
+// and the jnp reference, bit for bit.
+//
+// Flushing subnormals: on x86-64 the comparisons run with the MXCSR's denormals-are-zero bit
+// set (ScopedDenormalsAreZero), under which a compare reads a subnormal operand as a zero of
+// its sign: what Flush() does first elsewhere. The running maxima then hold the raw elements,
+// so the winning element is the maximum itself (no second read of the features), and the loop
+// does 4 vector operations less per 8 channels. Other CPUs apply Flush(). Float16 needs neither:
+// ToFloat() of a binary16 is never a binary32 subnormal.
+#if defined(__x86_64__)
+constexpr bool kCompareFlushes = true;
+
+// Sets MXCSR.DAZ for the calling thread for its lifetime, restoring the previous MXCSR after.
+// Every CPU jaxlib runs on (x86-64 with AVX) has DAZ. It only ever wraps calls of PoolBin,
+// which is never inlined, so that no floating-point operation moves across the switch.
+class ScopedDenormalsAreZero {
+ public:
+  ScopedDenormalsAreZero() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | 0x0040u); }
+  ~ScopedDenormalsAreZero() { _mm_setcsr(saved_); }
+  ScopedDenormalsAreZero(const ScopedDenormalsAreZero&) = delete;
+  ScopedDenormalsAreZero& operator=(const ScopedDenormalsAreZero&) = delete;
+
+ private:
+  unsigned saved_;
+};
+#else
+constexpr bool kCompareFlushes = false;
+struct ScopedDenormalsAreZero {};
+#endif
+
+// The value an element is compared as (see above).
 template <typename T>
-inline void UpdateMaxImpl(const T* __restrict__ pixel, float* __restrict__ best,
-                          int32_t* __restrict__ arg, int32_t index, int64_t channels) {
-  for (int64_t c = 0; c < channels; ++c) {  // vectorised over channels
-    const float v = Flush(ToFloat(pixel[c]));
-    const bool take = TakesOver(v, best[c]);
-    best[c] = take ? v : best[c];
-    arg[c] = take ? index : arg[c];
+__attribute__((always_inline)) inline float Compared(T x) {
+  return kCompareFlushes || std::is_same<T, Float16>::value ? ToFloat(x) : Flush(ToFloat(x));
+}
+
+// value[j] <- the winning element of channel c0 + j, bit for bit, from its maximum best[j] and
+// argmax arg[j]. Without kCompareFlushes, best[j] may be a flushed subnormal: read it back.
+template <int kWidth>
+__attribute__((always_inline)) inline void Winners(const float* plane, int64_t c, int64_t c0,
+                                                   const float* best, const int32_t* arg,
+                                                   float* value) {
+  if (!kCompareFlushes) {
+    for (int j = 0; j < kWidth; ++j) value[j] = plane[arg[j] * c + c0 + j];
+    return;
+  }
+  for (int j = 0; j < kWidth; ++j) value[j] = best[j];  // the raw element
+}
+template <int kWidth>
+__attribute__((always_inline)) inline void Winners(const BFloat16* plane, int64_t c, int64_t c0,
+                                                   const float* best, const int32_t* arg,
+                                                   BFloat16* value) {
+  if (!kCompareFlushes) {
+    for (int j = 0; j < kWidth; ++j) value[j] = plane[arg[j] * c + c0 + j];
+    return;
+  }
+  for (int j = 0; j < kWidth; ++j) {  // ToFloat(BFloat16) is a shift: shift back
+    uint32_t u;
+    std::memcpy(&u, &best[j], sizeof(u));
+    value[j].bits = static_cast<uint16_t>(u >> 16);
+  }
+}
+template <int kWidth>
+__attribute__((always_inline)) inline void Winners(const Float16*, int64_t, int64_t,
+                                                   const float* best, const int32_t*,
+                                                   Float16* value) {
+  // best[j] is ToFloat() of the winning element, which is exact: invert it, NaN payloads
+  // included.
+  for (int j = 0; j < kWidth; ++j) {
+    uint32_t u;
+    std::memcpy(&u, &best[j], sizeof(u));
+    const uint32_t sign = (u >> 16) & 0x8000u;
+    const uint32_t exponent = (u >> 23) & 0xffu;
+    const uint32_t mantissa = (u >> 13) & 0x3ffu;
+    const uint32_t normal = ((exponent - 112u) << 10) | mantissa;
+    const uint32_t special = 0x7c00u | mantissa;  // infinity or NaN
+    // Zero or subnormal: |x| = m * 2^-24 with m < 1024, converted exactly. Only magnitudes
+    // below 2^-14 are converted, so that the lanes not selected stay in the int32 range too.
+    const float magnitude = fabsf(best[j]);
+    const float small = magnitude < 6.103515625e-05f ? magnitude : 0.0f;
+    const uint32_t subnormal = static_cast<uint32_t>(static_cast<int32_t>(small * 16777216.0f));
+    const uint32_t bits = exponent == 0xffu ? special : (exponent < 113u ? subnormal : normal);
+    value[j].bits = static_cast<uint16_t>(sign | bits);
+  }
+}
+
+// arg_out[j], value_out[j] (j < kWidth) <- argmax and winning element of channel c0 + j over
+// the (non-empty) bin. The running maxima and argmaxes are local arrays of compile-time size,
+// which the compiler keeps in registers (kWidth = 32 floats: 4 + 4 ymm registers under AVX2).
+template <int kWidth, typename T>
+__attribute__((always_inline)) inline void BinBlock(const T* __restrict__ plane, int64_t w,
+                                                    int64_t c, BinRange rows, BinRange cols,
+                                                    int64_t c0, int32_t* __restrict__ arg_out,
+                                                    T* __restrict__ value_out) {
+  // The same result as seeding with the bin's first element (so that the argmax is always a
+  // real element): that element takes over from -inf unless it is -inf itself, and then the
+  // state (-inf, first) is the seeded one, bit for bit. Written this way, the seed is not a
+  // copy that the compiler turns into narrow stores that the loop's wide loads then stall on.
+  float best[kWidth];
+  int32_t arg[kWidth];
+  const int32_t first = static_cast<int32_t>(rows.begin * w + cols.begin);
+  for (int j = 0; j < kWidth; ++j) {
+    best[j] = -INFINITY;
+    arg[j] = first;
+  }
+  for (int64_t y = rows.begin; y < rows.end; ++y) {
+    for (int64_t x = cols.begin; x < cols.end; ++x) {
+      const int32_t index = static_cast<int32_t>(y * w + x);
+      const T* pixel = plane + index * c + c0;
+      for (int j = 0; j < kWidth; ++j) {  // vectorised over channels
+        const float v = Compared(pixel[j]);
+        const bool take = TakesOver(v, best[j]);
+        best[j] = take ? v : best[j];
+        arg[j] = take ? index : arg[j];
+      }
+    }
+  }
+  std::memcpy(arg_out, arg, sizeof(arg));
+  Winners<kWidth>(plane, c, c0, best, arg, value_out);
+}
+
+// The same for the channels [c0, c) left over (fewer than a block), with the running state in
+// memory: a loop of run-time length, which compilers vectorise as they do any channel loop.
+template <typename T>
+__attribute__((always_inline)) inline void BinRest(const T* __restrict__ plane, int64_t w,
+                                                   int64_t c, BinRange rows, BinRange cols,
+                                                   int64_t c0, float* __restrict__ best,
+                                                   int32_t* __restrict__ arg_out,
+                                                   T* __restrict__ value_out) {
+  const int64_t n = c - c0;
+  const int32_t first = static_cast<int32_t>(rows.begin * w + cols.begin);
+  for (int64_t j = 0; j < n; ++j) {  // as in BinBlock
+    best[j] = -INFINITY;
+    arg_out[j] = first;
+  }
+  for (int64_t y = rows.begin; y < rows.end; ++y) {
+    for (int64_t x = cols.begin; x < cols.end; ++x) {
+      const int32_t index = static_cast<int32_t>(y * w + x);
+      const T* pixel = plane + index * c + c0;
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = Compared(pixel[j]);
+        const bool take = TakesOver(v, best[j]);
+        best[j] = take ? v : best[j];
+        arg_out[j] = take ? index : arg_out[j];
+      }
+    }
+  }
+  for (int64_t j = 0; j < n; ++j) value_out[j] = plane[arg_out[j] * c + c0 + j];
+}
+
+// Channels pooled together in registers. GCC 12 vectorises BinBlock<32> (4 ymm vectors of
+// maxima, 4 of argmaxes); it did not vectorise BinBlock<8> or <16> (scalar code with branches,
+// 20x slower), hence the run-time-length loop of BinRest for what is left over.
+constexpr int kPoolBlock = 32;
+
+// Argmax and winning element of every channel of one (non-empty) bin into arg[0, c) and
+// value[0, c).
+template <typename T>
+__attribute__((always_inline)) inline void PoolBinImpl(const T* __restrict__ plane, int64_t w,
+                                                       int64_t c, BinRange rows, BinRange cols,
+                                                       int32_t* __restrict__ arg,
+                                                       T* __restrict__ value) {
+  int64_t c0 = 0;
+  for (; c0 + kPoolBlock <= c; c0 += kPoolBlock) {
+    BinBlock<kPoolBlock>(plane, w, c, rows, cols, c0, arg + c0, value + c0);
+  }
+  if (c0 < c) {
+    float best[kPoolBlock];
+    BinRest(plane, w, c, rows, cols, c0, best, arg + c0, value + c0);
   }
 }
 
 // The hot loop, compiled for AVX2 and for baseline x86-64 and picked at load time, so the
 // extension runs on any x86-64 CPU whatever machine built it.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define ROI_POOL_CLONES __attribute__((target_clones("avx2", "default")))
+#define ROI_POOL_CLONES __attribute__((noinline, target_clones("avx2", "default")))
 #else
-#define ROI_POOL_CLONES
+#define ROI_POOL_CLONES __attribute__((noinline))
 #endif
-ROI_POOL_CLONES void UpdateMax(const float* p, float* b, int32_t* a, int32_t i, int64_t c) {
-  UpdateMaxImpl(p, b, a, i, c);
+ROI_POOL_CLONES void PoolBin(const float* p, int64_t w, int64_t c, BinRange r, BinRange s,
+                             int32_t* a, float* v) {
+  PoolBinImpl(p, w, c, r, s, a, v);
 }
-ROI_POOL_CLONES void UpdateMax(const BFloat16* p, float* b, int32_t* a, int32_t i, int64_t c) {
-  UpdateMaxImpl(p, b, a, i, c);
+ROI_POOL_CLONES void PoolBin(const BFloat16* p, int64_t w, int64_t c, BinRange r, BinRange s,
+                             int32_t* a, BFloat16* v) {
+  PoolBinImpl(p, w, c, r, s, a, v);
 }
-ROI_POOL_CLONES void UpdateMax(const Float16* p, float* b, int32_t* a, int32_t i, int64_t c) {
-  UpdateMaxImpl(p, b, a, i, c);
+ROI_POOL_CLONES void PoolBin(const Float16* p, int64_t w, int64_t c, BinRange r, BinRange s,
+                             int32_t* a, Float16* v) {
+  PoolBinImpl(p, w, c, r, s, a, v);
 }
+
+// dst[0, bytes) <- src, with non-temporal stores for the 16-byte-aligned middle when
+// `streaming` (x86-64): the output is written once and read by a later op, so it need not
+// evict the feature map from the caches, nor be read into them before being overwritten.
+// StoreFence() must follow before another thread may read dst.
+inline void Store(void* dst, const void* src, size_t bytes, bool streaming) {
+#if defined(__x86_64__)
+  if (streaming) {
+    auto* d = static_cast<char*>(dst);
+    const auto* s = static_cast<const char*>(src);
+    const size_t head = std::min(bytes, (16 - reinterpret_cast<uintptr_t>(d) % 16) % 16);
+    std::memcpy(d, s, head);
+    size_t i = head;
+    for (; i + 16 <= bytes; i += 16) {
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i),
+                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i)));
+    }
+    std::memcpy(d + i, s + i, bytes - i);
+    return;
+  }
+#endif
+  std::memcpy(dst, src, bytes);
+}
+
+inline void StoreFence() {
+#if defined(__x86_64__)
+  _mm_sfence();
+#endif
+}
+
+// Asks the kernel for transparent huge pages behind [p, p + bytes) (the whole 2 MiB pages
+// inside it). The output buffers are usually fresh allocations that XLA maps anew on every
+// call, and first-touch faults on 4 KiB pages cost more than the pooling itself for large
+// outputs; with THP in "madvise" mode one fault then maps 2 MiB. Only a hint: the contents and
+// the ownership of the memory are unchanged, and a failure (e.g. THP off) changes nothing.
+inline void AdviseHugePages(void* p, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{2} << 20;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+}
+
+// Outputs (values + argmax) at least this large are written with non-temporal stores: they
+// cannot stay in the caches anyway, and the stores skip reading each line in before writing it.
+constexpr size_t kStreamingBytes = size_t{8} << 20;
+
+// One output row (the PW bins of one RoI and bin row) is pooled here, then stored at once.
+template <typename T>
+struct Scratch {
+  std::vector<BinRange> cols;
+  std::vector<int32_t> arg;
+  std::vector<T> value;
+  Scratch(int64_t pw, int64_t c) : cols(pw), arg(pw * c), value(pw * c) {}
+};
 
 template <typename T>
 void ForwardRows(const T* features, const float* rois, T* out, int32_t* argmax, const Dims& d,
-                 float spatial_scale, Rounding rounding, int64_t row_begin, int64_t row_end,
-                 std::vector<float>& best) {
-  best.resize(d.c);
+                 float spatial_scale, Rounding rounding, bool streaming, int64_t row_begin,
+                 int64_t row_end, Scratch<T>& s) {
+  const int64_t row_size = d.pw * d.c;
   for (int64_t row = row_begin; row < row_end; ++row) {  // row = k * PH + ph
     const int64_t k = row / d.ph;
     const int64_t ph = row % d.ph;
+    // The geometry first, under the default floating-point environment.
     const RoiGeometry g = MapRoi(rois + k * 5, spatial_scale, d.n, d.ph, d.pw, rounding);
     const BinRange rows = g.batch < 0 ? BinRange{0, 0}
                                       : BinAlongAxis(ph, g.start_h, g.bin_h, d.h, rounding);
     for (int64_t pw = 0; pw < d.pw; ++pw) {
-      T* out_bin = out + (row * d.pw + pw) * d.c;
-      int32_t* arg_bin = argmax + (row * d.pw + pw) * d.c;
-      const BinRange cols = g.batch < 0 ? BinRange{0, 0}
-                                        : BinAlongAxis(pw, g.start_w, g.bin_w, d.w, rounding);
-      if (rows.end <= rows.begin || cols.end <= cols.begin) {
-        std::memset(out_bin, 0, sizeof(T) * d.c);  // +0 for every float type
-        std::fill(arg_bin, arg_bin + d.c, -1);
-        continue;
-      }
-      const T* plane = features + g.batch * d.h * d.w * d.c;
-      // The bin's first element seeds the max, so the argmax is always a real element.
-      const int32_t first = static_cast<int32_t>(rows.begin * d.w + cols.begin);
-      const T* seed = plane + first * d.c;
-      for (int64_t c = 0; c < d.c; ++c) best[c] = Flush(ToFloat(seed[c]));
-      std::fill(arg_bin, arg_bin + d.c, first);
-      for (int64_t y = rows.begin; y < rows.end; ++y) {
-        for (int64_t x = cols.begin; x < cols.end; ++x) {
-          const int32_t index = static_cast<int32_t>(y * d.w + x);
-          UpdateMax(plane + index * d.c, best.data(), arg_bin, index, d.c);
-        }
-      }
-      // Copy the winning elements bit for bit (no float -> half conversion needed).
-      for (int64_t c = 0; c < d.c; ++c) out_bin[c] = plane[arg_bin[c] * d.c + c];
+      s.cols[pw] = g.batch < 0 ? BinRange{0, 0}
+                               : BinAlongAxis(pw, g.start_w, g.bin_w, d.w, rounding);
     }
+    const T* plane = features + (g.batch < 0 ? 0 : g.batch) * d.h * d.w * d.c;
+    {
+      ScopedDenormalsAreZero daz;
+      for (int64_t pw = 0; pw < d.pw; ++pw) {
+        int32_t* arg = s.arg.data() + pw * d.c;
+        T* value = s.value.data() + pw * d.c;
+        const BinRange cols = s.cols[pw];
+        if (rows.end <= rows.begin || cols.end <= cols.begin) {
+          std::memset(value, 0, sizeof(T) * d.c);  // +0 for every float type
+          std::fill(arg, arg + d.c, -1);
+          continue;
+        }
+        PoolBin(plane, d.w, d.c, rows, cols, arg, value);
+      }
+    }
+    Store(out + row * row_size, s.value.data(), sizeof(T) * row_size, streaming);
+    Store(argmax + row * row_size, s.arg.data(), sizeof(int32_t) * row_size, streaming);
   }
+  if (streaming) StoreFence();  // before ParallelFor reports the chunk done
 }
 
 template <typename T>
 void Forward(ffi::ThreadPool& pool, const T* features, const float* rois, T* out,
              int32_t* argmax, const Dims& d, float spatial_scale, Rounding rounding) {
+  const size_t outputs = static_cast<size_t>(d.k * d.ph * d.pw * d.c);
+  if (outputs == 0) return;
+  AdviseHugePages(out, sizeof(T) * outputs);
+  AdviseHugePages(argmax, sizeof(int32_t) * outputs);
+  // Non-temporal stores only pay when they fill whole cache lines: rows of 1 KiB or more.
+  const bool streaming = (sizeof(T) + sizeof(int32_t)) * outputs >= kStreamingBytes &&
+                         sizeof(T) * d.pw * d.c >= 1024;
   ParallelFor(pool, d.k * d.ph, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> best;
-    ForwardRows(features, rois, out, argmax, d, spatial_scale, rounding, begin, end, best);
+    Scratch<T> scratch(d.pw, d.c);
+    ForwardRows(features, rois, out, argmax, d, spatial_scale, rounding, streaming, begin, end,
+                scratch);
   });
 }
 
