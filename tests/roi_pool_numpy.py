@@ -80,6 +80,7 @@ def scatter_through_argmax(grad_out, rois, argmax, feature_shape):
     grad = np.zeros((n, h * w, c), np.float64)
     grad_out = np.asarray(grad_out, np.float64)
     argmax = np.asarray(argmax)
-    for k, i, j, ch in np.argwhere(argmax >= 0):
-        grad[int(rois[k, 0]), argmax[k, i, j, ch], ch] += grad_out[k, i, j, ch]
+    k, i, j, ch = np.nonzero(argmax >= 0)  # only valid RoIs have an argmax: finite batch index
+    np.add.at(grad, (np.asarray(rois)[k, 0].astype(np.int64), argmax[k, i, j, ch], ch),
+              grad_out[k, i, j, ch])
     return grad.reshape(n, h, w, c)

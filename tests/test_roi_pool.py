@@ -1,5 +1,7 @@
 """The RoI pooling op: native custom call against the jnp reference and independent numpy code."""
 
+import functools
+import itertools
 import zlib
 
 import jax
@@ -37,9 +39,14 @@ def distinct_features(rng, shape, dtype=np.float32):
 
 
 def assert_same(a, b):
+    """Same shape, dtype and bits (NaN payloads and the sign of zero included)."""
     a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape and a.dtype == b.dtype
-    np.testing.assert_array_equal(a.view(np.uint8) if a.dtype.itemsize == 1 else a, b)
+    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, a.dtype, b.shape, b.dtype)
+    # Values first, for a readable message (as float64: numpy's NaN handling misses bfloat16).
+    values = (lambda x: x) if np.issubdtype(a.dtype, np.integer) else (lambda x: x.astype(np.float64))
+    np.testing.assert_array_equal(values(a), values(b))
+    bits = np.dtype(f"u{a.dtype.itemsize}")
+    np.testing.assert_array_equal(a.view(bits), b.view(bits))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,29 +171,120 @@ def test_native_forward_equals_reference(shape, output_size, scale, rounding):
     assert (np.asarray(got[1]) >= 0).mean() > 0.3  # the case really pools something
 
 
+# The full product of output sizes, scales, roundings, layouts and dtypes, forward and gradient,
+# on a small map with the adversarial rows among the RoIs. Compiling costs about a second per
+# program, so the results are computed once per (dtype, output size) group, with few programs
+# (`_product_group`), and the test items only compare them.
+
+PRODUCT_DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
+PRODUCT_SIZES = [(7, 7), (2, 3), (1, 1)]
+PRODUCT_SCALES = [1 / 16, 0.5, 1.0]
+PRODUCT_SHAPE = (2, 8, 9, 33)  # NHWC; 33 channels: no multiple of a vector or channel block
+PRODUCT_RANDOM_ROIS = 14  # then the 18 ADVERSARIAL_ROIS: 32 RoIs in all
+
+
+def exact_sum_cotangent(rng, shape, dtype):
+    """Multiples of 1/64 that `dtype` holds exactly, at most 32 in magnitude (4 for bfloat16):
+    every float32 sum of fewer than 8192 of them is exact, whatever the summation order, so the
+    gradient (the float32 sum rounded once to the dtype) is determined bit for bit."""
+    bound = 255 if dtype == jnp.bfloat16 else 2047
+    return jnp.asarray(rng.integers(-bound, bound + 1, shape) / 64, dtype)
+
+
+def product_features(rng, dtype):
+    features = np.array(distinct_features(rng, PRODUCT_SHAPE, dtype), np.float32)
+    features[..., 1] = rng.integers(-2, 3, PRODUCT_SHAPE[:3])  # many ties
+    features[1, 4, 5, 2] = np.nan  # NaN propagates (its bits are copied too)
+    features[0, 3, 3, 3] = -np.inf
+    return jnp.asarray(features, dtype)
+
+
+def _vjp_of_pool(pool, features, cot):
+    (out, argmax), vjp = jax.vjp(pool, features)
+    (grad,) = vjp((cot, np.zeros(argmax.shape, jax.dtypes.float0)))
+    return out, argmax, grad
+
+
+@functools.partial(jax.jit, static_argnames=("output_size", "rounding"))
+def _reference_with_grad(features, rois, cot, scale, *, output_size, rounding):
+    """The reference with a traced scale: one compiled program serves every scale."""
+    pool = functools.partial(roi_pool_reference, rois=rois, output_size=output_size,
+                             spatial_scale=scale, rounding=rounding)
+    return _vjp_of_pool(pool, features, cot)
+
+
+@functools.cache
+def _product_group(dtype, output_size):
+    """(features, {(scale, rounding): (rois, cotangent)}, {(scale, rounding, impl,
+    data_format): (out, argmax, feature gradient)}) as numpy arrays, NHWC features and
+    cotangents. The native op runs in both layouts, in one program for the whole group. The
+    reference runs in NHWC (its NCHW path is the same between transposes, ops._pool), called
+    directly with the scale as a traced value (the same float32 arithmetic as a constant), so
+    that it is compiled once per rounding rather than once per case: its compile time dominates."""
+    rng = np.random.default_rng(zlib.crc32(repr((np.dtype(dtype).name, output_size)).encode()))
+    features = product_features(rng, dtype)
+    cases = list(itertools.product(PRODUCT_SCALES, ["none", "round"]))
+    inputs = {}
+    for scale, rounding in cases:
+        rois = np.concatenate([random_rois(rng, PRODUCT_RANDOM_ROIS, 2, (8 / scale, 9 / scale)),
+                               ADVERSARIAL_ROIS])
+        cot = exact_sum_cotangent(rng, (len(rois), *output_size, PRODUCT_SHAPE[3]), dtype)
+        inputs[scale, rounding] = rois, cot
+
+    def native(features, inputs):
+        results = {}
+        for (scale, rounding), (rois, cot) in inputs.items():
+            for data_format in ["NHWC", "NCHW"]:
+                layout = (lambda x: x) if data_format == "NHWC" else (
+                    lambda x: jnp.transpose(x, (0, 3, 1, 2)))
+                pool = functools.partial(roi_pool_with_argmax, rois=rois, output_size=output_size,
+                                         spatial_scale=scale, data_format=data_format,
+                                         rounding=rounding, impl="ffi")
+                results[scale, rounding, "ffi", data_format] = _vjp_of_pool(
+                    pool, layout(features), layout(cot))
+        return results
+
+    results = jax.jit(native)(features, inputs)
+    for (scale, rounding), (rois, cot) in inputs.items():
+        results[scale, rounding, "reference", "NHWC"] = _reference_with_grad(
+            features, rois, cot, np.float32(scale), output_size=output_size, rounding=rounding)
+    as_numpy = lambda tree: jax.tree.map(np.asarray, tree)
+    return np.asarray(features), as_numpy(inputs), as_numpy(results)
+
+
 @needs_cpu_kernel
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
-def test_native_dtypes_and_layouts(dtype, data_format):
-    rng = np.random.default_rng(5)
-    features = distinct_features(rng, (2, 12, 14, 6), dtype)
+@pytest.mark.parametrize("rounding", ["none", "round"])
+@pytest.mark.parametrize("scale", PRODUCT_SCALES)
+@pytest.mark.parametrize("output_size", PRODUCT_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("dtype", PRODUCT_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_native_equals_reference_over_the_product(dtype, output_size, scale, rounding,
+                                                  data_format):
+    features, inputs, results = _product_group(dtype, output_size)
+    rois, cot = inputs[scale, rounding]
+    out, argmax, grad = results[scale, rounding, "ffi", data_format]
+    k, c = len(rois), PRODUCT_SHAPE[3]
     if data_format == "NCHW":
-        features = jnp.transpose(features, (0, 3, 1, 2))
-    rois = random_rois(rng, 10, 2, (12 * 4, 14 * 4))
-    kwargs = dict(output_size=(3, 3), spatial_scale=0.25, data_format=data_format)
-    got = roi_pool_with_argmax(features, rois, impl="ffi", **kwargs)
-    ref = roi_pool_with_argmax(features, rois, impl="reference", **kwargs)
-    assert got[0].dtype == dtype
-    expected_shape = (10, 3, 3, 6) if data_format == "NHWC" else (10, 6, 3, 3)
-    assert got[0].shape == expected_shape
-    assert_same(got[0], ref[0])
-    assert_same(got[1], ref[1])
-    # Gradients: the custom call's scatter against autodiff of the reference (float32 sums).
-    cot = jnp.asarray(rng.normal(size=expected_shape), dtype)
-    grad = lambda impl: jax.grad(lambda f: jnp.vdot(roi_pool(f, rois, impl=impl, **kwargs), cot)
-                                 .astype(jnp.float32))(features)
-    np.testing.assert_allclose(np.asarray(grad("ffi"), np.float32),
-                               np.asarray(grad("reference"), np.float32), rtol=1e-2, atol=1e-2)
+        assert out.shape == argmax.shape == (k, c, *output_size)
+        assert grad.shape == (2, c, 8, 9)
+        out, argmax = (np.transpose(x, (0, 2, 3, 1)) for x in (out, argmax))
+        grad = np.transpose(grad, (0, 2, 3, 1))
+    ref_out, ref_argmax, ref_grad = results[scale, rounding, "reference", "NHWC"]
+    assert out.shape == (k, *output_size, c) and out.dtype == grad.dtype == dtype
+    # Forward: output and argmax bit for bit.
+    assert_same(out, ref_out)
+    assert_same(argmax, ref_argmax)
+    # Backward: bit for bit too. Both sum in float32 and round once to the dtype, and with these
+    # cotangents every float32 sum is exact, so both equal the exact sum (numpy, float64)
+    # rounded once. (Arbitrary float32 cotangents can differ in the last bit: the kernel sums
+    # in RoI order, autodiff's scatter in its own.) Accumulating in a half dtype fails this.
+    assert_same(grad, ref_grad)
+    exact = scatter_through_argmax(cot.astype(np.float64), rois, argmax, features.shape)
+    assert_same(grad, np.asarray(jnp.asarray(exact.astype(np.float32), dtype)))
+    # The case really pools something, and the invalid adversarial rows pool nothing.
+    assert (argmax[:PRODUCT_RANDOM_ROIS] >= 0).mean() > 0.3
+    invalid = PRODUCT_RANDOM_ROIS + np.array([0, 1, 2, 3, 4, 5, 7, 8, 9, 12, 13])
+    assert (argmax[invalid] == -1).all() and (out[invalid] == 0).all()
 
 
 @needs_cpu_kernel

@@ -3,8 +3,10 @@
 The bin arithmetic mirrors `csrc/roi_pool_bins.h` operation by operation, in float32 and with
 every product kept apart from the following sum (an optimization barrier stops XLA from fusing
 them into a multiply-add that would round differently), so the bins, the pooled values and the
-argmax equal the kernels' bit for bit. Gradients come from JAX's autodiff of the max; with no
-ties inside a bin they equal the kernels' scatter through the argmax.
+argmax equal the kernels' bit for bit. The output is the feature gathered at the argmax, so
+its gradient (JAX's autodiff of that gather) is the kernels' scatter of the cotangent through the
+argmax, ties and NaNs included. As in the kernels, that scatter-add is summed in float32 for the
+half types and rounded to the features' dtype once, at the end.
 """
 
 from typing import NamedTuple
@@ -99,6 +101,25 @@ def bin_ranges(start, bin_size, num_bins, size, *, rounding):
     return clip(lo), clip(hi)
 
 
+@jax.custom_jvp
+def _with_tangent_of(value, value32):
+    """`value`, bit for bit, differentiated as `value32.astype(value.dtype)`.
+
+    The pooled output is gathered from the features in their own dtype, so every bit of the
+    kernels' copy is kept (NaN payloads included, which a float32 round trip would canonicalize),
+    while its tangent comes from the same gather out of the float32 features: reverse mode then
+    scatter-adds the cotangent in float32, as the kernels do.
+    """
+    del value32
+    return value
+
+
+@_with_tangent_of.defjvp
+def _with_tangent_of_jvp(primals, tangents):
+    value, _ = primals
+    return value, tangents[1].astype(value.dtype)
+
+
 def _first_hit(hit, axis):
     """Index of the first True along `axis`, -1 where there is none."""
     return jnp.where(jnp.any(hit, axis=axis), jnp.argmax(hit, axis=axis), -1)
@@ -135,11 +156,17 @@ def roi_pool_reference(features, rois, *, output_size, spatial_scale, rounding="
     h_lo, h_hi = jnp.where(valid[:, None], h_lo, 0), jnp.where(valid[:, None], h_hi, 0)
     w_lo, w_hi = jnp.where(valid[:, None], w_lo, 0), jnp.where(valid[:, None], w_hi, 0)
 
+    # The gradient flows through float32 features only: the scatter-add that autodiff makes of
+    # the gathers below accumulates in float32 over all RoIs, and the transpose of this cast
+    # rounds the sum to a half dtype once (the kernels' "float32 accumulation for half types").
+    features32 = features.astype(jnp.float32)
+    exact = jax.lax.stop_gradient(features)
+
     def pool_one(args):
         batch, hl, hh, wl, wh = args
-        image = features[jnp.maximum(batch, 0)]  # [H, W, C]
+        image32 = features32[jnp.maximum(batch, 0)]  # [H, W, C]
         # Compare in float32 with subnormals flushed, exactly as the kernels compare.
-        key = _flush(jax.lax.stop_gradient(image).astype(jnp.float32))
+        key = _flush(jax.lax.stop_gradient(image32))
         cols = jnp.arange(w)
         col_mask = (cols[None, :] >= wl[:, None]) & (cols[None, :] < wh[:, None])  # [PW, W]
         masked = jnp.where(col_mask[None, :, :, None], key[:, None], -jnp.inf)  # [H, PW, W, C]
@@ -156,9 +183,11 @@ def roi_pool_reference(features, rois, *, output_size, spatial_scale, rounding="
         empty = (hh <= hl)[:, None, None] | (wh <= wl)[None, :, None]  # [PH, PW, 1]
         argmax = jnp.where(empty, -1, best_row * w + col).astype(jnp.int32)
         # The output is the element at the argmax, so its gradient is the scatter through it.
-        flat = image.reshape(h * w, -1)  # [H*W, C]
-        out = jnp.take_along_axis(flat, jnp.maximum(argmax, 0).reshape(-1, flat.shape[1]), axis=0)
-        out = jnp.where(empty, jnp.zeros((), features.dtype), out.reshape(argmax.shape))
+        index = jnp.maximum(argmax, 0).reshape(-1, argmax.shape[-1])  # [PH*PW, C]
+        gather = lambda image: jnp.take_along_axis(image.reshape(h * w, -1), index,
+                                                   axis=0).reshape(argmax.shape)
+        out = _with_tangent_of(gather(exact[jnp.maximum(batch, 0)]), gather(image32))
+        out = jnp.where(empty, jnp.zeros((), features.dtype), out)
         return out, argmax
 
     k = rois.shape[0]
