@@ -9,12 +9,13 @@ the flat index `h * W + w` inside that image's plane.
 - rounding="round" (Caffe, torchvision): scaled coordinates rounded half away from zero, size
   max(x2 - x1 + 1, 1).
 - Bins are clipped to the map; an empty bin gives 0 with argmax -1.
-- Invalid RoIs (batch index not in [0, N) or not finite, a non-finite coordinate) give 0 with
-  argmax -1. Nothing is ever read or written out of bounds.
+- Invalid RoIs (batch index not in [0, N) or not finite, a non-finite coordinate, or a scaled
+  width or height that is not finite, as when a coordinate overflows to inf once scaled) give 0
+  with argmax -1. Nothing is ever read or written out of bounds.
 - Ties: the first maximal element in row-major order wins. NaN features propagate: a bin holding
   a NaN outputs NaN and its argmax is the first NaN (as jnp.max does). Kernel and reference agree.
-- Gradient: the output cotangent is added to the feature at the argmax (float32 accumulation for
-  half types); RoIs get a zero cotangent.
+- Gradient: the output cotangent is added to the feature at the argmax (for half types summed in
+  float32 and rounded to the features' dtype once, at the end); RoIs get a zero cotangent.
 """
 
 import functools
@@ -61,9 +62,11 @@ def roi_pool(features, rois, output_size=(7, 7), spatial_scale=1 / 16, *, data_f
       rounding: "none" (seed kernel) or "round" (Caffe/torchvision).
       impl: "ffi" (the custom call; error if not built for this platform), "reference" (pure
         jnp), "auto" (the custom call where built, else the reference with a warning).
-      deterministic: backward summation order. None: the platform default (the CPU backward is
-        always deterministic; on GPU the fast atomicAdd backward). True on GPU selects the
-        gather backward, bit-identical run after run.
+      deterministic: backward summation order. On CPU the backward is always deterministic
+        (bit-identical run after run), whatever this is: None, True and False alike. On GPU,
+        None (the default) and False select the fast atomicAdd backward, whose float32 sums may
+        differ in the last bits from run to run; True selects the gather backward,
+        bit-identical run after run (and to the CPU backward).
       batch_axes: under a device mesh in context (`jax.set_mesh`), the mesh axis or axes the
         batch N is split over; None: every axis not already manual. With [N, R, 4] rois each
         device pools its own images (`xla_ops.sharding`), and no feature map crosses devices.
