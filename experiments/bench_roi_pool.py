@@ -41,10 +41,10 @@ STRIDE = 16
 OUTPUT = (7, 7)
 
 
-def make_inputs(num_rois, seed=0, channels=512):
+def make_inputs(num_rois, seed=0, channels=512, dtype="float32"):
     rng = np.random.default_rng(seed)
     feature_hw = IMAGE // STRIDE
-    features = rng.normal(size=(1, feature_hw, feature_hw, channels)).astype(np.float32)
+    features = rng.normal(size=(1, feature_hw, feature_hw, channels)).astype(jnp.dtype(dtype))
     # Proposal-like boxes: 16 to 400 pixels a side, inside the image.
     size = rng.uniform(16, 400, (num_rois, 2))
     x1 = rng.uniform(0, IMAGE - size[:, 0])
@@ -160,7 +160,7 @@ def baseline_lines(features, rois, baseline, repeats):
     results = {}
     for name, (fwd, bwd) in (("this build", current), ("baseline", baseline)):
         out, arg = fwd(f, r)
-        cot = jnp.asarray(np.random.default_rng(1).normal(size=out.shape).astype(np.float32))
+        cot = jnp.asarray(np.random.default_rng(1).normal(size=out.shape), out.dtype)
         results[name] = (out, arg, bwd(cot, r, arg, features.shape))
     for x, y in zip(results["this build"], results["baseline"]):
         assert np.asarray(x).tobytes() == np.asarray(y).tobytes(), "the builds disagree"
@@ -173,7 +173,7 @@ def baseline_lines(features, rois, baseline, repeats):
     lines = []
     for part in ("forward", "backward"):
         new, old = t[f"this build {part}"], t[f"baseline {part}"]
-        lines.append(f"| {rois.shape[0]} | {list(features.shape)} | {part} | {old * 1e3:.2f} | "
+        lines.append(f"| {rois.shape[0]} | {list(features.shape)} {features.dtype} | {part} | {old * 1e3:.2f} | "
                      f"{new * 1e3:.2f} | **{old / new:.2f}x** |")
     return lines
 
@@ -235,6 +235,8 @@ def main():
                         help="only the custom call: bandwidth and --baseline-so (no reference, no torch)")
     parser.add_argument("--channels", type=int, nargs="+", default=[512],
                         help="feature channels of the --baseline-so shapes")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="feature dtype of the bandwidth and --baseline-so runs")
     parser.add_argument("--baseline-so", help="another build of xla_ops/_roi_pool_cpu to compare with")
     parser.add_argument("--out", help="append the markdown table to this file")
     args = parser.parse_args()
@@ -249,18 +251,19 @@ def main():
         have_torch = False
 
     lines = [f"### {platform.node()} · JAX {jax.__version__} on {backend} "
-             f"({jax.devices()[0].device_kind}) · features [1, 50, 50, 512] float32, 7x7",
+             f"({jax.devices()[0].device_kind}) · features [1, 50, 50, 512], 7x7 "
+             f"(float32; bandwidth and baseline runs {args.dtype})",
              "", f"Command: `{' '.join([sys.executable.split('/')[-1]] + sys.argv)}`", ""]
     if not args.only_native:
         lines += ["| RoIs | implementation | forward ms | fwd+bwd ms | fwd speed-up of ffi | fwd+bwd speed-up of ffi |",
                   "|---:|---|---:|---:|---:|---:|"]
     bandwidth = []
     for num_rois in args.rois:
-        features, rois = make_inputs(num_rois)
         if backend == "cpu":
-            bandwidth += bandwidth_lines(features, rois, args.repeats)
+            bandwidth += bandwidth_lines(*make_inputs(num_rois, dtype=args.dtype), args.repeats)
         if args.only_native:
             continue
+        features, rois = make_inputs(num_rois)
         results = {"ffi (custom call)": [timed(fn, args.repeats) for fn in jax_fns(features, rois, "ffi")]}
         if num_rois <= args.reference_max_rois:
             results["jnp reference"] = [timed(fn, max(3, args.repeats // 5))
@@ -286,7 +289,7 @@ def main():
                   "|---:|---|---|---:|---:|---:|"]
         for channels in args.channels:
             for num_rois in args.rois:
-                features, rois = make_inputs(num_rois, channels=channels)
+                features, rois = make_inputs(num_rois, channels=channels, dtype=args.dtype)
                 lines += baseline_lines(features, rois, baseline, args.repeats)
     report = "\n".join(lines) + "\n"
     print(report)

@@ -171,26 +171,25 @@ ROI_HD float ToFloat(BFloat16 x) {
   return f;
 }
 ROI_HD float ToFloat(Float16 x) {
-  // IEEE binary16 -> binary32, exact (subnormals, infinities and NaN included).
+  // IEEE binary16 -> binary32, exact (subnormals, infinities and NaN payloads included), with
+  // no branch or loop, so that compilers vectorise it in the CPU forward's channel loop. The
+  // choices are and/or masks rather than ?: because GCC would move the float operations below
+  // into a branch of their own, and then not vectorise a loop with a branch in it.
   const uint32_t sign = static_cast<uint32_t>(x.bits & 0x8000u) << 16;
-  uint32_t exponent = (x.bits >> 10) & 0x1fu;
-  uint32_t mantissa = x.bits & 0x3ffu;
-  uint32_t u;
-  if (exponent == 0x1fu) {
-    u = sign | 0x7f800000u | (mantissa << 13);
-  } else if (exponent != 0) {
-    u = sign | ((exponent + 112u) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    u = sign;
-  } else {
-    // Subnormal: normalise the mantissa.
-    exponent = 113u;
-    while ((mantissa & 0x400u) == 0) {
-      mantissa <<= 1;
-      --exponent;
-    }
-    u = sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13);
-  }
+  const uint32_t magnitude = x.bits & 0x7fffu;  // exponent and mantissa
+  const uint32_t exponent = magnitude >> 10;
+  // Normal numbers: the exponent rebiased by 127 - 15 = 112. Infinity and NaN (exponent 31)
+  // take another 112, to the binary32 exponent 255, with the mantissa (payload) kept.
+  const uint32_t special = 0u - static_cast<uint32_t>(exponent == 0x1fu);  // all ones or 0
+  const uint32_t normal = (magnitude << 13) + (112u << 23) + (special & (112u << 23));
+  // Zero and subnormals (exponent 0): mantissa * 2^-24, an integer below 1024 converted and
+  // scaled by a power of two, both exact; the result is 0 or a binary32 normal number, so
+  // neither a flush-to-zero mode nor Flush() changes it.
+  const float small = static_cast<float>(static_cast<int32_t>(magnitude)) * 5.9604644775390625e-08f;
+  uint32_t small_bits;
+  memcpy(&small_bits, &small, sizeof(small_bits));
+  const uint32_t tiny = 0u - static_cast<uint32_t>(exponent == 0);  // all ones or 0
+  const uint32_t u = sign | (small_bits & tiny) | (normal & ~tiny);
   float f;
   memcpy(&f, &u, sizeof(f));
   return f;
