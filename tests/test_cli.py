@@ -461,3 +461,10 @@ def test_frozen_stages_without_pretrained_weights_warn():
     assert warned(frozen_stages=0, pretrained="") == []
     # The paper's recipe without weights is the case this is for.
     assert warned(**cli.load_config("vgg16_voc07").model.to_dict())
+
+
+def test_resuming_below_the_runs_step_says_there_is_nothing_to_train(trained, capsys):
+    status, _, err = run(capsys, "train", "--workdir", trained, "--config.train.num_steps=1", "--resume",
+                         "--no-progress")
+    assert status == 2
+    assert_one_paragraph(err, "train.num_steps=1", "already at step", "nothing to train", "jaxdet eval --workdir")

@@ -217,6 +217,12 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     if latest is not None:
         state, data_state = restore_checkpoint(manager, state)
         start = int(data_state.get("next_step", int(state.step)))
+        if start > num_steps:
+            manager.close()
+            raise InvalidSetting(
+                f"train.num_steps={num_steps}, but the run in {workdir} is already at step {start}: "
+                f"nothing to train. Raise --config.train.num_steps above {start} to continue it, or "
+                f"evaluate its checkpoint with `jaxdet eval --workdir {workdir}`.")
     main = is_main_process()
     if main:
         save_run_files(config, workdir, dataset.class_names)
