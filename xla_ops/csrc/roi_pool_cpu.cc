@@ -568,32 +568,11 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad_out, ffi::Buff
 }  // namespace
 }  // namespace roi_pool
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    RoiPoolForwardCpu, roi_pool::ForwardImpl,
-    ffi::Ffi::Bind()
-        .Ctx<ffi::ThreadPool>()
-        .Arg<ffi::AnyBuffer>()           // features [N, H, W, C]
-        .Arg<ffi::Buffer<ffi::F32>>()    // rois [K, 5]
-        .Ret<ffi::AnyBuffer>()           // out [K, PH, PW, C]
-        .Ret<ffi::Buffer<ffi::S32>>()    // argmax [K, PH, PW, C]
-        .Attr<int64_t>("pooled_h")
-        .Attr<int64_t>("pooled_w")
-        .Attr<float>("spatial_scale")
-        .Attr<int32_t>("rounding"));     // 0: seed kernel, 1: Caffe/torchvision
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RoiPoolForwardCpu, roi_pool::ForwardImpl,
+                              roi_pool::BindForward(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    RoiPoolBackwardCpu, roi_pool::BackwardImpl,
-    ffi::Ffi::Bind()
-        .Ctx<ffi::ThreadPool>()
-        .Arg<ffi::AnyBuffer>()           // grad_out [K, PH, PW, C]
-        .Arg<ffi::Buffer<ffi::F32>>()    // rois [K, 5]
-        .Arg<ffi::Buffer<ffi::S32>>()    // argmax [K, PH, PW, C]
-        .Ret<ffi::Buffer<ffi::F32>>()    // grad_features [N, H, W, C], float32 accumulation
-        // Accepted so CPU and CUDA share one call signature: the CPU backward is always
-        // deterministic. spatial_scale and rounding give the bins' rows (see Backward).
-        .Attr<bool>("deterministic")
-        .Attr<float>("spatial_scale")
-        .Attr<int32_t>("rounding"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(RoiPoolBackwardCpu, roi_pool::BackwardImpl,
+                              roi_pool::BindBackward(ffi::Ffi::Bind().Ctx<ffi::ThreadPool>()));
 
 PYBIND11_MODULE(_roi_pool_cpu, m) {
   m.def("registrations", []() {

@@ -274,26 +274,10 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi:
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     RoiPoolForwardCuda, roi_pool::ForwardImpl,
-    ffi::Ffi::Bind()
-        .Ctx<ffi::PlatformStream<cudaStream_t>>()
-        .Arg<ffi::AnyBuffer>()           // features [N, H, W, C]
-        .Arg<ffi::Buffer<ffi::F32>>()    // rois [K, 5]
-        .Ret<ffi::AnyBuffer>()           // out [K, PH, PW, C]
-        .Ret<ffi::Buffer<ffi::S32>>()    // argmax [K, PH, PW, C]
-        .Attr<int64_t>("pooled_h")
-        .Attr<int64_t>("pooled_w")
-        .Attr<float>("spatial_scale")
-        .Attr<int32_t>("rounding"));     // 0: seed kernel, 1: Caffe/torchvision
+    roi_pool::BindForward(ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>()));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     RoiPoolBackwardCuda, roi_pool::BackwardImpl,
-    ffi::Ffi::Bind()
-        .Ctx<ffi::PlatformStream<cudaStream_t>>()
-        .Ctx<ffi::ScratchAllocator>()    // bin table of the deterministic backward
-        .Arg<ffi::AnyBuffer>()           // grad_out [K, PH, PW, C]
-        .Arg<ffi::Buffer<ffi::F32>>()    // rois [K, 5]
-        .Arg<ffi::Buffer<ffi::S32>>()    // argmax [K, PH, PW, C]
-        .Ret<ffi::Buffer<ffi::F32>>()    // grad_features [N, H, W, C], float32 accumulation
-        .Attr<bool>("deterministic")     // gather backward instead of atomicAdd
-        .Attr<float>("spatial_scale")    // the deterministic backward recomputes the bins
-        .Attr<int32_t>("rounding"));
+    roi_pool::BindBackward(ffi::Ffi::Bind()
+                               .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                               .Ctx<ffi::ScratchAllocator>()));  // bin table of the gather backward

@@ -4,6 +4,7 @@
 #define XLA_OPS_ROI_POOL_FFI_H_
 
 #include <cstdint>
+#include <utility>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -14,6 +15,35 @@ struct Dims {
   int64_t k;           // rois [K, 5]
   int64_t ph, pw;      // output [K, PH, PW, C]
 };
+
+// The operands, results and attributes of the two custom calls, as xla_ops/ops.py passes them:
+// one definition for the CPU and CUDA handlers, which add only their own contexts (thread pool;
+// stream and scratch memory) in front.
+template <typename Binding>
+auto BindForward(Binding binding) {
+  namespace ffi = xla::ffi;
+  return std::move(binding).template Arg<ffi::AnyBuffer>()          // features [N, H, W, C]
+      .template Arg<ffi::Buffer<ffi::F32>>()             // rois [K, 5]
+      .template Ret<ffi::AnyBuffer>()                    // out [K, PH, PW, C]
+      .template Ret<ffi::Buffer<ffi::S32>>()             // argmax [K, PH, PW, C]
+      .template Attr<int64_t>("pooled_h")
+      .template Attr<int64_t>("pooled_w")
+      .template Attr<float>("spatial_scale")
+      .template Attr<int32_t>("rounding");               // 0: seed kernel, 1: Caffe/torchvision
+}
+
+template <typename Binding>
+auto BindBackward(Binding binding) {
+  namespace ffi = xla::ffi;
+  return std::move(binding).template Arg<ffi::AnyBuffer>()          // grad_out [K, PH, PW, C]
+      .template Arg<ffi::Buffer<ffi::F32>>()             // rois [K, 5]
+      .template Arg<ffi::Buffer<ffi::S32>>()             // argmax [K, PH, PW, C]
+      .template Ret<ffi::Buffer<ffi::F32>>()             // grad_features [N, H, W, C], float32 sums
+      // The gather (deterministic) backward on CUDA; the CPU backward always is deterministic.
+      .template Attr<bool>("deterministic")
+      .template Attr<float>("spatial_scale")             // with rounding: the bins' rows
+      .template Attr<int32_t>("rounding");
+}
 
 inline xla::ffi::Error CheckForward(const xla::ffi::AnyBuffer& features,
                                     const xla::ffi::Buffer<xla::ffi::F32>& rois,
