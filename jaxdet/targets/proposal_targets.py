@@ -40,8 +40,9 @@ def proposal_targets(*, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid
     ``[lo, hi)`` (an image without ground truth makes every valid proposal background when
     ``lo`` is 0). The lower bound is inclusive as in py-faster-rcnn (``>= BG_THRESH_LO``); seed
     001's sampler writes ``> lo``, which at ``lo = 0`` would drop every proposal that touches no
-    object from the background pool and leave an image without objects nothing to sample. ``min(#foreground, round(num_samples * foreground_fraction))`` foreground RoIs
-    and the rest background (all there are when too few) are drawn uniformly with ``key``.
+    object from the background pool and leave an image without objects nothing to sample.
+    ``min(#foreground, round(num_samples * foreground_fraction))`` foreground RoIs and the rest
+    background (all there are when too few) are drawn uniformly with ``key``.
 
     Args:
       proposals: [P, 4] xyxy.
