@@ -118,54 +118,53 @@ __attribute__((always_inline)) inline float Compared(T x) {
   return kCompareFlushes || std::is_same<T, Float16>::value ? ToFloat(x) : Flush(ToFloat(x));
 }
 
+// The element of type T whose compared value (`Compared`) is `raw`, bit for bit, where
+// Compared() does not flush (MXCSR.DAZ does the flushing of the comparisons instead).
+template <typename T>
+T FromCompared(float raw);
+template <>
+inline float FromCompared<float>(float raw) { return raw; }
+template <>
+inline BFloat16 FromCompared<BFloat16>(float raw) {  // ToFloat(BFloat16) is a shift: shift back
+  uint32_t u;
+  std::memcpy(&u, &raw, sizeof(u));
+  BFloat16 x;
+  x.bits = static_cast<uint16_t>(u >> 16);
+  return x;
+}
+template <>
+inline Float16 FromCompared<Float16>(float raw) {
+  // ToFloat(Float16) is exact: invert it, NaN payloads included.
+  uint32_t u;
+  std::memcpy(&u, &raw, sizeof(u));
+  const uint32_t sign = (u >> 16) & 0x8000u;
+  const uint32_t exponent = (u >> 23) & 0xffu;
+  const uint32_t mantissa = (u >> 13) & 0x3ffu;
+  const uint32_t normal = ((exponent - 112u) << 10) | mantissa;
+  const uint32_t special = 0x7c00u | mantissa;  // infinity or NaN
+  // Zero or subnormal: |x| = m * 2^-24 with m < 1024, converted exactly. Only magnitudes
+  // below 2^-14 are converted, so that the lanes not selected stay in the int32 range too.
+  const float magnitude = fabsf(raw);
+  const float small = magnitude < 6.103515625e-05f ? magnitude : 0.0f;
+  const uint32_t subnormal = static_cast<uint32_t>(static_cast<int32_t>(small * 16777216.0f));
+  const uint32_t bits = exponent == 0xffu ? special : (exponent < 113u ? subnormal : normal);
+  Float16 x;
+  x.bits = static_cast<uint16_t>(sign | bits);
+  return x;
+}
+
 // value[j] <- the winning element of channel c0 + j, bit for bit, from its maximum best[j] and
-// argmax arg[j]. Without kCompareFlushes, best[j] may be a flushed subnormal: read it back.
-template <int kWidth>
-__attribute__((always_inline)) inline void Winners(const float* plane, int64_t c, int64_t c0,
+// argmax arg[j]. Where the comparisons flushed subnormals in software (see Compared), best[j]
+// may be a flushed one: the element is read back from the plane instead.
+template <int kWidth, typename T>
+__attribute__((always_inline)) inline void Winners(const T* plane, int64_t c, int64_t c0,
                                                    const float* best, const int32_t* arg,
-                                                   float* value) {
-  if (!kCompareFlushes) {
+                                                   T* value) {
+  if (!kCompareFlushes && !std::is_same<T, Float16>::value) {
     for (int j = 0; j < kWidth; ++j) value[j] = plane[arg[j] * c + c0 + j];
     return;
   }
-  for (int j = 0; j < kWidth; ++j) value[j] = best[j];  // the raw element
-}
-template <int kWidth>
-__attribute__((always_inline)) inline void Winners(const BFloat16* plane, int64_t c, int64_t c0,
-                                                   const float* best, const int32_t* arg,
-                                                   BFloat16* value) {
-  if (!kCompareFlushes) {
-    for (int j = 0; j < kWidth; ++j) value[j] = plane[arg[j] * c + c0 + j];
-    return;
-  }
-  for (int j = 0; j < kWidth; ++j) {  // ToFloat(BFloat16) is a shift: shift back
-    uint32_t u;
-    std::memcpy(&u, &best[j], sizeof(u));
-    value[j].bits = static_cast<uint16_t>(u >> 16);
-  }
-}
-template <int kWidth>
-__attribute__((always_inline)) inline void Winners(const Float16*, int64_t, int64_t,
-                                                   const float* best, const int32_t*,
-                                                   Float16* value) {
-  // best[j] is ToFloat() of the winning element, which is exact: invert it, NaN payloads
-  // included.
-  for (int j = 0; j < kWidth; ++j) {
-    uint32_t u;
-    std::memcpy(&u, &best[j], sizeof(u));
-    const uint32_t sign = (u >> 16) & 0x8000u;
-    const uint32_t exponent = (u >> 23) & 0xffu;
-    const uint32_t mantissa = (u >> 13) & 0x3ffu;
-    const uint32_t normal = ((exponent - 112u) << 10) | mantissa;
-    const uint32_t special = 0x7c00u | mantissa;  // infinity or NaN
-    // Zero or subnormal: |x| = m * 2^-24 with m < 1024, converted exactly. Only magnitudes
-    // below 2^-14 are converted, so that the lanes not selected stay in the int32 range too.
-    const float magnitude = fabsf(best[j]);
-    const float small = magnitude < 6.103515625e-05f ? magnitude : 0.0f;
-    const uint32_t subnormal = static_cast<uint32_t>(static_cast<int32_t>(small * 16777216.0f));
-    const uint32_t bits = exponent == 0xffu ? special : (exponent < 113u ? subnormal : normal);
-    value[j].bits = static_cast<uint16_t>(sign | bits);
-  }
+  for (int j = 0; j < kWidth; ++j) value[j] = FromCompared<T>(best[j]);
 }
 
 // arg_out[j], value_out[j] (j < kWidth) <- argmax and winning element of channel c0 + j over
