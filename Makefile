@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-NATIVE := $(wildcard xla_ops/csrc/*)
+NATIVE := $(wildcard xla_ops/csrc/*.* xla_ops/csrc/testing/*)
 STAMP := $(VENV)/.jaxdet-installed
 NEEDS_PY311 := 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else f"jaxdet needs Python 3.11 or newer (jax 0.10 does); $(PYTHON) is {sys.version.split()[0]}: run make PYTHON=python3.11 ...")'
 
@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml setup.py
 
 install: $(STAMP)
 
-# Rebuilds the native extensions in place when a C++/CUDA source changed (a no-op otherwise).
+# Rebuilds the native extensions in place when a C++/CUDA source changed (a no-op otherwise),
+# with the CUDA kernels' host emulation that the tests run (tests/test_roi_pool_cuda_emulated.py).
 build: $(STAMP) $(NATIVE)
-	$(PY) setup.py -q build_ext --inplace
+	JAXDET_CUDA_EMULATION=1 $(PY) setup.py -q build_ext --inplace
 
 test: build
 	$(PY) -m pytest -q tests

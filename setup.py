@@ -4,12 +4,17 @@ Two extension modules, each exposing `registrations()` (a dict of FFI handler ca
   xla_ops._roi_pool_cpu   C++ kernels, always built.
   xla_ops._roi_pool_cuda  CUDA kernels, built when nvcc is found. JAXDET_CUDA=1 forces it
                           (and fails loudly without nvcc), JAXDET_CUDA=0 skips it.
+and, for the tests only (`make build` asks for it; a wheel does not ship it):
+  xla_ops._roi_pool_cuda_emulated  the same CUDA kernels compiled as host C++ against the CUDA
+                          runtime emulation in xla_ops/csrc/testing/ (JAXDET_CUDA_EMULATION=1).
 
 Environment knobs:
   JAXDET_CUDA        "auto" (default), "1" or "0".
   JAXDET_CUDA_ARCHS  semicolon-separated SM versions, default "90": sm_90 machine code plus
                      compute_90 PTX, which the driver JIT-compiles for newer GPUs.
-  JAXDET_SANITIZE    "address" builds the CPU extension with AddressSanitizer (tests only).
+  JAXDET_CUDA_EMULATION  "1" builds xla_ops._roi_pool_cuda_emulated (tests only).
+  JAXDET_SANITIZE    "address" or "thread" builds the CPU extension and the emulation with that
+                     sanitizer (tests only, experiments/sanitize_roi_pool.sh).
   CUDA_HOME          where nvcc lives, if not on PATH.
 """
 
@@ -24,6 +29,7 @@ from setuptools.command.build_ext import build_ext
 
 CSRC = os.path.join("xla_ops", "csrc")
 HEADERS = [os.path.join(CSRC, name) for name in ("roi_pool_bins.h", "roi_pool_ffi.h")]
+EMULATION = os.path.join(CSRC, "testing")
 
 
 def _ffi_include_dir():
@@ -131,6 +137,20 @@ def extensions():
             language="c++",
         )
     ]
+    if os.environ.get("JAXDET_CUDA_EMULATION") == "1":
+        exts.append(Extension(
+            "xla_ops._roi_pool_cuda_emulated",
+            sources=[os.path.join(EMULATION, "roi_pool_cuda_emulated.cc")],
+            depends=HEADERS + [os.path.join(CSRC, "roi_pool_cuda.cu"),
+                               os.path.join(EMULATION, "cuda_runtime.h")],
+            # testing/ first: its cuda_runtime.h stands in for the real one.
+            include_dirs=[EMULATION] + include_dirs,
+            # C++20 for std::atomic_ref (atomicAdd); -O2 keeps the build short.
+            extra_compile_args=[f.replace("c++17", "c++20") for f in cpu_flags if f != "-O3"]
+            + ([] if sanitize else ["-O2"]) + ["-pthread"],
+            extra_link_args=cpu_link + ["-pthread"],
+            language="c++",
+        ))
     nvcc = _want_cuda()
     if nvcc is not None:
         cuda_home = _cuda_home(nvcc)

@@ -10,6 +10,11 @@
 //     the cotangents whose argmax points at it. Blocks first keep, in order, only the RoIs that
 //     touch their pixels. Bit-identical run after run, and to the CPU backward.
 // All index arithmetic is 64-bit; every read is bounds-checked against the buffers.
+//
+// Every launch goes through ROI_POOL_LAUNCH, so that this file also compiles as host C++
+// against testing/cuda_runtime.h, which runs each block on as many real threads as it has CUDA
+// threads: tests/test_roi_pool_cuda_emulated.py runs these kernels on the CPU in every CI run,
+// and experiments/sanitize_roi_pool.sh runs them under AddressSanitizer and ThreadSanitizer.
 
 #include <cuda_runtime.h>
 
@@ -19,6 +24,14 @@
 #include "roi_pool_bins.h"
 #include "roi_pool_ffi.h"
 #include "xla/ffi/api/ffi.h"
+
+#if defined(__CUDACC__)
+#define ROI_POOL_LAUNCH(kernel, grid, block, stream, ...) \
+  kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
+#else
+#define ROI_POOL_LAUNCH(kernel, grid, block, stream, ...) \
+  ::cuda_emulation::Launch((grid), (block), 0, (stream), kernel, __VA_ARGS__)
+#endif
 
 namespace ffi = xla::ffi;
 
@@ -90,9 +103,11 @@ __global__ void BackwardAtomicKernel(const T* __restrict__ grad_out, const float
 
 // Per-RoI table for the deterministic backward: [image, row bins (begin, end) x PH,
 // column bins (begin, end) x PW], computed once instead of once per feature element.
+ROI_HD int64_t BinTableStride(const Dims& d) { return 1 + 2 * d.ph + 2 * d.pw; }
+
 __global__ void BinTableKernel(const float* __restrict__ rois, int32_t* __restrict__ table, Dims d,
                                float spatial_scale, Rounding rounding) {
-  const int64_t stride = 1 + 2 * d.ph + 2 * d.pw;
+  const int64_t stride = BinTableStride(d);
   for (int64_t k = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; k < d.k;
        k += static_cast<int64_t>(blockDim.x) * gridDim.x) {
     int32_t* t = table + k * stride;
@@ -121,7 +136,7 @@ __global__ void BackwardGatherKernel(const T* __restrict__ grad_out, const int32
                                      Dims d) {
   __shared__ int32_t kept[kThreads];
   __shared__ int32_t warp_counts[kThreads / 32];
-  const int64_t stride = 1 + 2 * d.ph + 2 * d.pw;
+  const int64_t stride = BinTableStride(d);
   const int64_t x_tiles = (d.w + kPixelsPerBlock - 1) / kPixelsPerBlock;
   const int64_t c_tiles = (d.c + kChannelsPerBlock - 1) / kChannelsPerBlock;
   const int64_t num_tiles = d.n * d.h * x_tiles * c_tiles;
@@ -189,15 +204,16 @@ ffi::Error LaunchForward(cudaStream_t stream, const void* features, const float*
                          int32_t* argmax, const Dims& d, float scale, Rounding rounding) {
   const int64_t total = d.k * d.ph * d.pw * d.c;
   if (total == 0) return ffi::Error::Success();
-  ForwardKernel<T><<<NumBlocks(total), kThreads, 0, stream>>>(
-      static_cast<const T*>(features), rois, static_cast<T*>(out), argmax, d, scale, rounding);
+  ROI_POOL_LAUNCH(ForwardKernel<T>, NumBlocks(total), kThreads, stream, static_cast<const T*>(features),
+                  rois, static_cast<T*>(out), argmax, d, scale, rounding);
   return LastCudaError("forward");
 }
 
+// `table`: K * BinTableStride(d) int32 of device scratch memory when `deterministic` (else unused).
 template <typename T>
-ffi::Error LaunchBackward(cudaStream_t stream, ffi::ScratchAllocator& scratch, const void* grad_out,
-                          const float* rois, const int32_t* argmax, float* grad, const Dims& d,
-                          bool deterministic, float scale, Rounding rounding) {
+ffi::Error LaunchBackward(cudaStream_t stream, int32_t* table, const void* grad_out, const float* rois,
+                          const int32_t* argmax, float* grad, const Dims& d, bool deterministic,
+                          float scale, Rounding rounding) {
   const int64_t elements = d.n * d.h * d.w * d.c;
   if (elements == 0) return ffi::Error::Success();
   const T* g = static_cast<const T*>(grad_out);
@@ -207,19 +223,15 @@ ffi::Error LaunchBackward(cudaStream_t stream, ffi::ScratchAllocator& scratch, c
     }
     const int64_t total = d.k * d.ph * d.pw * d.c;
     if (total == 0) return ffi::Error::Success();
-    BackwardAtomicKernel<T><<<NumBlocks(total), kThreads, 0, stream>>>(g, rois, argmax, grad, d);
+    ROI_POOL_LAUNCH(BackwardAtomicKernel<T>, NumBlocks(total), kThreads, stream, g, rois, argmax, grad, d);
     return LastCudaError("backward");
   }
-  const int64_t stride = 1 + 2 * d.ph + 2 * d.pw;
-  auto table = scratch.Allocate(sizeof(int32_t) * d.k * stride, alignof(int32_t));
-  if (!table.has_value()) return ffi::Error::Internal("roi_pool backward: scratch allocation failed");
-  int32_t* t = static_cast<int32_t*>(*table);
-  BinTableKernel<<<NumBlocks(d.k), kThreads, 0, stream>>>(rois, t, d, scale, rounding);
+  ROI_POOL_LAUNCH(BinTableKernel, NumBlocks(d.k), kThreads, stream, rois, table, d, scale, rounding);
   if (auto err = LastCudaError("bin table"); !err.success()) return err;
   const int64_t tiles = d.n * d.h * ((d.w + kPixelsPerBlock - 1) / kPixelsPerBlock) *
                         ((d.c + kChannelsPerBlock - 1) / kChannelsPerBlock);
   const int64_t blocks = tiles < (1 << 20) ? tiles : (1 << 20);
-  BackwardGatherKernel<T><<<blocks, kThreads, 0, stream>>>(g, argmax, t, grad, d);
+  ROI_POOL_LAUNCH(BackwardGatherKernel<T>, blocks, kThreads, stream, g, argmax, table, grad, d);
   return LastCudaError("deterministic backward");
 }
 
@@ -257,13 +269,19 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi:
   const int32_t* a = argmax.typed_data();
   float* g = grad_features->typed_data();
   const void* go = grad_out.untyped_data();
+  int32_t* table = nullptr;
+  if (deterministic && d.k > 0) {
+    auto memory = scratch.Allocate(sizeof(int32_t) * d.k * BinTableStride(d), alignof(int32_t));
+    if (!memory.has_value()) return ffi::Error::Internal("roi_pool backward: scratch allocation failed");
+    table = static_cast<int32_t*>(*memory);
+  }
   switch (grad_out.element_type()) {
     case ffi::F32:
-      return LaunchBackward<float>(stream, scratch, go, r, a, g, d, deterministic, spatial_scale, mode);
+      return LaunchBackward<float>(stream, table, go, r, a, g, d, deterministic, spatial_scale, mode);
     case ffi::BF16:
-      return LaunchBackward<BFloat16>(stream, scratch, go, r, a, g, d, deterministic, spatial_scale, mode);
+      return LaunchBackward<BFloat16>(stream, table, go, r, a, g, d, deterministic, spatial_scale, mode);
     case ffi::F16:
-      return LaunchBackward<Float16>(stream, scratch, go, r, a, g, d, deterministic, spatial_scale, mode);
+      return LaunchBackward<Float16>(stream, table, go, r, a, g, d, deterministic, spatial_scale, mode);
     default:
       return ffi::Error::InvalidArgument("roi_pool backward: cotangent must be a float type");
   }
