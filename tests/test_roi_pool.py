@@ -12,6 +12,7 @@ from jax.test_util import check_grads
 
 import xla_ops
 from xla_ops import _native, roi_pool, roi_pool_reference, roi_pool_with_argmax
+from xla_ops import reference as reference_module
 from roi_pool_numpy import scatter_through_argmax, seed_roi_pool
 
 CPU_BUILT = _native.is_built("cpu")
@@ -140,6 +141,91 @@ def test_reference_matches_numpy_seed_kernel(rounding, scale):
                              spatial_scale=scale, rounding=rounding)
     assert_same(got[0], expected[0])
     assert_same(got[1], expected[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference's bin arithmetic is exact on any backend: its divisions are correctly rounded
+# whatever quotient the backend's division gives (XLA's GPU division is within 2 ulp), and
+# none of its products is contracted with the following sum into a fused multiply-add.
+
+FLT_MIN = np.float32(1.17549435e-38)
+DIVISORS = [1, 2, 3, 5, 7, 14, 49, 64, 100, 255, 1000, 4095, 4096]
+
+
+def correctly_rounded_quotient(w, p):
+    """numpy: w / p in float64 rounded to float32, the correctly rounded float32 quotient (53 >=
+    2 * 24 + 2 bits, so rounding twice is innocuous for a division), flushed as Div flushes."""
+    q = (w.astype(np.float64) / p).astype(np.float32)
+    return np.where(np.abs(q) < FLT_MIN, np.copysign(np.float32(0), q), q)
+
+
+def float_range(rng, lo, hi, num):
+    """`num` float32s spread uniformly over the bit patterns of [lo, hi] (every binade alike)."""
+    lo_bits, hi_bits = (int(np.float32(x).view(np.uint32)) for x in (lo, hi))
+    return rng.integers(lo_bits, hi_bits + 1, num, dtype=np.uint32).view(np.float32)
+
+
+def bin_sizes(rng):
+    """What bins are made of: integer sizes (rounding="round", up to 2^24 and beyond) and any
+    positive float, from the smallest normal float to the largest."""
+    return np.concatenate([rng.integers(1, 2**24, 40000).astype(np.float32),
+                           rng.integers(2**24, 2**40, 2000).astype(np.float32),
+                           float_range(rng, FLT_MIN, np.finfo(np.float32).max, 60000),
+                           np.float32([FLT_MIN, 2.0**-80, 2.0**100, np.finfo(np.float32).max, 1, 7, 49])])
+
+
+@pytest.mark.parametrize("p", DIVISORS)
+def test_reference_division_is_correctly_rounded(p):
+    w = bin_sizes(np.random.default_rng(p))
+    got = np.asarray(jax.jit(lambda a: reference_module._div(a, p))(w))
+    assert_same(got, correctly_rounded_quotient(w, p))
+
+
+@pytest.mark.parametrize("p", DIVISORS)
+def test_reference_division_corrects_an_inexact_quotient(p):
+    # What a GPU's division may give instead of the correctly rounded quotient: off by one or
+    # two ulp (div.full.f32), by a hundred, by a relative 1e-5, or w times the rounded 1/p.
+    rng = np.random.default_rng(100 + p)
+    w = np.concatenate([float_range(rng, 2.0**-80, 2.0**100, 30000),
+                        rng.integers(1, 2**24, 30000).astype(np.float32)])
+    exact = correctly_rounded_quotient(w, p)
+    approximations = {f"{k:+d} ulp": (exact.view(np.int32) + k).view(np.float32)
+                      for k in (-100, -2, -1, 1, 2, 100)}
+    approximations.update({f"relative {r:+g}": (exact * (1 + r)).astype(np.float32)
+                           for r in (-1e-5, 1e-5)})
+    if p & (p - 1):  # not a power of two (for which w * (1 / p) is exact)
+        approximations["w * (1 / p)"] = w * np.float32(1 / p)
+    # Jitted, XLA's CPU compiler contracts what it can into fused multiply-adds; run op by op
+    # (each operation its own computation), every product is rounded apart. Exact both ways.
+    jitted = jax.jit(reference_module._nearest_quotient, static_argnums=1)
+    for name, q0 in approximations.items():
+        assert (q0 != exact).any(), name
+        assert_same(np.asarray(jitted(w, p, q0)), exact)
+        with jax.disable_jit():
+            assert_same(np.asarray(reference_module._nearest_quotient(w, p, q0)), exact)
+
+
+def test_reference_keeps_products_apart_from_sums():
+    # XLA's CPU compiler contracts a * b + c into a fused multiply-add (it sets LLVM's
+    # FPOpFusion::Fast, as its GPU compiler does), rounding once; the kernels round the product
+    # and the sum apart (-ffp-contract=off, --fmad=false), and so must the reference.
+    rng = np.random.default_rng(31)
+    a, b, c = (rng.normal(size=100000).astype(np.float32) for _ in range(3))
+    apart = a * b + c  # numpy: two roundings
+    fused = (a.astype(np.float64) * b + c).astype(np.float32)  # one rounding (exact product)
+    with jax.default_device(jax.devices("cpu")[0]):
+        plain = np.asarray(jax.jit(lambda a, b, c: a * b + c)(a, b, c))
+        if not (plain == fused).all():
+            pytest.skip("this CPU's XLA does not contract a * b + c: nothing to show")
+        assert (plain != apart).any()
+        ref = jax.jit(lambda a, b, c: reference_module._add(reference_module._mul(a, b), c))
+        assert_same(np.asarray(ref(a, b, c)), apart)
+
+
+def test_reference_refuses_output_sizes_its_division_cannot_do_exactly():
+    features, rois = jnp.ones((1, 4, 4, 1)), np.array([[0, 0, 0, 3, 3]], np.float32)
+    with pytest.raises(ValueError, match="4096"):
+        roi_pool_reference(features, rois, output_size=(4097, 1), spatial_scale=1.0)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,9 +1,16 @@
 """RoI max pooling in pure `jax.numpy`: the ground truth the native kernels are tested against.
 
-The bin arithmetic mirrors `csrc/roi_pool_bins.h` operation by operation, in float32 and with
-every product kept apart from the following sum (an optimization barrier stops XLA from fusing
-them into a multiply-add that would round differently), so the bins, the pooled values and the
-argmax equal the kernels' bit for bit. The output is the feature gathered at the argmax, so
+The bin arithmetic mirrors `csrc/roi_pool_bins.h` operation by operation, in float32, so that
+the bins, the pooled values and the argmax equal the kernels' bit for bit on any XLA backend:
+
+- Every product reaches the sum that follows it through the subnormal flush (a select) and an
+  optimization barrier, so that XLA cannot contract the two into a fused multiply-add, which
+  rounds once where the kernels round twice. (XLA's CPU compiler does contract a plain
+  `a * b + c`; the tests check that it leaves these apart.)
+- The bin size `size / pooled` is the correctly rounded quotient on every backend, although
+  XLA's GPU division is not (it is within 2 ulp: `div.full.f32`): `_div` corrects whatever
+  quotient the backend gives with residuals computed exactly (`_nearest_quotient`).
+ The output is the feature gathered at the argmax, so
 its gradient (JAX's autodiff of that gather) is the kernels' scatter of the cotangent through the
 argmax, ties and NaNs included. As in the kernels, that scatter-add is summed in float32 for the
 half types and rounded to the features' dtype once, at the end.
@@ -33,11 +40,75 @@ def _add(a, b):
     return _flush(a + b)
 
 
+# The divisors of the bin sizes (pooled sizes) that `_div` divides by exactly: at most 12
+# significant bits, so that a 12-bit part of a quotient times one is exact in float32.
+MAX_POOLED_SIZE = 4096
+
+
+def _split(x):
+    """x = hi + lo exactly, hi keeping the top 12 of float32's 24 significant bits (x with the
+    low 12 mantissa bits cleared) and lo the rest (at most 12 significant bits)."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    hi = jax.lax.bitcast_convert_type(bits & jnp.uint32(0xFFFFF000), jnp.float32)
+    return hi, x - hi
+
+
+def _residual(w, c, p):
+    """w - c * p, exactly, for an integer p in [1, MAX_POOLED_SIZE] and c within a relative
+    2^-12 of w / p, all of them (and the ulp of c) normal floats.
+
+    c = hi + lo (`_split`): hi * p and lo * p are exact (12 bits times at most 12 bits);
+    w - hi * p is exact by Sterbenz's lemma (hi * p lies within a factor 2 of w); and the final
+    difference, w - c * p, is a multiple of ulp(c) below 2^24 ulp(c) in magnitude, hence
+    representable, so that subtraction is exact too. Every step being exact, a backend that
+    contracts a product with its subtraction into a fused multiply-add gets the same bits.
+    """
+    hi, lo = _split(c)
+    return (w - hi * p) - lo * p
+
+
+def _nearest_quotient(w, p, q0):
+    """The float32 nearest to w / p, from an approximation q0 of it.
+
+    w: float32 array of normal floats in [2^-80, 2^100] (or zero); p: a Python int in [1,
+    MAX_POOLED_SIZE]; q0: any approximation within a relative 2^-13 of w / p (a GPU's
+    division, within 2 ulp, or w times the rounded reciprocal of p).
+
+    One Newton step with the exact residual, c1 = q0 + (w - q0 * p) / p, lands within a
+    relative 2^-36 of w / p, so the float nearest w / p is c1 or one of its two neighbours;
+    the one whose exact residual is smallest in magnitude is it. (No tie is possible: a
+    midpoint m between two adjacent floats has 25 significant bits, and p * m, with the same
+    odd part as m times p's, is then no float.)
+    """
+    p32 = jnp.float32(p)
+    c1 = q0 + _residual(w, q0, p32) * jnp.float32(1 / p)
+    best, best_error = c1, jnp.abs(_residual(w, c1, p32))
+    for c in (jnp.nextafter(c1, jnp.float32(-jnp.inf)), jnp.nextafter(c1, jnp.float32(jnp.inf))):
+        error = jnp.abs(_residual(w, c, p32))
+        closer = error < best_error  # False for a NaN error (a candidate that overflowed)
+        best, best_error = jnp.where(closer, c, best), jnp.where(closer, error, best_error)
+    return best
+
+
 def _div(a, count):
-    # XLA rewrites a / broadcast(c) as a * (1 / c), which is not correctly rounded: divide by
-    # an opaque full-size array instead.
-    divisor = jax.lax.optimization_barrier(jnp.full(a.shape, count, jnp.float32))
-    return _flush(a / divisor)
+    """Div of roi_pool_bins.h: the correctly rounded a / count (count a Python int in [1,
+    MAX_POOLED_SIZE]), flushed, for every non-negative a and whatever the backend's division.
+
+    a is first scaled by a power of two (exactly) into the range where `_nearest_quotient`'s
+    residuals are exact; scaling the quotient back is exact wherever it is a normal float, and
+    where it is not, Flush makes it zero, as it does in the kernels. (A quotient that rounds up
+    to the smallest normal float from just below it would differ, but no float a and integer
+    count give one: a would need more significant bits than a float has.) A negative, NaN or
+    infinite a, which only an invalid RoI has, gives some value that nothing uses.
+    """
+    if not 1 <= count <= MAX_POOLED_SIZE:
+        raise ValueError(f"roi_pool reference: output sizes must be in [1, {MAX_POOLED_SIZE}] "
+                         f"for the exact bin arithmetic, got {count}")
+    big, tiny = jnp.abs(a) > 2.0**100, jnp.abs(a) < 2.0**-80
+    power = lambda k: jnp.where(big, jnp.float32(2.0**-k), jnp.where(tiny, jnp.float32(2.0**k), 1.0))
+    scaled = a * power(64)
+    quotient = _nearest_quotient(scaled, count, scaled / jnp.float32(count))
+    return _flush(quotient * power(-64))
 
 
 def _round_half_away(x):
