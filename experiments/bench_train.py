@@ -1,8 +1,8 @@
 """Benchmark of the jit-compiled training step and of `predict`: images/s, compile time apart.
 
 Presets:
-  tiny   experiments/configs/tiny_shapes.py (128x128 images, the CPU demo's model).
-  vgg16  experiments/configs/vgg16_voc07.py at 600x1000 (random weights; the speed is the same).
+  tiny   the tiny_shapes config (128x128 images, the CPU demo's model).
+  vgg16  the vgg16_voc07 config at 600x1000 (random weights; the speed is the same).
 Each row is one (batch size, compute dtype, RoI pooling implementation); rows of one run are
 measured back to back so that their ratios mean something on a shared machine. "ffi" is the
 native custom call, "reference" the pure-jnp RoI pooling (the same model otherwise). With
@@ -27,18 +27,13 @@ import jax
 import numpy as np
 
 import jaxdet.models.detector as detector_module
-from jaxdet.configs import load_config_file
+from jaxdet.configs import load_config
 from jaxdet.inference import predict
 from jaxdet.training import create_train_state, test_settings
 from jaxdet.training.step import step_key, train_step
 from xla_ops import roi_pool
 
-CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-PRESETS = {"tiny": ("tiny_shapes.py", (128, 128), 8), "vgg16": ("vgg16_voc07.py", (600, 1000), 20)}
-
-
-def load_config(file_name):
-    return load_config_file(os.path.join(CONFIGS, file_name))
+PRESETS = {"tiny": ("tiny_shapes", (128, 128), 8), "vgg16": ("vgg16_voc07", (600, 1000), 20)}
 
 
 def synthetic_batch(batch_size, image_hw, max_boxes, num_classes, seed=0):

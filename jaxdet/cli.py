@@ -1,7 +1,7 @@
 """The `jaxdet` command (also `python -m jaxdet`): demo, train, eval, predict, make-shapes.
 
     jaxdet demo                                    the main job: shapes -> train -> eval -> pictures
-    jaxdet train --config experiments/configs/vgg16_voc07.py --config.data.root=/data/VOCdevkit
+    jaxdet train --config vgg16_voc07 --config.data.root=/data/VOCdevkit --workdir runs/voc07
     jaxdet eval --workdir runs/demo
     jaxdet predict --workdir runs/demo photo.jpg more_photos/
     jaxdet make-shapes --out data/shapes
@@ -26,10 +26,9 @@ import sys
 import textwrap
 from typing import Any, Sequence
 
-from jaxdet.configs import load_config_module
+from jaxdet import configs
 
 PROG = "jaxdet"
-REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "configs")
 DEMO_CONFIG = "shapes_demo"
 DEMO_WORKDIR = os.path.join("runs", "demo")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -48,31 +47,10 @@ class DeviceError(Exception):
 # Configs and overrides
 
 
-def resolve_config_path(spec: str) -> tuple:
-    """`path.py[:variant]` or a config's bare name (e.g. `tiny_shapes`) -> (file, variant)."""
-    path, _, variant = spec.partition(":")
-    candidates = [path]
-    if not path.endswith(".py"):
-        candidates.append(path + ".py")
-    if os.sep not in path:
-        candidates += [os.path.join(REPO_CONFIGS, c) for c in list(candidates)]
-    for candidate in candidates:
-        if os.path.isfile(candidate):
-            return candidate, variant
-    known = sorted(f[:-3] for f in os.listdir(REPO_CONFIGS) if f.endswith(".py")) if os.path.isdir(REPO_CONFIGS) else []
-    raise UsageError(f"config file {path!r} not found. Give the path of a Python config file with a get_config() "
-                     f"function" + (f", or one of the project's configs by name: {', '.join(known)} "
-                                    f"(in {REPO_CONFIGS})" if known else "") + ".")
-
-
 def load_config(spec: str):
-    """The ConfigDict of `path.py[:variant]` (see `resolve_config_path`)."""
-    path, variant = resolve_config_path(spec)
-    module = load_config_module(path)
-    if not hasattr(module, "get_config"):
-        raise UsageError(f"config file {path} has no get_config() function")
+    """The ConfigDict of `NAME[:VARIANT]` or `PATH[:VARIANT]` (`jaxdet.configs.load_config`)."""
     try:
-        return module.get_config(variant) if variant else module.get_config()
+        return configs.load_config(spec)
     except ValueError as e:
         raise UsageError(f"config {spec}: {e}") from e
 
@@ -202,7 +180,7 @@ def _config_for(args, default_spec: str | None = None):
         config, name = load_config(default_spec), default_spec
     else:
         where = f" and {args.workdir} holds no config.json from a training run" if getattr(args, "workdir", None) else ""
-        raise UsageError(f"no config given{where}: pass --config PATH, e.g. --config experiments/configs/tiny_shapes.py")
+        raise UsageError(f"no config given{where}: pass --config NAME or PATH, e.g. --config tiny_shapes")
     for key, text in args.overrides:
         apply_override(config, key, text, config_name=name)
     return config
@@ -538,10 +516,10 @@ mAP, precision-recall curves, a picture of its detections and its loss curve to 
 
     python -m jaxdet demo
 
-Then train on your own data with a config file from experiments/configs/, overriding any of
-its fields on the command line, and look at the results with eval and predict:
+Then train on your own data with one of jaxdet's configs (or a config file of your own),
+overriding any of its fields on the command line, and look at the results with eval and predict:
 
-    jaxdet train --config experiments/configs/vgg16_voc07.py \\
+    jaxdet train --config vgg16_voc07 \\
         --config.data.root=/data/VOCdevkit --config.model.pretrained=/weights/vgg16.pth --workdir runs/voc07
     jaxdet eval --workdir runs/voc07
     jaxdet predict --workdir runs/voc07 my_photos/
@@ -551,9 +529,10 @@ Each command has its own help: jaxdet COMMAND --help.
 
 CONFIG_HELP = """\
 config options:
-  --config PATH[:VARIANT]  a Python config file whose get_config() returns the experiment's
-                           ConfigDict (or a config's name in experiments/configs, e.g. tiny_shapes;
-                           :smoke picks a config's smoke variant)
+  --config NAME[:VARIANT]  one of jaxdet's configs (shapes_demo, tiny_shapes, vgg16_voc07,
+                           vgg16_coco, fast_rcnn_vgg16), or the path of a Python config file whose
+                           get_config() returns the experiment's ConfigDict; :smoke picks a
+                           config's smoke variant
   --config.SECTION.FIELD=VALUE
                            override one field, e.g. --config.train.num_steps=500
                            --config.optimizer.learning_rate=3e-4 --config.data.root=/data/VOCdevkit
@@ -572,7 +551,7 @@ def _describe(text: str, example: str = "") -> str:
 
 
 def _common(parser: argparse.ArgumentParser, *, workdir_default: str | None, workdir_help: str) -> None:
-    parser.add_argument("--config", metavar="PATH[:VARIANT]", help="the experiment's config file (see below)")
+    parser.add_argument("--config", metavar="NAME[:VARIANT]", help="the experiment's config: a name or a file (see below)")
     parser.add_argument("--workdir", default=workdir_default, required=workdir_default is None, help=workdir_help)
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                         help="where to run: auto (a GPU when JAX finds one, else the CPU), cpu, or gpu "
@@ -595,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the main job: make shapes, train a tiny Faster R-CNN on them, evaluate, draw",
         formatter_class=_Formatter, epilog=CONFIG_HELP,
         description=_describe("The main job, in one command: writes the synthetic shapes dataset (train and held-out test "
-                    "sets) to WORKDIR/data, trains the tiny Faster R-CNN of experiments/configs/shapes_demo.py "
+                    "sets) to WORKDIR/data, trains the tiny Faster R-CNN of the shapes_demo config "
                     "(about 10 minutes on 2 CPU cores; a GPU is used when JAX finds one), evaluates it on the "
                     "held-out images (VOC07 mAP@0.5 and COCO AP), and writes metrics.json, pr_curves.png, "
                     "detections.png and loss_curve.png to WORKDIR. Each run starts afresh unless --resume.",
@@ -611,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "train.checkpoint_every steps and at the end), TensorBoard scalars and train_log.jsonl to "
                     "WORKDIR with a progress bar, then evaluates the final model on the config's test split and "
                     "writes metrics.json, pr_curves.png, detections.png and loss_curve.png.",
-                              "jaxdet train --config experiments/configs/tiny_shapes.py --workdir runs/shapes"))
+                              "jaxdet train --config tiny_shapes --workdir runs/shapes"))
     _common(train, workdir_default=None, workdir_help="the run's directory (required)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in WORKDIR")
     train.add_argument("--no-eval", action="store_true", help="train only, no evaluation at the end")
@@ -659,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
                               "jaxdet make-shapes --out data/shapes --config.data.num_train=500"))
     shapes.add_argument("--out", required=True, help="the directory to write (created)")
     shapes.add_argument("--format", choices=("voc", "coco"), default="voc", help="annotation format (default voc)")
-    shapes.add_argument("--config", metavar="PATH[:VARIANT]", help=f"a shapes config (default {DEMO_CONFIG})")
+    shapes.add_argument("--config", metavar="NAME[:VARIANT]", help=f"a shapes config (default {DEMO_CONFIG})")
     shapes.set_defaults(func=_run_make_shapes)
     parser.commands = {"demo": demo, "train": train, "eval": evaluate, "predict": predict, "make-shapes": shapes}
     return parser
@@ -687,12 +666,13 @@ def _out_of_memory(error: BaseException) -> bool:
 
 def explain(error: BaseException) -> tuple:
     """(exit status, one-paragraph message) for an error a user can act on; None for a bug."""
+    from jaxdet.configs import ConfigNotFound
     from jaxdet.data import DataError
     from jaxdet.training.inputs import DatasetNotFound
     from jaxdet.training.loop import CheckpointsExist, InvalidSetting, TrainingDiverged
     from jaxdet.training.weights import WeightsError
 
-    if isinstance(error, (UsageError, InvalidSetting)):
+    if isinstance(error, (UsageError, InvalidSetting, ConfigNotFound)):
         return 2, f"config or command-line error: {error}"
     if isinstance(error, DeviceError):
         return 1, str(error)

@@ -1,10 +1,8 @@
 """The training step, the optimizer and detection, on the tiny config with small synthetic images.
 
-Every training test uses the "smoke" variant of `experiments/configs/tiny_shapes.py` and the
+Every training test uses the "smoke" variant of the `tiny_shapes` config and the
 same batch shapes, so the step compiles once for the whole file (and for test_checkpoints).
 """
-
-import os
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdet.configs import load_config_module
+from jaxdet import configs
 from jaxdet.inference import detections_to_lists, predict
 from jaxdet.ops.nms import Detections
 from jaxdet.training import (OptimizerSettings, create_train_state, learning_rate_schedule, make_optimizer,
@@ -20,12 +18,11 @@ from jaxdet.training import (OptimizerSettings, create_train_state, learning_rat
 from jaxdet.training import step as step_lib
 from jaxdet.training.step import detection_losses, eval_step, step_key, train_step
 
-CONFIGS = os.path.join(os.path.dirname(__file__), os.pardir, "experiments", "configs")
 LOSSES = ("rpn_cls_loss", "rpn_box_loss", "roi_cls_loss", "roi_box_loss")
 
 
 def load_config(name="tiny_shapes", variant="smoke"):
-    return load_config_module(os.path.join(CONFIGS, f"{name}.py")).get_config(variant)
+    return configs.load_config(f"{name}:{variant}")
 
 
 # Class k is a filled square of colour COLOURS[k] on a grey, noisy background.

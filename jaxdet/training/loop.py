@@ -178,7 +178,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     """Trains to `config.train.num_steps`, checkpointing into `workdir/checkpoints`.
 
     Args:
-      config: an experiment config (`experiments/configs/*.py`).
+      config: an experiment config (`jaxdet.configs`).
       workdir: the run's directory (created).
       resume: continue from the latest checkpoint in workdir (from step 0 if there is none).
       devices: jax devices to train on, data parallel over several (`jaxdet.training.parallel`);

@@ -137,7 +137,7 @@ def create_train_state(config: ml_collections.ConfigDict, key: jax.Array) -> Tra
     `config.model.pretrained` when set), optimizer, settings, and the run key.
 
     Args:
-      config: an experiment config (`experiments/configs/*.py`).
+      config: an experiment config (`jaxdet.configs`).
       key: PRNG key (`jax.random.key` or `PRNGKey`); split into the initialisation key and the
         run key (stored as raw key data).
     """
