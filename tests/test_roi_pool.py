@@ -15,9 +15,13 @@ from xla_ops import _native, roi_pool, roi_pool_reference, roi_pool_with_argmax
 from xla_ops import reference as reference_module
 from roi_pool_numpy import scatter_through_argmax, seed_roi_pool
 
-CPU_BUILT = _native.is_built("cpu")
-needs_cpu_kernel = pytest.mark.skipif(not CPU_BUILT, reason="CPU extension not built")
-IMPLS = ["reference"] + (["ffi"] if CPU_BUILT else [])
+# The tests run on the default device: the CPU, or on a GPU machine the GPU (JAX_PLATFORMS=cpu
+# for the CPU there). impl="ffi" needs the extension of that platform, the CUDA one on a GPU.
+PLATFORM = xla_ops.ops._current_platform()
+NATIVE_BUILT = _native.is_built(PLATFORM)
+needs_native = pytest.mark.skipif(
+    not NATIVE_BUILT, reason=f"the native op is not built for {PLATFORM}: {_native.why_not_built(PLATFORM)}")
+IMPLS = ["reference"] + (["ffi"] if NATIVE_BUILT else [])
 
 
 def random_rois(rng, num, num_images, extent, *, spread=0.25):
@@ -240,7 +244,7 @@ CASES = [  # (features shape NHWC, output size, spatial scale)
 ]
 
 
-@needs_cpu_kernel
+@needs_native
 @pytest.mark.parametrize("rounding", ["none", "round"])
 @pytest.mark.parametrize("shape, output_size, scale", CASES)
 def test_native_forward_equals_reference(shape, output_size, scale, rounding):
@@ -338,7 +342,7 @@ def _product_group(dtype, output_size):
     return np.asarray(features), as_numpy(inputs), as_numpy(results)
 
 
-@needs_cpu_kernel
+@needs_native
 @pytest.mark.parametrize("data_format", ["NHWC", "NCHW"])
 @pytest.mark.parametrize("rounding", ["none", "round"])
 @pytest.mark.parametrize("scale", PRODUCT_SCALES)
@@ -373,7 +377,7 @@ def test_native_equals_reference_over_the_product(dtype, output_size, scale, rou
     assert (argmax[invalid] == -1).all() and (out[invalid] == 0).all()
 
 
-@needs_cpu_kernel
+@needs_native
 def test_batched_rois_form():
     rng = np.random.default_rng(7)
     features = jnp.asarray(rng.normal(size=(3, 10, 12, 4)).astype(np.float32))
@@ -389,7 +393,7 @@ def test_batched_rois_form():
 # shape and dtype errors name the argument. (ADVERSARIAL_ROIS is above.)
 
 
-@needs_cpu_kernel
+@needs_native
 @pytest.mark.parametrize("rounding", ["none", "round"])
 @pytest.mark.parametrize("scale", [1 / 16, 1.0, 4.0])
 def test_adversarial_rois(rounding, scale):
@@ -502,17 +506,21 @@ def test_reference_gradients_numerically():
     check_grads(fn, (features,), order=1, modes=("rev",), eps=1e-3)
 
 
-@needs_cpu_kernel
-def test_native_gradient_equals_numpy_scatter_and_is_deterministic():
+@needs_native
+@pytest.mark.parametrize("deterministic", [True, None])
+def test_native_gradient_equals_numpy_scatter(deterministic):
+    # deterministic=True: the same bits run after run on every platform (on a GPU the gather
+    # backward); None: the CPU backward (deterministic too) or a GPU's atomicAdd one.
     rng = np.random.default_rng(17)
     features = jnp.asarray(rng.normal(size=(2, 16, 16, 70)).astype(np.float32))
     # Many overlapping RoIs so several cotangents land on the same feature.
     rois = random_rois(rng, 60, 2, (64, 64))
     cot = jnp.asarray(rng.normal(size=(60, 4, 4, 70)).astype(np.float32))
-    loss = lambda f: jnp.vdot(roi_pool(f, rois, (4, 4), 0.25, impl="ffi"), cot)
+    loss = lambda f: jnp.vdot(roi_pool(f, rois, (4, 4), 0.25, impl="ffi", deterministic=deterministic), cot)
     grad_fn = jax.jit(jax.grad(loss))
     first, second = np.asarray(grad_fn(features)), np.asarray(grad_fn(features))
-    np.testing.assert_array_equal(first.view(np.uint32), second.view(np.uint32))
+    if deterministic or PLATFORM == "cpu":
+        np.testing.assert_array_equal(first.view(np.uint32), second.view(np.uint32))
     _, argmax = roi_pool_with_argmax(features, rois, (4, 4), 0.25, impl="ffi")
     expected = scatter_through_argmax(cot, rois, argmax, features.shape)
     np.testing.assert_allclose(first, expected, rtol=1e-5, atol=1e-5)
@@ -549,7 +557,7 @@ def test_vmap_of_a_per_example_function(impl):
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-6)
 
 
-@needs_cpu_kernel
+@needs_native
 def test_inside_scan_and_jit_matches_reference():
     rng = np.random.default_rng(23)
     features = distinct_features(rng, (2, 12, 12, 3))

@@ -200,7 +200,14 @@ def _check_spatial_scale(spatial_scale):
 
 
 def _current_platform():
-    platform = jax.default_backend()
+    """The platform a call runs on unless its inputs are committed elsewhere: that of the device
+    set by `jax.default_device` (a device or a platform name), else the default backend's. So
+    `with jax.default_device(jax.devices("cpu")[0])` on a GPU machine takes the CPU kernel."""
+    device = jax.config.jax_default_device
+    if device is None:
+        platform = jax.default_backend()
+    else:
+        platform = device if isinstance(device, str) else device.platform
     return "cuda" if platform == "gpu" else platform
 
 
