@@ -33,7 +33,8 @@ import numpy as np  # noqa: E402
 
 import numpy_reference_detection as ref  # noqa: E402
 from jaxdet.ops import anchor_grid, box_iou, clip_boxes, decode_boxes, nms  # noqa: E402
-from jaxdet.targets import anchor_targets, propose, proposal_targets  # noqa: E402
+from jaxdet.proposals import propose  # noqa: E402
+from jaxdet.targets import anchor_targets, proposal_targets  # noqa: E402
 
 IMAGE_HW = (600, 1000)
 FEATURE_HW = (37, 62)

@@ -2,7 +2,8 @@
 
 Subpackages, one topic each:
   jaxdet.ops         RoI pooling (from xla_ops), box geometry, anchors, NMS
-  jaxdet.targets     anchor targets, proposals, proposal targets
+  jaxdet.proposals   the proposal layer: RPN outputs -> proposals (training and detection)
+  jaxdet.targets     anchor targets, proposal targets (matching, balanced sampling)
   jaxdet.losses      RPN and RoI-head losses
   jaxdet.models      backbones, RPN, RoI head, FastRCNN / FasterRCNN
   jaxdet.data        VOC, COCO, synthetic shapes, transforms, input pipeline

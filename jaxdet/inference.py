@@ -19,7 +19,7 @@ from jaxdet.models.detector import FasterRCNN
 from jaxdet.ops.boxes import clip_boxes, decode_boxes
 from jaxdet.ops.nms import Detections, multiclass_nms
 from jaxdet.ops.per_image import map_images
-from jaxdet.targets import propose
+from jaxdet.proposals import rpn_proposals
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +69,9 @@ def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: ja
     features = model.apply(variables, images, method=model.extract)
     if isinstance(model, FasterRCNN):
         rpn = model.apply(variables, features, method=model.rpn_outputs)
-        found = map_images(functools.partial(
-            propose, anchors=model.anchors(features.shape[1:3]), pre_nms=settings.pre_nms,
-            post_nms=settings.post_nms, nms_iou=settings.rpn_nms_iou, min_size=settings.min_size))(
-            objectness=jax.nn.softmax(rpn.logits)[..., 1], deltas=rpn.deltas, image_hw=image_hw,
-            image_scale=image_scale)
+        found = rpn_proposals(rpn, anchors=model.anchors(features.shape[1:3]), image_hw=image_hw,
+                              image_scale=image_scale, pre_nms=settings.pre_nms, post_nms=settings.post_nms,
+                              nms_iou=settings.rpn_nms_iou, min_size=settings.min_size)
         rois, roi_valid = found.boxes, found.valid
     elif proposals is None:
         raise ValueError("predict: a FastRCNN model needs `proposals` [N, P, 4]")

@@ -1,4 +1,4 @@
-"""Anchor targets, the proposal layer and proposal targets against seed 001's numpy steps."""
+"""Anchor targets and proposal targets against the numpy reference (numpy_reference_detection)."""
 
 import functools
 
@@ -9,8 +9,9 @@ import pytest
 
 import numpy_reference_detection as ref
 from jaxdet.ops import anchor_grid
-from jaxdet.targets import (AnchorTargets, ProposalTargets, Proposals, anchor_targets,
-                            label_anchors, propose, proposal_targets)
+from jaxdet.proposals import propose
+from jaxdet.targets import (AnchorTargets, ProposalTargets, anchor_targets, label_anchors,
+                            proposal_targets)
 
 # A small image: 12 x 16 cells at stride 16 (192 x 256 pixels), anchors of 32, 64 and 128 px.
 FEATURE_HW, IMAGE_HW = (12, 16), (192, 256)
@@ -18,7 +19,6 @@ SMALL_ANCHORS = np.asarray(anchor_grid(FEATURE_HW, scales=(2, 4, 8)))
 
 label_anchors_jit = jax.jit(label_anchors, static_argnames=("positive_iou", "negative_iou"))
 anchor_targets_jit = jax.jit(anchor_targets, static_argnames=("num_samples", "positive_fraction"))
-propose_jit = jax.jit(propose, static_argnames=("pre_nms", "post_nms", "min_size"))
 proposal_targets_jit = jax.jit(proposal_targets,
                                static_argnames=("num_samples", "foreground_fraction"))
 
@@ -136,28 +136,6 @@ def test_sampling_when_positives_fill_the_sample_and_negatives_run_short():
     assert (labels == 1).sum() == 5 and (labels == 0).sum() == 0
 
 
-# --- proposal layer ----------------------------------------------------------------------
-
-@pytest.mark.parametrize("pre_nms, post_nms, image_scale", [(600, 150, 1.0), (5000, 2000, 2.0)])
-def test_proposals_match_numpy_pipeline(pre_nms, post_nms, image_scale):
-    rng = np.random.default_rng(pre_nms)
-    num_anchors = len(SMALL_ANCHORS)
-    deltas = rng.normal(0, 0.3, (num_anchors, 4)).astype(np.float32)
-    objectness = rng.uniform(size=num_anchors).astype(np.float32)
-    got = propose_jit(anchors=SMALL_ANCHORS, objectness=objectness, deltas=deltas,
-                      image_hw=np.array(IMAGE_HW), pre_nms=pre_nms, post_nms=post_nms,
-                      image_scale=np.float32(image_scale))
-    assert isinstance(got, Proposals) and got.boxes.shape == (post_nms, 4)
-    rois, scores = ref.proposals(SMALL_ANCHORS, deltas, objectness, IMAGE_HW, pre_nms, post_nms,
-                                 min_size=16 * image_scale)
-    n = len(rois)
-    valid = np.asarray(got.valid)
-    assert valid.sum() == n and valid[:n].all()
-    np.testing.assert_allclose(np.asarray(got.boxes)[:n], rois, rtol=1e-5, atol=1e-3)
-    np.testing.assert_array_equal(np.asarray(got.scores)[:n], scores)
-    np.testing.assert_array_equal(np.asarray(got.boxes)[n:], 0.0)
-
-
 # --- proposal targets --------------------------------------------------------------------
 
 def jittered_proposals(rng, gt, n):
@@ -244,10 +222,6 @@ def test_bad_static_arguments_raise():
     with pytest.raises(ValueError, match="negative_iou"):
         label_anchors(anchors=SMALL_ANCHORS, gt_boxes=np.zeros((1, 4)), gt_valid=np.ones(1, bool),
                       image_hw=np.array(IMAGE_HW), positive_iou=0.3, negative_iou=0.5)
-    with pytest.raises(ValueError, match="post_nms"):
-        propose(anchors=SMALL_ANCHORS, objectness=np.zeros(len(SMALL_ANCHORS)),
-                deltas=np.zeros_like(SMALL_ANCHORS), image_hw=np.array(IMAGE_HW), pre_nms=10,
-                post_nms=0)
 
 
 # --- the whole per-image chain, batched ----------------------------------------------------

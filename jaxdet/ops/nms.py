@@ -15,13 +15,13 @@ kept. Peak memory is a few [block_size, block_size] matrices.
 """
 
 import functools
-import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdet.checks import check_count, check_fraction
 from jaxdet.ops.boxes import box_area
 
 
@@ -47,17 +47,11 @@ CPU_BLOCK_SIZE = 32
 ACCELERATOR_BLOCK_SIZE = 512
 
 
-def _check_positive_int(name, value):
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
 def _check_static(iou_threshold, max_output, block_size):
-    if not isinstance(iou_threshold, numbers.Real) or not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be a Python number in [0, 1], got {iou_threshold!r}")
-    _check_positive_int("max_output", max_output)
+    check_fraction("iou_threshold", iou_threshold)
+    check_count("max_output", max_output)
     if block_size is not None:
-        _check_positive_int("block_size", block_size)
+        check_count("block_size", block_size)
 
 
 def nms(boxes, scores, *, iou_threshold, max_output, valid=None, block_size=None):

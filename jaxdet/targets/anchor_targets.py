@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxdet.checks import check_count, check_fraction
 from jaxdet.ops.boxes import box_iou, encode_boxes
 
 
@@ -29,20 +30,6 @@ class BoxMatches(NamedTuple):
     max_iou: jax.Array
     gt_index: jax.Array
     matched_boxes: jax.Array
-
-
-def check_fraction(name, value, *, low=0.0, high=1.0, include_low=True):
-    """Raises ValueError unless ``value`` is a Python number in [low, high] (or (low, high])."""
-    ok = isinstance(value, numbers.Real) and (low <= value if include_low else low < value)
-    if not ok or not value <= high:
-        interval = ("[" if include_low else "(") + f"{low}, {high}]"
-        raise ValueError(f"{name} must be a Python number in {interval}, got {value!r}")
-
-
-def check_count(name, value):
-    """Raises ValueError unless ``value`` is a positive Python int."""
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def match_boxes(*, boxes, box_valid, gt_boxes, gt_valid):

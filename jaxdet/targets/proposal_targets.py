@@ -11,9 +11,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxdet.checks import check_count, check_fraction
 from jaxdet.ops.boxes import encode_boxes
-from jaxdet.targets.anchor_targets import (check_count, check_fraction, match_boxes,
-                                           sample_balanced)
+from jaxdet.targets.anchor_targets import match_boxes, sample_balanced
 
 
 class ProposalTargets(NamedTuple):

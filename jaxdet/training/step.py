@@ -26,7 +26,8 @@ import optax
 from jaxdet.losses import roi_head_loss, rpn_loss
 from jaxdet.models.detector import FasterRCNN
 from jaxdet.ops.per_image import map_images
-from jaxdet.targets import anchor_targets, propose, proposal_targets
+from jaxdet.proposals import rpn_proposals
+from jaxdet.targets import anchor_targets, proposal_targets
 
 if TYPE_CHECKING:
     from jaxdet.training.state import TrainState
@@ -117,13 +118,9 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
         metrics.update(rpn_cls_loss=cls_loss, rpn_box_loss=box_loss,
                        rpn_accuracy=_accuracy(rpn.logits, targets.labels, targets.labels >= 0),
                        rpn_positives=jnp.mean(jnp.sum(targets.labels == 1, axis=-1).astype(jnp.float32)))
-        # Approximate joint training: proposals are constants for the head's loss.
-        rpn = jax.lax.stop_gradient(rpn)
-        proposals = map_images(functools.partial(
-            propose, anchors=anchors, pre_nms=s.pre_nms, post_nms=s.post_nms, nms_iou=s.rpn_nms_iou,
-            min_size=s.min_size))(
-            objectness=jax.nn.softmax(rpn.logits)[..., 1], deltas=rpn.deltas, image_hw=image_hw,
-            image_scale=batch["scale"])
+        proposals = rpn_proposals(rpn, anchors=anchors, image_hw=image_hw, image_scale=batch["scale"],
+                                  pre_nms=s.pre_nms, post_nms=s.post_nms, nms_iou=s.rpn_nms_iou,
+                                  min_size=s.min_size)
         rois, roi_valid = proposals.boxes, proposals.valid
     else:
         rois, roi_valid = batch["proposals"], batch["proposal_valid"]
