@@ -1,17 +1,7 @@
 """The input pipeline: fixed-shape batches built ahead by worker threads, resumable by step.
 
-Every batch is a dict of numpy arrays (the format agreed with the training code):
-  images   [B, H, W, 3] float32  normalised, zero padded bottom/right to the bucket (H, W)
-  boxes    [B, max_boxes, 4] float32  xyxy in resized pixels, zeros where padding
-  labels   [B, max_boxes] int32  0 where padding
-  valid    [B, max_boxes] bool  False for padding, crowd boxes and (by default) difficult ones
-  image_hw [B, 2] int32  (height, width) of the resized content inside the padding
-  scale    [B] float32  nominal resize factor (exact per-axis mapping: `boxes_to_original`)
-  orig_hw  [B, 2] int32  original (height, width)
-  image_id [B] int64  index in the dataset; -1 for the filler of a last partial batch
-and, with `max_proposals` (Fast R-CNN with given proposals, see `jaxdet.data.proposals`):
-  proposals      [B, max_proposals, 4] float32  xyxy in resized pixels, zeros where padding
-  proposal_valid [B, max_proposals] bool
+Every batch is a dict of numpy arrays laid out as `jaxdet.data.batch` specifies (the contract
+with the training and detection code).
 
 The order is a pure function of (seed, epoch): each epoch is a seeded permutation, walked in
 order, each image joining the batch being filled for its size bucket; a bucket's batch is
@@ -35,6 +25,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from jaxdet.data.batch import empty_batch
 from jaxdet.data.records import DataError, Dataset, Record, load_image
 from jaxdet.data.transforms import (
     NORMALIZATIONS,
@@ -211,20 +202,8 @@ class InputPipeline:
         """The batch at a global step (what `batches` yields there)."""
         indices, bucket, epoch = self.batch_indices(step)
         height, width = self.buckets[bucket]
-        b, m = self.batch_size, self.max_boxes
-        batch = {
-            "images": np.zeros((b, height, width, 3), np.float32),
-            "boxes": np.zeros((b, m, 4), np.float32),
-            "labels": np.zeros((b, m), np.int32),
-            "valid": np.zeros((b, m), bool),
-            "image_hw": np.zeros((b, 2), np.int32),
-            "scale": np.ones((b,), np.float32),
-            "orig_hw": np.zeros((b, 2), np.int32),
-            "image_id": np.full((b,), -1, np.int64),
-        }
-        if self.max_proposals is not None:
-            batch["proposals"] = np.zeros((b, self.max_proposals, 4), np.float32)
-            batch["proposal_valid"] = np.zeros((b, self.max_proposals), bool)
+        batch = empty_batch(self.batch_size, (height, width), max_boxes=self.max_boxes,
+                            max_proposals=self.max_proposals)
         for slot, index in enumerate(indices):
             if index >= 0:
                 self._fill(batch, slot, self.dataset.records[index], epoch)

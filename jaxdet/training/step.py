@@ -2,15 +2,14 @@
 
 `detection_losses` is the whole forward pass of training as a pure function of the
 parameters: backbone, RPN, anchor targets, proposals (no gradient flows through them, as in
-the approximate joint training of the paper), proposal targets, RoI pooling (whose custom VJP
-carries the head's gradient into the backbone), the RoI head, and the four losses. Every
-per-image step of `jaxdet.targets` is `vmap`ped over the N images of the batch, each image
-with its own key, so nothing leaves the device between the batch and the update; on a device
-mesh (`jaxdet.training.parallel`) each device runs these steps, and RoI pooling, for its own
-images only.
+the approximate joint training of Ren et al. 2015), proposal targets, RoI pooling (whose
+custom VJP carries the head's gradient into the backbone), the RoI head, and the four losses.
+Every per-image step of `jaxdet.targets` and `jaxdet.proposals` is `vmap`ped over the N images
+of the batch, each image with its own key, so nothing leaves the device between the batch and
+the update; on a device mesh (`jaxdet.training.parallel`) each device runs these steps, and RoI
+pooling, for its own images only.
 
-Batches are dicts of arrays as `jaxdet.data` yields them (see `detection_losses`); Fast R-CNN
-batches carry their RoIs as "proposals" [N, P, 4] and "proposal_valid" [N, P].
+Batches are dicts of arrays as `jaxdet.data.batch` specifies; the step reads its `TRAIN_KEYS`.
 """
 
 from __future__ import annotations
@@ -81,9 +80,8 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
     Args:
       model: a `FasterRCNN` or `FastRCNN` module (static).
       variables: {"params": ..., and any other collection, e.g. "batch_stats"}.
-      batch: "images" [N, H, W, 3] float, "boxes" [N, G, 4] xyxy, "labels" [N, G] int32 in
-        [0, K), "valid" [N, G] bool, "image_hw" [N, 2] int32, "scale" [N] float32; for
-        Fast R-CNN also "proposals" [N, P, 4] and "proposal_valid" [N, P] bool.
+      batch: the `jaxdet.data.batch.TRAIN_KEYS` of a batch of N images (the proposal keys
+        only for Fast R-CNN).
       key: PRNG key of this step (sampling of anchors and RoIs, dropout).
       settings: TrainSettings.
       train: dropout on (the target sampling is the same either way).
