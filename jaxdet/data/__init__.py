@@ -5,7 +5,7 @@ Boxes are xyxy in continuous pixels everywhere (width = x2 - x1; see `records`).
 
 from jaxdet.data.coco import coco_ground_truth, dataset_to_coco, read_coco, write_coco
 from jaxdet.data.pipeline import InputPipeline
-from jaxdet.data.proposals import attach_proposals, save_proposals
+from jaxdet.data.precomputed_proposals import attach_proposals, save_proposals
 from jaxdet.data.records import (
     DataError,
     Dataset,

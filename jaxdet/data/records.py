@@ -44,7 +44,7 @@ class Record:
       image: [H, W, 3] uint8 RGB held in memory (synthetic data), or None.
       source_id: the image's name in its source format (VOC file stem, COCO image id).
       proposals: [P, 4] float32 xyxy in original pixels, RoIs given with the image (Fast R-CNN
-        with external proposals, see `jaxdet.data.proposals`), or None.
+        with external proposals, see `jaxdet.data.precomputed_proposals`), or None.
     """
 
     image_id: int

@@ -1,4 +1,4 @@
-"""Proposals given with images (Fast R-CNN): the file, and batches that carry them."""
+"""Precomputed proposals given with images (Fast R-CNN): the file, and batches that carry them."""
 
 import numpy as np
 import pytest

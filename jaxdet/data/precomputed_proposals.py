@@ -1,4 +1,7 @@
-"""Region proposals given with the images (Fast R-CNN): a file of per-image boxes.
+"""Precomputed region proposals given with the images (Fast R-CNN): a file of per-image boxes.
+
+Fast R-CNN (Girshick 2015) trains and detects on proposals computed ahead, by selective search or
+a trained RPN; the RPN's own proposal layer, run inside the network, is `jaxdet.proposals`.
 
 The file is a NumPy `.npz` with one array per image, named by the image's `source_id` (VOC
 file stem, COCO image id as a decimal string): [P, 4] xyxy in original-image pixels, in the
