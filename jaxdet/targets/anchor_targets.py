@@ -1,10 +1,9 @@
-"""RPN training targets (seed 001, "Assign labels and location of objects to each anchor").
+"""RPN training targets (Ren et al. 2015, sec. 3.1.2; py-faster-rcnn's anchor_target_layer.py).
 
 Per image, on fixed shapes: every anchor gets a label 1 (object), 0 (background) or -1
-(ignored) and regression deltas towards its best ground-truth box; then 256 labelled anchors
-are sampled at up to 1:1. Also home of the two steps the RoI targets share: matching boxes to
-padded ground truth (:func:`match_boxes`) and fixed-shape random sampling
-(:func:`sample_balanced`).
+(ignored) and regression deltas towards its best ground-truth box
+(`jaxdet.targets.matching`); then 256 labelled anchors are sampled at up to 1:1
+(`jaxdet.targets.sampling`).
 """
 
 import numbers
@@ -12,10 +11,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxdet.checks import check_count, check_fraction
-from jaxdet.ops.boxes import box_iou, encode_boxes
+from jaxdet.ops.boxes import encode_boxes
+from jaxdet.targets.matching import match_boxes
+from jaxdet.targets.sampling import sample_balanced
 
 
 class AnchorTargets(NamedTuple):
@@ -24,87 +24,14 @@ class AnchorTargets(NamedTuple):
     deltas: jax.Array
 
 
-class BoxMatches(NamedTuple):
-    """See :func:`match_boxes`."""
-    iou: jax.Array
-    max_iou: jax.Array
-    gt_index: jax.Array
-    matched_boxes: jax.Array
-
-
-def match_boxes(*, boxes, box_valid, gt_boxes, gt_valid):
-    """IoU of boxes with padded ground truth, and each box's best ground-truth box.
-
-    Pairs involving an invalid box or an invalid ground-truth box get IoU 0, so a box without
-    valid ground truth has ``max_iou`` 0 (background). ``max_iou > 0`` tells where ``gt_index``
-    points at a real, overlapping box (of positive area); elsewhere ``matched_boxes`` holds the
-    box itself, so encoding it against the box gives finite zero deltas, never ``log 0``.
-
-    Args:
-      boxes: [N, 4] xyxy.
-      box_valid: [N] bool.
-      gt_boxes: [G, 4] xyxy, G may be 0.
-      gt_valid: [G] bool.
-
-    Returns:
-      BoxMatches: iou [N, max(G, 1)], max_iou [N], gt_index [N] int32 (0 when G = 0),
-      matched_boxes [N, 4] xyxy.
-    """
-    if gt_boxes.shape[0] == 0:
-        # One padding box keeps the reductions below well defined.
-        gt_boxes = jnp.zeros((1, 4), boxes.dtype)
-        gt_valid = jnp.zeros((1,), bool)
-    iou = jnp.where(box_valid[:, None] & gt_valid[None, :], box_iou(boxes, gt_boxes), 0.0)
-    max_iou = jnp.max(iou, axis=1)
-    gt_index = jnp.argmax(iou, axis=1).astype(jnp.int32)
-    matched_boxes = jnp.where((max_iou > 0)[:, None], gt_boxes[gt_index], boxes)
-    return BoxMatches(iou=iou, max_iou=max_iou, gt_index=gt_index, matched_boxes=matched_boxes)
-
-
-def sample_balanced(*, positive, negative, key, num_samples, positive_fraction):
-    """Draws up to ``num_samples`` items, at most ``round(num_samples * positive_fraction)`` positive.
-
-    As the seed: ``min(#positive, cap)`` positives uniformly at random, then negatives uniformly
-    at random to fill the sample (all of them when there are too few). Fixed-shape: each item
-    draws a uniform priority and the highest priorities of each kind win (``lax.top_k``).
-
-    Args:
-      positive: [N] bool.
-      negative: [N] bool, disjoint from ``positive``.
-      key: a ``jax.random`` key.
-      num_samples: Python int.
-      positive_fraction: Python float in [0, 1].
-
-    Returns:
-      (take_positive [N] bool, take_negative [N] bool).
-    """
-    check_count("num_samples", num_samples)
-    check_fraction("positive_fraction", positive_fraction)
-    size = positive.shape[0]
-    # Disjoint sets, so one draw serves both.
-    priority = jax.random.uniform(key, (size,))
-
-    def take_best(candidates, limit, k):
-        """[N] bool: the `limit` highest-priority candidates (limit may be traced, k >= limit)."""
-        if k == 0:
-            return jnp.zeros((size,), bool)
-        _, best = lax.top_k(jnp.where(candidates, priority, -1.0), k)
-        chosen = candidates[best] & (jnp.arange(k) < limit)
-        return jnp.zeros((size,), bool).at[best].set(chosen)
-
-    max_positive = min(int(round(num_samples * positive_fraction)), size)
-    take_positive = take_best(positive, max_positive, max_positive)
-    num_negative = num_samples - jnp.sum(take_positive, dtype=jnp.int32)
-    take_negative = take_best(negative, num_negative, min(num_samples, size))
-    return take_positive, take_negative
-
-
 def label_anchors(*, anchors, gt_boxes, gt_valid, image_hw, positive_iou=0.7, negative_iou=0.3,
                   allowed_border=0.0):
     """Anchor labels before sampling, and regression targets.
 
-    Seed 001's rules, on the anchors inside the image (``x1 >= -border``, ``y1 >= -border``,
-    ``x2 <= width + border``, ``y2 <= height + border``); all others are -1 with zero deltas:
+    The rules of Ren et al. 2015 (sec. 3.1.2) as py-faster-rcnn's anchor_target_layer applies
+    them, on the anchors inside the image (``x1 >= -border``, ``y1 >= -border``,
+    ``x2 <= width + border``, ``y2 <= height + border``; py-faster-rcnn's right and bottom bounds
+    are strict); all others are -1 with zero deltas:
       * max IoU over valid ground truth ``< negative_iou``: 0;
       * max IoU ``>= positive_iou``: 1;
       * an anchor whose IoU with some ground-truth box equals that box's best IoU over the

@@ -1,4 +1,4 @@
-"""RoI-head training targets (seed 001, "Proposal targets"; seed 003 for Fast R-CNN).
+"""RoI-head training targets (Girshick 2015, sec. 2.3; py-faster-rcnn's proposal_target_layer.py).
 
 Per image, fixed shapes: the ground-truth boxes are appended to the proposals (so every object
 has at least one perfect foreground RoI), each RoI is matched to its best ground-truth box,
@@ -13,7 +13,8 @@ import jax.numpy as jnp
 
 from jaxdet.checks import check_count, check_fraction
 from jaxdet.ops.boxes import encode_boxes
-from jaxdet.targets.anchor_targets import match_boxes, sample_balanced
+from jaxdet.targets.matching import match_boxes
+from jaxdet.targets.sampling import sample_balanced
 
 
 class ProposalTargets(NamedTuple):
@@ -38,9 +39,9 @@ def proposal_targets(*, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid
 
     Foreground: max IoU with valid ground truth ``>= foreground_iou``; background: max IoU in
     ``[lo, hi)`` (an image without ground truth makes every valid proposal background when
-    ``lo`` is 0). The lower bound is inclusive as in py-faster-rcnn (``>= BG_THRESH_LO``); seed
-    001's sampler writes ``> lo``, which at ``lo = 0`` would drop every proposal that touches no
-    object from the background pool and leave an image without objects nothing to sample.
+    ``lo`` is 0). The lower bound is inclusive as in py-faster-rcnn (``>= BG_THRESH_LO``): with
+    ``> lo`` at ``lo = 0``, every proposal that touches no object would leave the background
+    pool and an image without objects would have nothing to sample.
     ``min(#foreground, round(num_samples * foreground_fraction))`` foreground RoIs and the rest
     background (all there are when too few) are drawn uniformly with ``key``.
 
@@ -85,7 +86,7 @@ def proposal_targets(*, proposals, proposal_valid, gt_boxes, gt_labels, gt_valid
         positive=foreground, negative=background, key=key, num_samples=num_samples,
         positive_fraction=foreground_fraction)
 
-    # Sampled foreground first, then background, as the seed concatenates them.
+    # Sampled foreground first, then background, as py-faster-rcnn concatenates them.
     group = jnp.where(take_foreground, 0, jnp.where(take_background, 1, 2))  # [R]
     slots = jnp.argsort(group, stable=True)[:num_samples]
     num_rois = rois.shape[0]
