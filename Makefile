@@ -7,7 +7,7 @@ NATIVE := $(wildcard xla_ops/csrc/*.* xla_ops/csrc/testing/*)
 STAMP := $(VENV)/.jaxdet-installed
 NEEDS_PY311 := 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else f"jaxdet needs Python 3.11 or newer (jax 0.10 does); $(PYTHON) is {sys.version.split()[0]}: run make PYTHON=python3.11 ...")'
 
-.PHONY: install build test bench demo clean
+.PHONY: install build test bench demo clean gpu-check
 
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || { $(PYTHON) -c $(NEEDS_PY311) && $(PYTHON) -m venv $(VENV); }
@@ -30,6 +30,12 @@ bench: build
 
 demo: build
 	$(PY) -m jaxdet demo
+
+# On a machine with an NVIDIA GPU and no network: builds the CUDA extension for it, runs the GPU
+# tests and compute-sanitizer, measures against torchvision, in at most 8 minutes; results in
+# experiments/results/gpu/ (or $$OUT). README: "Checking a GPU machine".
+gpu-check:
+	bash experiments/gpu_check.sh
 
 clean:
 	rm -rf build *.egg-info xla_ops/*.so

@@ -4,6 +4,7 @@ one run; on CPUs also the forward's bandwidth against a plain memory copy of the
 timed in the same loop.
 
 Usage:  python experiments/bench_roi_pool.py [--rois 128 2000] [--repeats 20] [--out FILE.md]
+        python experiments/bench_roi_pool.py --side-by-side [--torchvision] [--rois 128 2000]
         python experiments/bench_roi_pool.py --only-native [--channels 512 3] [--baseline-so SO]
 Features are [1, 50, 50, 512] (an 800x800 image through VGG16, stride 16), output 7x7.
 
@@ -16,12 +17,23 @@ bytes as fast as a copy). The kernel writes into buffers XLA allocates afresh on
 which the copy does not; "XLA fill" (the same output shapes written by a jitted broadcast)
 shows what fresh buffers cost on their own.
 
+--side-by-side (the GPU check's mode; also runs on a CPU) times, on the default device, the
+custom call's forward, its forward+backward with the atomicAdd (deterministic=False) and with
+the deterministic backward, and an XLA copy of the forward's unique bytes on the same device;
+--torchvision adds torchvision.ops.roi_pool (and a torch copy_) on the same device. All of them
+run in turn in every round (in reverse order every other round); the table gives each one's
+median and spread, the ratios are of medians, with the spread of the per-round ratios. Both
+sides pool with rounding="round", torchvision's bins, and their outputs are compared. torch's
+features are NCHW, converted once before timing; jax calls end in block_until_ready, torch ones
+in torch.cuda.synchronize().
+
 --baseline-so PATH times another build of xla_ops/_roi_pool_cpu (e.g. of an older commit, built
 with `python setup.py build_ext --inplace` in a copy of that commit) against this one, forward
 and backward alternately in one loop, and checks that both give the same bits.
 """
 
 import argparse
+import functools
 import importlib.machinery
 import importlib.util
 import platform
@@ -122,6 +134,114 @@ def bandwidth_lines(features, rois, repeats):
             f"bytes {t['copy'] * 1e3:.2f} ms = {gbs(t['copy']):.2f} GB/s; **ratio {t['copy'] / t['kernel']:.2f}**",
             f"  - XLA fill of the same output and argmax (fresh buffers, no reads): "
             f"{t['fill'] * 1e3:.2f} ms = {t['copy'] / t['fill']:.2f} of the copy"]
+
+
+def in_rounds(fns, repeats, warmup=3):
+    """{name: [seconds per round]} of each fn of `fns`, all called in turn in every round (in
+    reverse order every other round) after `warmup` calls each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in fns}
+    for i in range(repeats):
+        for name in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: np.array(t) for name, t in times.items()}
+
+
+def torchvision_fns(features, rois, cot):
+    """({name: fn}, output NHWC): torchvision.ops.roi_pool's forward and forward+backward (its
+    backward is atomicAdd) and a torch copy_ of the forward's unique bytes, on the device JAX
+    uses (the GPU where there is one)."""
+    import torch
+    from torchvision.ops import roi_pool as tv_roi_pool
+
+    device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    # NCHW, converted once, outside the timed calls.
+    f = torch.tensor(np.ascontiguousarray(np.asarray(features).transpose(0, 3, 1, 2)), device=device,
+                     requires_grad=True)
+    boxes = torch.tensor(rois, device=device)
+    g = torch.tensor(np.ascontiguousarray(np.asarray(cot).transpose(0, 3, 1, 2)), device=device)
+
+    def forward():
+        with torch.no_grad():
+            tv_roi_pool(f, boxes, OUTPUT, 1 / STRIDE)
+        sync()
+
+    def forward_backward():
+        f.grad = None
+        tv_roi_pool(f, boxes, OUTPUT, 1 / STRIDE).backward(g)
+        sync()
+
+    with torch.no_grad():
+        out = tv_roi_pool(f, boxes, OUTPUT, 1 / STRIDE).permute(0, 2, 3, 1).cpu().numpy()
+    moved = unique_bytes(np.asarray(features), rois.shape[0])
+    src = torch.ones(moved // 2 // 4, device=device)
+    dst = torch.empty_like(src)
+
+    def copy():
+        dst.copy_(src)
+        sync()
+
+    return {"torchvision forward": forward, "torchvision forward+backward": forward_backward,
+            "torch copy_ of the same bytes": copy}, out
+
+
+def side_by_side_lines(num_rois, repeats, torchvision):
+    """The custom call against torchvision and a copy on the default device, in one loop."""
+    features, rois = make_inputs(num_rois)
+    f, r = jnp.asarray(features), jnp.asarray(rois)
+    cot = jnp.asarray(np.random.default_rng(1).normal(size=(num_rois, *OUTPUT, features.shape[3]))
+                      .astype(np.float32))
+    pool = functools.partial(roi_pool, output_size=OUTPUT, spatial_scale=1 / STRIDE, rounding="round",
+                             impl="ffi")
+    fwd = jax.jit(pool)
+    grads = {det: jax.jit(jax.grad(lambda f, r, det=det: jnp.vdot(pool(f, r, deterministic=det), cot)))
+             for det in (False, True)}
+    moved = unique_bytes(features, num_rois)
+    src = jnp.ones(moved // 2 // 4, jnp.float32)
+    copy = jax.jit(jnp.copy)
+    fns = {"ffi forward": lambda: fwd(f, r).block_until_ready(),
+           "ffi forward+backward, deterministic=False (GPU: atomicAdd)": lambda: grads[False](f, r).block_until_ready(),
+           "ffi forward+backward, deterministic=True": lambda: grads[True](f, r).block_until_ready(),
+           "XLA copy of the same bytes": lambda: copy(src).block_until_ready()}
+    check = ""
+    if torchvision:
+        tv_fns, tv_out = torchvision_fns(features, rois, cot)
+        fns.update(tv_fns)
+        diff = np.abs(np.asarray(fwd(f, r)) - tv_out)
+        check = (f"; output against torchvision's: {int((diff != 0).sum())} of {diff.size} values differ "
+                 f"(max abs difference {float(diff.max()):.3g})")
+    t = in_rounds(fns, repeats)
+    device = jax.devices()[0]
+    lines = [f"#### {num_rois} RoIs, features [1, 50, 50, 512] float32, 7x7, rounding=\"round\", "
+             f"{device.device_kind} ({device.platform}), {repeats} rounds{check}", "",
+             "| side | median ms | min ms | max ms |", "|---|---:|---:|---:|"]
+    lines += [f"| {name} | {np.median(v) * 1e3:.3f} | {v.min() * 1e3:.3f} | {v.max() * 1e3:.3f} |"
+              for name, v in t.items()]
+
+    def ratio(slow, fast, what):
+        per_round = t[slow] / t[fast]
+        return (f"- {what}: **{np.median(t[slow]) / np.median(t[fast]):.2f}x** "
+                f"(per round {per_round.min():.2f}-{per_round.max():.2f})")
+
+    lines.append("")
+    if torchvision:
+        lines += [ratio("torchvision forward", "ffi forward", "forward, torchvision time / ffi time"),
+                  ratio("torchvision forward+backward", "ffi forward+backward, deterministic=False (GPU: atomicAdd)",
+                        "forward+backward, torchvision / ffi atomicAdd"),
+                  ratio("torchvision forward+backward", "ffi forward+backward, deterministic=True",
+                        "forward+backward, torchvision / ffi deterministic")]
+    gbs = lambda name: moved / np.median(t[name]) / 1e9
+    lines.append(f"- bandwidth: the forward moves {moved / 1e6:.1f} MB of unique bytes (features once, output "
+                 f"and argmax written) at {gbs('ffi forward'):.1f} GB/s; the XLA copy of as many bytes "
+                 f"{gbs('XLA copy of the same bytes'):.1f} GB/s"
+                 + (f", torch's copy_ {gbs('torch copy_ of the same bytes'):.1f} GB/s" if torchvision else ""))
+    lines.append(ratio("XLA copy of the same bytes", "ffi forward", "copy time / forward time (1.0: as fast as a copy)"))
+    return lines
 
 
 def native_calls(suffix=""):
@@ -238,8 +358,27 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                         help="feature dtype of the bandwidth and --baseline-so runs")
     parser.add_argument("--baseline-so", help="another build of xla_ops/_roi_pool_cpu to compare with")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="only the custom call's forward and both backwards against a copy on the default device")
+    parser.add_argument("--torchvision", action="store_true",
+                        help="with --side-by-side: also torchvision.ops.roi_pool on the same device (needs torch)")
     parser.add_argument("--out", help="append the markdown table to this file")
     args = parser.parse_args()
+
+    if args.torchvision and not args.side_by_side:
+        parser.error("--torchvision goes with --side-by-side")
+    if args.side_by_side:
+        lines = [f"### {platform.node()} · JAX {jax.__version__} on {jax.default_backend()} "
+                 f"({jax.devices()[0].device_kind})", "",
+                 f"Command: `{' '.join([sys.executable.split('/')[-1]] + sys.argv)}`", ""]
+        for num_rois in args.rois:
+            lines += side_by_side_lines(num_rois, args.repeats, args.torchvision) + [""]
+        report = "\n".join(lines)
+        print(report)
+        if args.out:
+            with open(args.out, "a") as f:
+                f.write(report + "\n")
+        return
 
     backend = jax.default_backend()
     torch_device = "cuda" if backend == "gpu" else "cpu"

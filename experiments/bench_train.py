@@ -59,8 +59,9 @@ def seconds(fn):
     return time.perf_counter() - start
 
 
-def bench_jaxdet(config, batch, steps, impl):
-    """(train compile s, train images/s, predict compile s, predict images/s)."""
+def bench_jaxdet(config, batch, steps, impl, with_predict=True):
+    """(train compile s, train images/s, predict compile s, predict images/s); the last two None
+    without `with_predict`."""
     # The model calls jaxdet.models.detector.roi_pool: point it at the implementation measured.
     detector_module.roi_pool = functools.partial(roi_pool, impl=impl)
     jax.clear_caches()  # the model is equal for both implementations: compile again
@@ -75,6 +76,8 @@ def bench_jaxdet(config, batch, steps, impl):
         state, metrics = train_step(state, batch, step_key(state))
     jax.block_until_ready((state.params, metrics))
     train_ips = steps * n / (time.perf_counter() - start)
+    if not with_predict:
+        return compile_train, train_ips, None, None
 
     settings = test_settings(config)
     run = lambda: predict(state.model, state.variables, batch["images"], batch["image_hw"],  # noqa: E731
@@ -91,8 +94,9 @@ def bench_jaxdet(config, batch, steps, impl):
     return compile_train, train_ips, compile_predict, predict_ips
 
 
-def bench_torchvision(config, batch, steps, dtype):
-    """torchvision FasterRCNN, VGG16 trunk, the same settings: (train images/s, predict images/s)."""
+def bench_torchvision(config, batch, steps, dtype, with_predict=True):
+    """torchvision FasterRCNN, VGG16 trunk, the same settings: (train images/s, predict images/s
+    or None without `with_predict`)."""
     import torch
     import torchvision
     from torchvision.models.detection import FasterRCNN
@@ -153,6 +157,8 @@ def bench_torchvision(config, batch, steps, dtype):
 
     model.train()
     train_ips = timed(train_once)
+    if not with_predict:
+        return train_ips, None
     model.eval()
 
     def predict_once():
@@ -160,6 +166,10 @@ def bench_torchvision(config, batch, steps, dtype):
             model(images)
 
     return train_ips, timed(predict_once)
+
+
+def figure(value, spec):
+    return "-" if value is None else format(value, spec)
 
 
 def main(argv=None):
@@ -170,6 +180,7 @@ def main(argv=None):
     parser.add_argument("--impls", nargs="+", choices=["ffi", "reference"], default=["ffi"])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per row (after compilation and one warm-up)")
     parser.add_argument("--torchvision", action="store_true", help="also time torchvision's FasterRCNN (GPU)")
+    parser.add_argument("--train-only", action="store_true", help="the training step only, no predict")
     parser.add_argument("--out", help="append the table to this markdown file")
     args = parser.parse_args(argv)
 
@@ -183,12 +194,12 @@ def main(argv=None):
         for dtype in args.dtypes:
             config.model.compute_dtype = dtype
             for impl in args.impls:
-                ct, ti, cp, pi = bench_jaxdet(config, batch, args.steps, impl)
-                rows.append([batch_size, dtype, impl, f"{ct:.1f}", f"{ti:.2f}", f"{cp:.1f}", f"{pi:.2f}"])
+                ct, ti, cp, pi = bench_jaxdet(config, batch, args.steps, impl, not args.train_only)
+                rows.append([batch_size, dtype, impl, f"{ct:.1f}", f"{ti:.2f}", figure(cp, ".1f"), figure(pi, ".2f")])
                 print(" | ".join(str(c) for c in rows[-1]), flush=True)
             if args.torchvision:
-                ti, pi = bench_torchvision(config, batch, args.steps, dtype)
-                rows.append([batch_size, dtype, "torchvision", "-", f"{ti:.2f}", "-", f"{pi:.2f}"])
+                ti, pi = bench_torchvision(config, batch, args.steps, dtype, not args.train_only)
+                rows.append([batch_size, dtype, "torchvision", "-", f"{ti:.2f}", "-", figure(pi, ".2f")])
                 print(" | ".join(str(c) for c in rows[-1]), flush=True)
 
     lines = [f"`python experiments/bench_train.py {' '.join(argv if argv is not None else sys.argv[1:])}`",
