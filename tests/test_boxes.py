@@ -30,6 +30,18 @@ def test_area_and_iou_by_hand():
     np.testing.assert_array_equal(iou, iou.T)
 
 
+def test_iou_in_numpy_is_float64_and_the_same_formula():
+    rng = np.random.default_rng(5)
+    a = random_boxes(rng, 9).astype(np.float64)
+    b = np.concatenate([random_boxes(rng, 6), [[3, 3, 3, 8], [6, 6, 2, 2]]]).astype(np.float64)
+    got = box_iou(a, b, xp=np)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64 and got.shape == (9, 8)
+    np.testing.assert_allclose(got, ref.bbox_iou(a, b), rtol=1e-12)
+    np.testing.assert_array_equal(got[:, 6:], 0.0)  # degenerate boxes overlap nothing
+    np.testing.assert_allclose(got, np.asarray(box_iou(a.astype(np.float32), b.astype(np.float32))),
+                               rtol=1e-5, atol=1e-7)
+
+
 def test_iou_matches_reference_with_leading_axes():
     rng = np.random.default_rng(0)
     a = np.stack([random_boxes(rng, 7), random_boxes(rng, 7)])  # [2, 7, 4]

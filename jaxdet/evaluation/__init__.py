@@ -2,4 +2,4 @@
 
 from jaxdet.evaluation.coco import STAT_NAMES, detections_to_coco, eval_detection_coco
 from jaxdet.evaluation.pictures import class_colour, draw_detections, plot_pr_curves
-from jaxdet.evaluation.voc import average_precision, box_iou_matrix, eval_detection_voc
+from jaxdet.evaluation.voc import average_precision, eval_detection_voc

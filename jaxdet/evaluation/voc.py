@@ -18,26 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-
-def box_iou_matrix(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """IoU of every pair (numpy, float64).
-
-    Args:
-      boxes_a: [N, 4] xyxy.
-      boxes_b: [M, 4] xyxy.
-    Returns:
-      [N, M] IoU, 0 where boxes do not overlap.
-    """
-    a = np.asarray(boxes_a, np.float64).reshape(-1, 4)
-    b = np.asarray(boxes_b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])  # [N, M, 2]
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    wh = np.clip(rb - lt, 0.0, None)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(inter > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+from jaxdet.ops.boxes import box_iou
 
 
 def eval_detection_voc(
@@ -160,7 +141,7 @@ def _match_image(boxes, scores, g_boxes, g_diff, iou_threshold) -> tuple:
     if len(g_boxes) == 0:
         fp[:] = 1.0
         return tp, fp
-    iou = box_iou_matrix(boxes, g_boxes)  # [D, G]
+    iou = box_iou(boxes, g_boxes, xp=np)  # [D, G] float64
     best = np.argmax(iou, axis=1)  # first of equal maxima, as the devkit's strict `ov > ovmax`
     best_iou = iou[np.arange(len(boxes)), best]
     taken = np.zeros(len(g_boxes), bool)

@@ -10,6 +10,8 @@ Boxes with ``x2 <= x1`` or ``y2 <= y1`` are degenerate: their area is 0 and thei
 box, themselves included, is 0.
 
 All functions broadcast over leading batch axes and work under ``jit`` and ``vmap``.
+:func:`box_area` and :func:`box_iou` also run in numpy (``xp=np``), so host-side evaluation
+computes its IoU in float64 with the same formula.
 """
 
 import math
@@ -22,39 +24,42 @@ import jax.numpy as jnp
 DECODE_CLAMP = math.log(1000.0 / 16.0)
 
 
-def box_area(boxes):
+def box_area(boxes, *, xp=jnp):
     """Area of boxes, 0 for degenerate ones.
 
     Args:
         boxes: [..., 4] xyxy.
+        xp: the array module, ``jax.numpy`` or ``numpy``.
 
     Returns:
         [...] areas.
     """
-    width = jnp.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
-    height = jnp.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
+    width = xp.maximum(boxes[..., 2] - boxes[..., 0], 0.0)
+    height = xp.maximum(boxes[..., 3] - boxes[..., 1], 0.0)
     return width * height
 
 
-def box_iou(a, b):
+def box_iou(a, b, *, xp=jnp):
     """Pairwise intersection over union.
 
     Args:
         a: [..., N, 4] xyxy.
         b: [..., M, 4] xyxy (leading axes broadcast against those of ``a``).
+        xp: the array module, ``jax.numpy`` or ``numpy`` (e.g. float64 arrays on the host).
 
     Returns:
-        [..., N, M] IoU in [0, 1]; 0 where the union is empty (two degenerate boxes).
+        [..., N, M] IoU in [0, 1]; 0 where the union is empty (two degenerate boxes) or not a
+        number (NaN coordinates).
     """
-    area_a = box_area(a)[..., :, None]  # [..., N, 1]
-    area_b = box_area(b)[..., None, :]  # [..., 1, M]
-    top_left = jnp.maximum(a[..., :, None, :2], b[..., None, :, :2])  # [..., N, M, 2]
-    bottom_right = jnp.minimum(a[..., :, None, 2:], b[..., None, :, 2:])  # [..., N, M, 2]
-    wh = jnp.maximum(bottom_right - top_left, 0.0)
+    area_a = box_area(a, xp=xp)[..., :, None]  # [..., N, 1]
+    area_b = box_area(b, xp=xp)[..., None, :]  # [..., 1, M]
+    top_left = xp.maximum(a[..., :, None, :2], b[..., None, :, :2])  # [..., N, M, 2]
+    bottom_right = xp.minimum(a[..., :, None, 2:], b[..., None, :, 2:])  # [..., N, M, 2]
+    wh = xp.maximum(bottom_right - top_left, 0.0)
     inter = wh[..., 0] * wh[..., 1]
     union = area_a + area_b - inter
     # The inner where keeps the gradient of the untaken branch finite for empty unions.
-    return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
+    return xp.where(union > 0, inter / xp.where(union > 0, union, 1.0), 0.0)
 
 
 def clip_boxes(boxes, image_hw):
