@@ -16,6 +16,7 @@ from jaxdet.data import (
     read_coco,
     write_coco,
 )
+from jaxdet.data.coco import xywh_to_xyxy, xyxy_to_xywh
 from jaxdet.data.shapes import ShapesConfig
 
 # Sparse ids, out of order, as in COCO itself.
@@ -156,3 +157,10 @@ def test_writer_round_trip(tmp_path):
     x1, y1, x2, y2 = ds[0].boxes[0]
     assert first["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1])
     assert first["area"] == pytest.approx((x2 - x1) * (y2 - y1))
+
+
+def test_box_format_conversions_by_hand_and_round_trip():
+    xywh = np.array([[10.0, 20.0, 30.0, 5.5], [0.0, 0.0, 1.0, 1.0]])
+    np.testing.assert_array_equal(xywh_to_xyxy(xywh), [[10, 20, 40, 25.5], [0, 0, 1, 1]])
+    np.testing.assert_array_equal(xyxy_to_xywh(xywh_to_xyxy(xywh)), xywh)
+    assert xyxy_to_xywh(np.zeros((0, 4), np.float32)).shape == (0, 4)

@@ -2,7 +2,7 @@
 
 Category ids (sparse in COCO: 1..90 for 80 classes) map to contiguous labels in id order and
 back through `Dataset.category_ids`. COCO's `[x, y, w, h]` is already continuous, so records
-hold `x1 = x, x2 = x + w`.
+hold `x1 = x, x2 = x + w` (:func:`xywh_to_xyxy`, and back :func:`xyxy_to_xywh`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,16 @@ from jaxdet.data.records import (
     make_dataset,
     save_image,
 )
+
+
+def xywh_to_xyxy(boxes: np.ndarray) -> np.ndarray:
+    """[..., 4] COCO (x, y, w, h) -> [..., 4] (x1, y1, x2, y2), in the dtype of `boxes`."""
+    return np.concatenate([boxes[..., :2], boxes[..., :2] + boxes[..., 2:]], axis=-1)
+
+
+def xyxy_to_xywh(boxes: np.ndarray) -> np.ndarray:
+    """[..., 4] (x1, y1, x2, y2) -> [..., 4] COCO (x, y, w, h), in the dtype of `boxes`."""
+    return np.concatenate([boxes[..., :2], boxes[..., 2:] - boxes[..., :2]], axis=-1)
 
 
 def read_coco(
@@ -121,14 +131,15 @@ def _record(annotation_file, path, image_id, height, width, anns, label_of, clas
             x, y, w, h = (float(v) for v in bbox)
         except (TypeError, ValueError):
             raise DataError(f"{annotation_file}: {what} has a malformed bbox {bbox!r}") from None
-        boxes.append((x, y, x + w, y + h))
+        boxes.append((x, y, w, h))
         labels.append(label_of[category])
         crowd.append(bool(ann.get("iscrowd", 0)))
         difficult.append(bool(ann.get("difficult", 0)))
         names.append(f"{what} ({class_names[label_of[category]]!r})")
+    # In float64, then rounded once, as the annotation's own numbers.
+    boxes = xywh_to_xyxy(np.array(boxes, np.float64).reshape(-1, 4))
     boxes = check_boxes(
-        np.array(boxes, np.float32), height=height, width=width, file=annotation_file,
-        objects=names,
+        boxes.astype(np.float32), height=height, width=width, file=annotation_file, objects=names,
     )
     return Record(
         image_id=0,
@@ -179,16 +190,16 @@ def dataset_to_coco(dataset: Dataset, *, file_names=None) -> dict:
             "id": record.image_id, "file_name": file_name,
             "height": record.height, "width": record.width,
         })
+        xywh = xyxy_to_xywh(np.asarray(record.boxes, np.float64).reshape(-1, 4))
         for box, label, crowd, diff in zip(
-            record.boxes, record.labels, record.iscrowd, record.difficult
+            xywh.tolist(), record.labels, record.iscrowd, record.difficult
         ):
-            x1, y1, x2, y2 = (float(v) for v in box)
             annotations.append({
                 "id": len(annotations) + 1,
                 "image_id": record.image_id,
                 "category_id": dataset.category_ids[int(label)],
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "area": (x2 - x1) * (y2 - y1),
+                "bbox": box,
+                "area": box[2] * box[3],
                 "iscrowd": int(crowd),
                 "difficult": int(diff),
             })

@@ -12,6 +12,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from jaxdet.data.coco import xyxy_to_xywh
+
 # COCOeval.stats order (bbox), named as papers report them.
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
               "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -53,8 +55,7 @@ def detections_to_coco(
                 f"pred_labels of image {image_id} must be in [0, {len(category_ids)}), "
                 f"got {labels.tolist()}"
             )
-        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-        for box, label, score in zip(xywh.tolist(), labels, scores.tolist()):
+        for box, label, score in zip(xyxy_to_xywh(boxes).tolist(), labels, scores.tolist()):
             results.append({
                 "image_id": int(image_id),
                 "category_id": int(category_ids[label]),
