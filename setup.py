@@ -13,8 +13,8 @@ Environment knobs:
   JAXDET_CUDA_ARCHS  semicolon-separated SM versions, default "90": sm_90 machine code plus
                      compute_90 PTX, which the driver JIT-compiles for newer GPUs.
   JAXDET_CUDA_EMULATION  "1" builds xla_ops._roi_pool_cuda_emulated (tests only).
-  JAXDET_SANITIZE    "address" or "thread" builds the CPU extension and the emulation with that
-                     sanitizer (tests only, experiments/sanitize_roi_pool.sh).
+  JAXDET_SANITIZE    "address" builds the CPU extension and the emulation with AddressSanitizer
+                     (tests only, experiments/sanitize_roi_pool.sh).
   CUDA_HOME          where nvcc lives, if not on PATH.
 """
 

@@ -1,22 +1,148 @@
 #!/usr/bin/env bash
-# Builds the CPU extension with AddressSanitizer into a scratch directory and runs the RoI
-# pooling tests against it (adversarial RoIs, NaN/inf, empty maps, K = 0, vmap, backward).
-# Any out-of-bounds read or write aborts the run with an ASan report.
-# Usage: bash experiments/sanitize_roi_pool.sh   (from the repository root, after `make build`)
+# Memory and race checks of the RoI pooling kernels. Any out-of-bounds access, use of freed
+# memory or data race fails the run with the sanitizer's report.
+#
+# Usage (from the repository root, after `make build`):
+#   bash experiments/sanitize_roi_pool.sh [MODE ...]        default: --cpu --emulated
+# Modes:
+#   --cpu        the CPU extension and the CUDA emulation module built with AddressSanitizer,
+#                under the RoI pooling tests (adversarial RoIs, NaN/inf, empty maps, K = 0, vmap,
+#                backward, dtypes) and tests/test_roi_pool_cuda_emulated.py
+#   --emulated   the CUDA kernels on the CPU (xla_ops/csrc/testing/roi_pool_cuda_check.cu against
+#                the CUDA runtime emulation): built with AddressSanitizer, then ThreadSanitizer
+#   --gpu        the same program built by nvcc for the GPU found, under compute-sanitizer
+#                --tool memcheck and --tool racecheck (skipped, with a message, without the tool)
+#   --plant-off-by-one  proves the harness: the forward reads one row past each bin (y <= end);
+#                AddressSanitizer must report it. Exits 0 only if it did.
+#   --plant-race        proves the harness: the deterministic backward loses the barrier between
+#                writing the compacted RoI list to shared memory and reading it; ThreadSanitizer
+#                must report it. Exits 0 only if it did.
+# Environment: PY (default .venv/bin/python), OUT (a folder for logs; default a temporary one).
 set -euo pipefail
 PY=${PY:-.venv/bin/python}
-out=$(mktemp -d)
-mkdir -p "$out/xla_ops"
-cp xla_ops/*.py "$out/xla_ops/"
-JAXDET_SANITIZE=address JAXDET_CUDA=0 "$PY" setup.py -q build_ext --build-lib "$out" --build-temp "$out/tmp" >/dev/null
-# libstdc++ preloaded too, or ASan's __cxa_throw interceptor fails inside jaxlib.
-export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
-export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=0:handle_abort=1:handle_segv=0
-export JAX_PLATFORMS=cpu  # no plugin probing under the sanitizer
-# Run from the scratch directory so that `import xla_ops` finds the sanitized build.
 repo=$(pwd)
-cd "$out"
-PYTHONPATH="$out" "$repo/$PY" -c "import sys, xla_ops._roi_pool_cpu as m; sys.exit(not m.__file__.startswith('$out'))" \
-  || { echo "the sanitized extension was not the one imported" >&2; exit 1; }
-PYTHONPATH="$out" "$repo/$PY" -m pytest -q -p no:cacheprovider "$repo/tests/test_roi_pool.py" \
-  -k "adversarial or empty or nan or native_gradient or vmap or dtypes" "$@"
+work=$(mktemp -d)
+OUT=${OUT:-$work}
+mkdir -p "$OUT"
+FFI_INCLUDE=$("$PY" -c "import jax.ffi; print(jax.ffi.include_dir())")
+CHECK_SOURCE=xla_ops/csrc/testing/roi_pool_cuda_check.cu
+CXX=${CXX:-g++}
+
+# build_check SANITIZER BINARY [extra include dir first]: the check program as host C++.
+build_check() {
+  local sanitizer=$1 binary=$2 first=${3:-}
+  "$CXX" -std=c++20 -x c++ -O1 -g -fno-omit-frame-pointer -fsanitize="$sanitizer" -ffp-contract=off \
+    -pthread ${first:+-I"$first"} -Ixla_ops/csrc/testing -Ixla_ops/csrc -I"$FFI_INCLUDE" \
+    "$CHECK_SOURCE" -o "$binary" 2>"$binary.build.log" \
+    || { cat "$binary.build.log" >&2; return 1; }
+}
+
+run_cpu() {
+  echo "== CPU extension and CUDA emulation module, AddressSanitizer, under pytest"
+  local lib=$work/lib
+  mkdir -p "$lib/xla_ops"
+  cp xla_ops/*.py "$lib/xla_ops/"
+  JAXDET_SANITIZE=address JAXDET_CUDA=0 JAXDET_CUDA_EMULATION=1 \
+    "$PY" setup.py -q build_ext --build-lib "$lib" --build-temp "$lib/tmp" >/dev/null 2>&1
+  (
+    # libstdc++ preloaded too, or ASan's __cxa_throw interceptor fails inside jaxlib.
+    export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
+    export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:detect_stack_use_after_return=0:handle_abort=1:handle_segv=0
+    export JAX_PLATFORMS=cpu  # no plugin probing under the sanitizer
+    # Run from the scratch directory so that `import xla_ops` finds the sanitized build.
+    cd "$lib"
+    PYTHONPATH="$lib" "$repo/$PY" -c "
+import sys, xla_ops._roi_pool_cpu as a, xla_ops._roi_pool_cuda_emulated as b
+sys.exit(not all(m.__file__.startswith('$lib') for m in (a, b)))" \
+      || { echo "the sanitized extensions were not the ones imported" >&2; exit 1; }
+    PYTHONPATH="$lib" "$repo/$PY" -m pytest -q -p no:cacheprovider --rootdir "$repo/tests" \
+      "$repo/tests/test_roi_pool.py" "$repo/tests/test_roi_pool_cuda_emulated.py" \
+      -k "adversarial or empty or nan or native_gradient or vmap or dtypes or emulated or launch or threads"
+  )
+}
+
+run_emulated() {
+  for sanitizer in address thread; do
+    echo "== CUDA kernels on the CPU (emulated), ${sanitizer} sanitizer"
+    build_check "$sanitizer" "$work/check_$sanitizer"
+    TSAN_OPTIONS=halt_on_error=1 ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 \
+      "$work/check_$sanitizer" 2>&1 | tee "$OUT/emulated_$sanitizer.log"
+  done
+}
+
+run_gpu() {
+  local arch sanitizer
+  if ! command -v nvidia-smi >/dev/null || ! nvidia-smi -L >/dev/null 2>&1; then
+    echo "--gpu: no NVIDIA GPU found (nvidia-smi)" >&2
+    return 1
+  fi
+  arch=${JAXDET_CUDA_ARCHS:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n1 | tr -d .)}
+  arch=${arch%%;*}
+  local nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
+  command -v nvcc >/dev/null && nvcc=$(command -v nvcc)
+  echo "== CUDA kernels on the GPU (sm_$arch), compute-sanitizer"
+  "$nvcc" -std=c++17 --fmad=false -O2 -lineinfo -gencode "arch=compute_$arch,code=sm_$arch" \
+    -Ixla_ops/csrc -I"$FFI_INCLUDE" "$CHECK_SOURCE" -o "$work/check_gpu"
+  "$work/check_gpu" | tee "$OUT/gpu_check.log"
+  local tool
+  tool=$(command -v compute-sanitizer || echo "$(dirname "$nvcc")/compute-sanitizer")
+  if [ ! -x "$tool" ]; then
+    echo "compute-sanitizer not found: memcheck and racecheck skipped" | tee -a "$OUT/gpu_check.log"
+    return 0
+  fi
+  for sanitizer in memcheck racecheck; do
+    if ! "$tool" --tool "$sanitizer" --error-exitcode 1 "$work/check_gpu" >"$OUT/gpu_$sanitizer.log" 2>&1; then
+      if grep -q "ERROR SUMMARY: [1-9]\|FAILED" "$OUT/gpu_$sanitizer.log"; then
+        cat "$OUT/gpu_$sanitizer.log" >&2
+        return 1
+      fi
+      echo "compute-sanitizer --tool $sanitizer refused the device: skipped" | tee -a "$OUT/gpu_check.log"
+      tail -n 5 "$OUT/gpu_$sanitizer.log"
+      continue
+    fi
+    tail -n 2 "$OUT/gpu_$sanitizer.log"
+  done
+}
+
+# plant NAME SANITIZER FROM TO: builds the check program against a copy of roi_pool_cuda.cu with
+# one line changed and expects the sanitizer to report it.
+plant() {
+  local name=$1 sanitizer=$2 from=$3 to=$4 planted=$work/planted_$1
+  mkdir -p "$planted"
+  cp xla_ops/csrc/roi_pool_cuda.cu "$planted/"
+  FROM=$from TO=$to perl -0pi -e 's/\Q$ENV{FROM}\E/$ENV{TO}/' "$planted/roi_pool_cuda.cu"
+  if cmp -s xla_ops/csrc/roi_pool_cuda.cu "$planted/roi_pool_cuda.cu"; then
+    echo "plant $name: the line to change is not in roi_pool_cuda.cu" >&2
+    return 1
+  fi
+  echo "== planted bug ($name): roi_pool_cuda.cu with"
+  diff xla_ops/csrc/roi_pool_cuda.cu "$planted/roi_pool_cuda.cu" || true
+  build_check "$sanitizer" "$work/check_$name" "$planted"
+  if TSAN_OPTIONS=halt_on_error=1 ASAN_OPTIONS=halt_on_error=1 "$work/check_$name" >"$OUT/planted_$name.log" 2>&1; then
+    echo "planted bug ($name) NOT caught by the $sanitizer sanitizer" >&2
+    return 1
+  fi
+  grep -m1 -A3 "ERROR: AddressSanitizer\|WARNING: ThreadSanitizer" "$OUT/planted_$name.log" | cut -c1-160 || {
+    echo "planted bug ($name): the program failed, but not with a sanitizer report:" >&2
+    tail -n 20 "$OUT/planted_$name.log" >&2
+    return 1
+  }
+  echo "planted bug ($name) caught by the $sanitizer sanitizer"
+}
+
+modes=("$@")
+[ ${#modes[@]} -gt 0 ] || modes=(--cpu --emulated)
+for mode in "${modes[@]}"; do
+  case $mode in
+    --cpu) run_cpu ;;
+    --emulated) run_emulated ;;
+    --gpu) run_gpu ;;
+    --plant-off-by-one)
+      plant off-by-one address "for (int64_t y = rows.begin; y < rows.end; ++y)" \
+        "for (int64_t y = rows.begin; y <= rows.end; ++y)" ;;
+    --plant-race)
+      plant race thread $'static_cast<int32_t>(k);\n      __syncthreads();' 'static_cast<int32_t>(k);' ;;
+    *) echo "unknown mode $mode (see the header of $0)" >&2; exit 2 ;;
+  esac
+done
+echo "sanitize_roi_pool ${modes[*]}: done"

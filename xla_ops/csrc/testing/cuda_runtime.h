@@ -25,9 +25,15 @@
 #error "testing/cuda_runtime.h emulates CUDA on the host; nvcc builds use the real runtime"
 #endif
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <climits>
+#include <ctime>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -86,32 +92,39 @@ inline cudaError_t& LastError() {
   std::abort();
 }
 
-// A reusable barrier for a fixed number of threads (a block, or one warp of it). Waiters yield
-// rather than sleep: a block has far more threads than the machine has cores, and a wake-up per
-// waiter made a barrier of 256 threads cost about 2 ms.
+// A reusable barrier for a fixed number of threads (a block, or one warp of it). Waiters sleep
+// on a futex: a block has far more threads than a CI machine has cores, and spinning ones would
+// take the cores from the threads still on their way to the barrier.
 class Barrier {
  public:
   explicit Barrier(unsigned count) : count_(count) {}
 
   void Wait(const char* what) {
-    const uint64_t generation = generation_.load(std::memory_order_acquire);
+    const uint32_t generation = generation_.load(std::memory_order_acquire);
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
       arrived_.store(0, std::memory_order_relaxed);
       generation_.fetch_add(1, std::memory_order_release);
+      Futex(FUTEX_WAKE_PRIVATE, INT_MAX, nullptr);
       return;
     }
     // A GPU would hang if some threads never arrive; fail loudly instead.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-    for (uint64_t spins = 1; generation_.load(std::memory_order_acquire) == generation; ++spins) {
-      std::this_thread::yield();
-      if (spins % 4096 == 0 && std::chrono::steady_clock::now() > deadline) Fail(what);
+    while (generation_.load(std::memory_order_acquire) == generation) {
+      const timespec timeout{1, 0};
+      Futex(FUTEX_WAIT_PRIVATE, generation, &timeout);  // returns at once if it moved on
+      if (std::chrono::steady_clock::now() > deadline) Fail(what);
     }
   }
 
  private:
+  void Futex(int op, uint32_t value, const timespec* timeout) {
+    static_assert(sizeof(generation_) == sizeof(uint32_t), "the futex word is the generation");
+    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&generation_), op, value, timeout, nullptr, 0);
+  }
+
   const unsigned count_;
   std::atomic<unsigned> arrived_{0};
-  std::atomic<uint64_t> generation_{0};
+  std::atomic<uint32_t> generation_{0};
 };
 
 // One warp's vote: each lane writes its predicate, all lanes meet, each reads the ballot, all
