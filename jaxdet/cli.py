@@ -6,10 +6,14 @@
     jaxdet predict --workdir runs/demo photo.jpg more_photos/
     jaxdet make-shapes --out data/shapes
 
-Configs are Python files whose `get_config(variant="")` returns an `ml_collections.ConfigDict`
-(`path.py:variant` picks a variant); any field is overridden with `--config.section.field=value`.
-Errors a user can fix (a typo in a key, a missing dataset, no GPU, out of memory, a diverged
-loss) are printed as one paragraph saying what to do; `--traceback` shows the Python trace.
+This module parses the command line, dispatches to the library (`jaxdet.experiment`,
+`jaxdet.inference_files`, `jaxdet.training.inputs`) and renders its results and errors. A config
+is one of jaxdet's by name or a Python file (`jaxdet.configs.load_config`); any field is
+overridden with `--config.section.field=value`, parsed as ml_collections' config flags parse
+them. Errors a user can fix (a typo in a key, a missing dataset, no GPU, out of memory, a
+diverged loss) are printed as one paragraph saying what to do, the config keys the library names
+(`config.train.num_steps`) shown as the flags that set them (`--config.train.num_steps`);
+`--traceback` shows the Python trace.
 """
 
 from __future__ import annotations
@@ -17,11 +21,9 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
-import glob
-import json
 import os
+import re
 import shlex
-import shutil
 import sys
 import textwrap
 from typing import Any, Sequence
@@ -31,7 +33,6 @@ from jaxdet import configs
 PROG = "jaxdet"
 DEMO_CONFIG = "shapes_demo"
 DEMO_WORKDIR = os.path.join("runs", "demo")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 OVERRIDE_PREFIX = "--config."
 
 
@@ -81,35 +82,35 @@ def _unknown_key(key: str, config, config_name: str) -> UsageError:
                       f"{', '.join(sections)}); see the config file for what each field means.")
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{text!r} is not a boolean (true/false)")
+def _parse_tuple(text: str, current: tuple) -> tuple:
+    """A tuple field's text: a Python literal as ml_collections' TupleParser reads it ("4,8,16",
+    "(0.5, 1.0)"), words separated by commas ("circle,ring"), or "" for the empty tuple; items
+    that are words take the type of the field's first item."""
+    from ml_collections.config_flags.tuple_parser import TupleParser
+
+    if not text.strip():
+        return ()
+    try:
+        items = TupleParser().parse(text)
+    except ValueError:
+        items = ()
+    if all(isinstance(item, str) for item in items):
+        words = [word.strip() for word in text.strip().strip("()[]").split(",") if word.strip()]
+        items = tuple(_parse_value(word, type(current[0]), current[0]) for word in words) if current else tuple(words)
+    return type(current)(items)
 
 
-def _parse_like(text: str, current: Any) -> Any:
-    """`text` converted to the type of the field's current value."""
-    if isinstance(current, bool):
-        return _parse_bool(text)
-    if isinstance(current, int):
-        return int(text)
-    if isinstance(current, float):
-        return float(text)
-    if isinstance(current, str):
-        return text
-    if isinstance(current, (tuple, list)):
-        stripped = text.strip()
-        if stripped.startswith(("(", "[")):
-            value = ast.literal_eval(stripped)
-            items = list(value) if isinstance(value, (tuple, list)) else [value]
-        else:
-            items = [item for item in stripped.split(",") if item.strip()]
-        if current and all(isinstance(item, str) for item in items):
-            items = [_parse_like(item.strip(), current[0]) for item in items]
-        return type(current)(items)
+def _parse_value(text: str, field_type: type, current: Any) -> Any:
+    """`text` as a value of `field_type`, with the parsers ml_collections' config flags use
+    (absl's for bool, int, float and str; a Python literal, else the text, for a None field)."""
+    from absl import flags
+
+    parsers = {bool: flags.BooleanParser(), int: flags.IntegerParser(), float: flags.FloatParser(),
+               str: flags.ArgumentParser()}
+    if field_type in parsers:
+        return parsers[field_type].parse(text)
+    if field_type in (tuple, list):
+        return _parse_tuple(text, current)
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -122,24 +123,22 @@ def apply_override(config, key: str, text: str, *, config_name: str = "the confi
     Raises:
       UsageError: the key is not in the config (naming close matches) or the text does not parse.
     """
-    node = config
-    parts = key.split(".")
-    for depth, part in enumerate(parts):
-        if not hasattr(node, "keys") or part not in node:
-            raise _unknown_key(key, config, config_name)
-        if depth < len(parts) - 1:
-            node = node[part]
-    current = node[parts[-1]]
+    from ml_collections.config_flags import config_path
+
+    try:
+        current = config_path.get_value(key, config)
+    except (AttributeError, KeyError, IndexError, ValueError):
+        raise _unknown_key(key, config, config_name) from None
     if hasattr(current, "keys"):
         raise UsageError(f"config key {key!r} is a section, not a field; set one of its fields, e.g. "
                          f"--config.{key}.{next(iter(current.keys()), 'FIELD')}=...")
     try:
-        value = _parse_like(text, current)
+        value = _parse_value(text, config_path.get_type(key, config), current)
     except (ValueError, SyntaxError) as e:
         raise UsageError(f"--config.{key}={text}: cannot read {text!r} as a {type(current).__name__} like the "
                          f"field's current value {current!r} ({e})") from None
     try:
-        node[parts[-1]] = value
+        config_path.set_value(key, config, value)
     except (TypeError, ValueError) as e:
         raise UsageError(f"--config.{key}={text}: {e}") from None
 
@@ -168,14 +167,13 @@ def split_overrides(argv: Sequence[str]) -> tuple:
 
 def _config_for(args, default_spec: str | None = None):
     """The command's config: --config, else the work directory's config.json, else `default_spec`."""
-    import ml_collections
+    from jaxdet import workdir
 
+    saved = workdir.read_config(args.workdir) if getattr(args, "workdir", None) else None
     if args.config:
         config, name = load_config(args.config), args.config
-    elif getattr(args, "workdir", None) and os.path.isfile(os.path.join(args.workdir, "config.json")):
-        name = os.path.join(args.workdir, "config.json")
-        with open(name) as f:
-            config = ml_collections.ConfigDict(json.load(f))
+    elif saved is not None:
+        config, name = saved, os.path.join(args.workdir, workdir.CONFIG)
     elif default_spec is not None:
         config, name = load_config(default_spec), default_spec
     else:
@@ -265,34 +263,30 @@ def _print_summary(metrics: dict, title: str) -> None:
 
 
 def _print_files(workdir: str, names: Sequence[str]) -> None:
+    from jaxdet.workdir import DESCRIPTIONS
+
     print(f"Results in {os.path.abspath(workdir)}:")
-    for name, what in names:
+    for name in names:
         path = os.path.join(workdir, name)
         if os.path.exists(path):
-            print(f"  {path:<42} {what}")
+            print(f"  {path:<42} {DESCRIPTIONS[name]}")
 
 
-RUN_FILES = (("metrics.json", "the figures above, as JSON"), ("detections.png", "detections on held-out images"),
-             ("pr_curves.png", "precision-recall curve per class"), ("loss_curve.png", "training losses"),
-             ("detections_coco.json", "held-out detections, COCO results format"),
-             ("tensorboard", "TensorBoard logs (tensorboard --logdir ...)"),
-             ("checkpoints", "checkpoints (resume with --resume)"))
+def _announce(config, devices: Sequence[Any], what: str) -> None:
+    from jaxdet.training import distributed, parallel
+
+    layout = parallel.batch_layout(int(config.train.batch_size), parallel.make_mesh(devices=devices))
+    if distributed.is_main_process():
+        print(f"training {what} for {config.train.num_steps} steps on {devices[0].platform}: {layout}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------
 # Commands
 
 
-def _announce(config, devices: Sequence[Any], what: str) -> None:
-    from jaxdet.training import loop, parallel
-
-    layout = parallel.batch_layout(int(config.train.batch_size), parallel.make_mesh(devices=devices))
-    if loop.is_main_process():
-        print(f"training {what} for {config.train.num_steps} steps on {devices[0].platform}: {layout}", flush=True)
-
-
 def _run_train(args) -> int:
-    from jaxdet.training import loop
+    from jaxdet import experiment, workdir
+    from jaxdet.training import distributed, loop
 
     config = _config_for(args)
     loop.check_train_settings(config)  # before anything starts or is written
@@ -302,15 +296,15 @@ def _run_train(args) -> int:
     if args.no_eval:
         result = loop.train(config, args.workdir, resume=args.resume, devices=devices,
                             show_progress=not args.no_progress)
-        if loop.is_main_process():
+        if distributed.is_main_process():
             print(f"trained to step {result.final_step} in {result.train_seconds:.1f} s ({result.images_per_second:.1f} "
-                  f"images/s); checkpoints in {os.path.join(args.workdir, loop.CHECKPOINTS)}")
+                  f"images/s); checkpoints in {workdir.checkpoint_dir(args.workdir)}")
         return 0
-    metrics = loop.train_and_evaluate(config, args.workdir, resume=args.resume, devices=devices,
-                                      show_progress=not args.no_progress)
-    if loop.is_main_process():
+    metrics = experiment.train_and_evaluate(config, args.workdir, resume=args.resume, devices=devices,
+                                            show_progress=not args.no_progress)
+    if distributed.is_main_process():
         _print_summary(metrics, "jaxdet train")
-        _print_files(args.workdir, RUN_FILES)
+        _print_files(args.workdir, [name for name in workdir.DESCRIPTIONS if name != workdir.DATA])
     return 0
 
 
@@ -323,117 +317,45 @@ def _require_run_dir(workdir: str) -> None:
 
 
 def _run_eval(args) -> int:
-    from jaxdet.training import inputs, loop, parallel
+    from jaxdet import experiment, workdir
+    from jaxdet.training import distributed
 
     _require_run_dir(args.workdir)
     config = _config_for(args)
     join_processes(args)
     devices = select_devices(args.device, args.num_devices)
-    # On every chosen device: detection splits each batch over them.
-    state = parallel.replicate(loop.restore_trained(config, args.workdir, step=args.step),
-                               parallel.make_mesh(devices=devices))
-    metrics = loop.evaluate(config, state, inputs.load_dataset(config, args.split), args.workdir,
-                            show_progress=not args.no_progress)
-    if not loop.is_main_process():
-        return 0
-    _print_summary(metrics, f"jaxdet eval ({args.split} split, step {metrics['checkpoint_step']})")
-    _print_files(args.workdir, RUN_FILES[:3] + RUN_FILES[4:5])
+    metrics = experiment.evaluate_checkpoint(config, args.workdir, step=args.step, split=args.split,
+                                             devices=devices, show_progress=not args.no_progress)
+    if distributed.is_main_process():
+        _print_summary(metrics, f"jaxdet eval ({args.split} split, step {metrics['checkpoint_step']})")
+        _print_files(args.workdir, workdir.EVALUATION_FILES)
     return 0
 
 
-def _image_files(inputs: Sequence[str]) -> list:
-    files = []
-    for item in inputs:
-        if os.path.isdir(item):
-            found = sorted(p for p in glob.glob(os.path.join(item, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
-            if not found:
-                raise UsageError(f"folder {item!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-            files += found
-        elif os.path.isfile(item):
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"image {item!r} not found: give image files or folders of images")
-    return files
-
-
 def _run_predict(args) -> int:
-    import numpy as np
-    from PIL import Image
-
-    from jaxdet.data import Record, attach_proposals, load_image, make_dataset
-    from jaxdet.evaluation import draw_detections
-    from jaxdet.training import loop
+    from jaxdet import inference_files, workdir
+    from jaxdet.training.checkpoints import restore_trained
 
     _require_run_dir(args.workdir)
     config = _config_for(args)
     select_devices(args.device, args.num_devices)
-    files = _image_files(args.images)
-    class_names = loop.read_class_names(args.workdir)
-    records = []
-    for path in files:
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except Exception as e:  # PIL raises several unrelated types for a bad file
-            raise UsageError(f"{path}: not an image PIL can read ({type(e).__name__}: {e})") from None
-        records.append(Record(image_id=0, height=height, width=width, boxes=np.zeros((0, 4), np.float32),
-                              labels=np.zeros(0, np.int32), difficult=np.zeros(0, bool), iscrowd=np.zeros(0, bool),
-                              path=path, source_id=os.path.splitext(os.path.basename(path))[0]))
-    dataset = make_dataset(records, class_names)
-    if config.model.kind == "fast_rcnn":
-        if not config.data.get("proposals"):
-            raise UsageError("a Fast R-CNN run detects on given proposals: pass --config.data.proposals=FILE with "
-                             "boxes for each image's file stem (jaxdet.data.save_proposals)")
-        dataset = attach_proposals(dataset, config.data.proposals)
-    state = loop.restore_trained(config, args.workdir, step=args.step)
-    detections, _ = loop.detect(config, state, dataset, show_progress=not args.no_progress)
-    out = args.out or os.path.join(args.workdir, "predictions")
-    os.makedirs(out, exist_ok=True)
-    entries, used = [], set()
-    for record, found in zip(dataset.records, detections):
-        keep = found["scores"] >= args.score_threshold
-        stem = os.path.splitext(os.path.basename(record.path))[0]
-        name, k = f"{stem}.png", 1
-        while name in used:
-            name, k = f"{stem}_{k}.png", k + 1
-        used.add(name)
-        draw_detections(load_image(record), found["boxes"][keep], found["labels"][keep], found["scores"][keep],
-                        class_names, min_side=0, path=os.path.join(out, name))
-        entries.append({
-            "file": record.path, "picture": os.path.join(out, name), "height": record.height, "width": record.width,
-            "detections": [{"box": [float(v) for v in box], "score": float(score), "label": int(label),
-                            "class": class_names[int(label)]}
-                           for box, score, label in zip(found["boxes"][keep], found["scores"][keep],
-                                                        found["labels"][keep])],
-        })
-    with open(os.path.join(out, "detections.json"), "w") as f:
-        json.dump({"score_threshold": args.score_threshold, "box_format": "xyxy, original pixels",
-                   "images": entries}, f, indent=1)
-    total = sum(len(e["detections"]) for e in entries)
-    print(f"{total} detections (score >= {args.score_threshold}) on {len(entries)} images: pictures and "
-          f"detections.json in {os.path.abspath(out)}")
+    files = inference_files.image_files(args.images)
+    out = args.out or os.path.join(args.workdir, workdir.PREDICTIONS)
+    found = inference_files.predict_files(
+        config, restore_trained(config, args.workdir, step=args.step), files, workdir.read_class_names(args.workdir),
+        out, score_threshold=args.score_threshold, show_progress=not args.no_progress)
+    total = sum(len(e["detections"]) for e in found["images"])
+    print(f"{total} detections (score >= {args.score_threshold}) on {len(found['images'])} images: pictures and "
+          f"{inference_files.DETECTIONS_FILE} in {os.path.abspath(out)}")
     return 0
 
 
-def _shapes_splits(config) -> dict:
-    data = config.data
-    return {"train": (int(data.num_train), int(data.train_seed)), "test": (int(data.num_test), int(data.test_seed))}
-
-
-def write_shapes_from_config(config, out: str, *, format: str = "voc") -> dict:
-    """Writes the shapes sets of `config.data` (train and held-out test) into `out`; returns the
-    splits' locations (see `jaxdet.data.write_shapes`)."""
-    from jaxdet.data import ShapesConfig, write_shapes
-
-    if config.data.dataset != "shapes":
-        raise UsageError(f"make-shapes needs a shapes config (data.dataset='shapes'), got {config.data.dataset!r}")
-    return write_shapes(out, _shapes_splits(config), format=format, config=ShapesConfig(**dict(config.data.shapes)))
-
-
 def _run_make_shapes(args) -> int:
+    from jaxdet.training.inputs import shapes_splits, write_shapes_dataset
+
     config = _config_for(args, DEMO_CONFIG)
-    written = write_shapes_from_config(config, args.out, format=args.format)
-    counts = _shapes_splits(config)
+    written = write_shapes_dataset(config, args.out, format=args.format)
+    counts = shapes_splits(config)
     for split, where in written.items():
         print(f"{split}: {counts[split][0]} images (seed {counts[split][1]}) -> {where}")
     print(f"train on them with: {shapes_train_command(args)}")
@@ -458,48 +380,23 @@ def shapes_train_command(args) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def _prepare_demo_data(config, workdir: str) -> str:
-    """The demo's shapes sets under workdir/data, written unless the same ones are already there."""
-    root = os.path.join(workdir, "data")
-    stamp_path = os.path.join(root, "shapes.json")
-    stamp = {"shapes": {k: list(v) if isinstance(v, tuple) else v for k, v in dict(config.data.shapes).items()},
-             "splits": {k: list(v) for k, v in _shapes_splits(config).items()}}
-    stamp = json.loads(json.dumps(stamp))
-    if os.path.isfile(stamp_path):
-        with open(stamp_path) as f:
-            if json.load(f) == stamp:
-                print(f"using the shapes dataset already in {root}")
-                return root
-    if os.path.isdir(root):
-        shutil.rmtree(root)
-    print(f"writing the shapes dataset to {root} ...", flush=True)
-    write_shapes_from_config(config, root)
-    with open(stamp_path, "w") as f:
-        json.dump(stamp, f)
-    return root
-
-
 def _run_demo(args) -> int:
+    from jaxdet import experiment, workdir
     from jaxdet.training import loop
 
     config = _config_for(args, DEMO_CONFIG)
     loop.check_train_settings(config)  # before the previous demo's files are removed
     devices = select_devices(args.device, args.num_devices)
-    workdir = args.workdir
     if not args.resume:
-        # The demo's own directory: a new demo replaces the previous one's run (not its data).
-        for name in ("checkpoints", "tensorboard", "train_log.jsonl", "metrics.json"):
-            path = os.path.join(workdir, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
-    config.data.root = _prepare_demo_data(config, workdir)
+        workdir.clear_training(args.workdir)  # a new demo replaces the previous one's run (not its data)
+    config.data.root, reused = experiment.demo_data(config, args.workdir)
+    print(f"{'using the shapes dataset already in' if reused else 'wrote the shapes dataset to'} {config.data.root}",
+          flush=True)
     _announce(config, devices, "the tiny Faster R-CNN")
-    metrics = loop.train_and_evaluate(config, workdir, resume=args.resume, devices=devices,
-                                      show_progress=not args.no_progress)
+    metrics = experiment.train_and_evaluate(config, args.workdir, resume=args.resume, devices=devices,
+                                            show_progress=not args.no_progress)
     _print_summary(metrics, "jaxdet demo: tiny Faster R-CNN on held-out shapes")
-    _print_files(workdir, RUN_FILES + (("data", "the shapes dataset (VOC layout)"),))
+    _print_files(args.workdir, workdir.DESCRIPTIONS)
     return 0
 
 
@@ -562,85 +459,93 @@ def _common(parser: argparse.ArgumentParser, *, workdir_default: str | None, wor
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command(commands, name: str, *, help: str, description: str, example: str, run) -> argparse.ArgumentParser:
+    """A subcommand with its help: `description` filled to the help's width, `example` on one line."""
+    command = commands.add_parser(name, help=help, formatter_class=_Formatter, epilog=CONFIG_HELP,
+                                  description=_describe(description, example))
+    command.set_defaults(func=run)
+    return command
+
+
+def _add_training_commands(commands) -> dict:
+    """demo and train."""
     from jaxdet.training import distributed
 
-    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, formatter_class=_Formatter)
-    parser.add_argument("--traceback", action="store_true",
-                        help="on an error, show the full Python traceback instead of the short explanation")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    demo = commands.add_parser(
-        "demo", help="the main job: make shapes, train a tiny Faster R-CNN on them, evaluate, draw",
-        formatter_class=_Formatter, epilog=CONFIG_HELP,
-        description=_describe("The main job, in one command: writes the synthetic shapes dataset (train and held-out test "
+    demo = _command(
+        commands, "demo", run=_run_demo, example="python -m jaxdet demo",
+        help="the main job: make shapes, train a tiny Faster R-CNN on them, evaluate, draw",
+        description="The main job, in one command: writes the synthetic shapes dataset (train and held-out test "
                     "sets) to WORKDIR/data, trains the tiny Faster R-CNN of the shapes_demo config "
                     "(about 10 minutes on 2 CPU cores; a GPU is used when JAX finds one), evaluates it on the "
                     "held-out images (VOC07 mAP@0.5 and COCO AP), and writes metrics.json, pr_curves.png, "
-                    "detections.png and loss_curve.png to WORKDIR. Each run starts afresh unless --resume.",
-                              "python -m jaxdet demo"))
+                    "detections.png and loss_curve.png to WORKDIR. Each run starts afresh unless --resume.")
     _common(demo, workdir_default=DEMO_WORKDIR, workdir_help=f"where everything goes (default {DEMO_WORKDIR})")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted demo from its last checkpoint")
-    demo.set_defaults(func=_run_demo)
-
-    train = commands.add_parser(
-        "train", help="train a detector from a config, then evaluate it on the held-out split",
-        formatter_class=_Formatter, epilog=CONFIG_HELP,
-        description=_describe("Trains the config's detector for train.num_steps steps, writing checkpoints (every "
+    train = _command(
+        commands, "train", run=_run_train, example="jaxdet train --config tiny_shapes --workdir runs/shapes",
+        help="train a detector from a config, then evaluate it on the held-out split",
+        description="Trains the config's detector for train.num_steps steps, writing checkpoints (every "
                     "train.checkpoint_every steps and at the end), TensorBoard scalars and train_log.jsonl to "
                     "WORKDIR with a progress bar, then evaluates the final model on the config's test split and "
-                    "writes metrics.json, pr_curves.png, detections.png and loss_curve.png.",
-                              "jaxdet train --config tiny_shapes --workdir runs/shapes"))
+                    "writes metrics.json, pr_curves.png, detections.png and loss_curve.png.")
     _common(train, workdir_default=None, workdir_help="the run's directory (required)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in WORKDIR")
     train.add_argument("--no-eval", action="store_true", help="train only, no evaluation at the end")
     distributed.add_arguments(train)
-    train.set_defaults(func=_run_train)
+    return {"demo": demo, "train": train}
 
-    evaluate = commands.add_parser(
-        "eval", help="evaluate a trained run's checkpoint (VOC mAP, COCO AP, PR curves, pictures)",
-        formatter_class=_Formatter, epilog=CONFIG_HELP,
-        description=_describe("Restores a checkpoint of the run in WORKDIR (the latest unless --step) and evaluates it on "
+
+def _add_run_commands(commands) -> dict:
+    """eval and predict, which read a trained run."""
+    from jaxdet.training import distributed
+
+    evaluate = _command(
+        commands, "eval", run=_run_eval, example="jaxdet eval --workdir runs/demo",
+        help="evaluate a trained run's checkpoint (VOC mAP, COCO AP, PR curves, pictures)",
+        description="Restores a checkpoint of the run in WORKDIR (the latest unless --step) and evaluates it on "
                     "the config's test split: VOC07 mAP@0.5, VOC area mAP, COCO AP, per-class AP, written to "
                     "WORKDIR/metrics.json with pr_curves.png, detections.png and detections_coco.json. The "
                     "config is the run's own (WORKDIR/config.json) unless --config is given; overrides apply "
-                    "to it (e.g. --config.data.root to evaluate on data elsewhere).",
-                              "jaxdet eval --workdir runs/demo"))
+                    "to it (e.g. --config.data.root to evaluate on data elsewhere).")
     _common(evaluate, workdir_default=None, workdir_help="the trained run's directory (required)")
     evaluate.add_argument("--step", type=int, help="the checkpoint's step (default: the latest)")
     evaluate.add_argument("--split", choices=("test", "train"), default="test",
                           help="which split of the config's dataset (default test)")
     distributed.add_arguments(evaluate)
-    evaluate.set_defaults(func=_run_eval)
-
-    predict = commands.add_parser(
-        "predict", help="detect objects in image files or folders: PNGs with boxes and a JSON",
-        formatter_class=_Formatter, epilog=CONFIG_HELP,
-        description=_describe("Runs a trained run's detector on image files (or every image in folders) and writes, per "
+    predict = _command(
+        commands, "predict", run=_run_predict,
+        example="jaxdet predict --workdir runs/demo runs/demo/data/JPEGImages/s1_000000.png",
+        help="detect objects in image files or folders: PNGs with boxes and a JSON",
+        description="Runs a trained run's detector on image files (or every image in folders) and writes, per "
                     "image, a PNG with the detected boxes, class names and scores, and detections.json with the "
-                    "boxes (xyxy in the image's pixels), scores and classes.",
-                              "jaxdet predict --workdir runs/demo runs/demo/data/JPEGImages/s1_000000.png"))
+                    "boxes (xyxy in the image's pixels), scores and classes.")
     _common(predict, workdir_default=None, workdir_help="the trained run's directory (required)")
     predict.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and folders of images")
     predict.add_argument("--out", help="where the pictures and detections.json go (default WORKDIR/predictions)")
     predict.add_argument("--score-threshold", type=float, default=0.5,
                          help="keep detections scoring at least this (default 0.5)")
     predict.add_argument("--step", type=int, help="the checkpoint's step (default: the latest)")
-    predict.set_defaults(func=_run_predict)
+    return {"eval": evaluate, "predict": predict}
 
-    shapes = commands.add_parser(
-        "make-shapes", help="write the synthetic shapes dataset (VOC or COCO format)",
-        formatter_class=_Formatter, epilog=CONFIG_HELP,
-        description=_describe("Writes the synthetic shapes dataset: a train and a held-out test set of coloured circles, "
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, formatter_class=_Formatter)
+    parser.add_argument("--traceback", action="store_true",
+                        help="on an error, show the full Python traceback instead of the short explanation")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser.commands = {**_add_training_commands(commands), **_add_run_commands(commands)}
+    shapes = _command(
+        commands, "make-shapes", run=_run_make_shapes,
+        example="jaxdet make-shapes --out data/shapes --config.data.num_train=500",
+        help="write the synthetic shapes dataset (VOC or COCO format)",
+        description="Writes the synthetic shapes dataset: a train and a held-out test set of coloured circles, "
                     "squares and triangles on noisy backgrounds with exact boxes, as the config's data section "
                     f"describes them (default: {DEMO_CONFIG}'s; e.g. --config.data.num_train=500), in the "
-                    "Pascal VOC or COCO format the readers and evaluators take.",
-                              "jaxdet make-shapes --out data/shapes --config.data.num_train=500"))
+                    "Pascal VOC or COCO format the readers and evaluators take.")
     shapes.add_argument("--out", required=True, help="the directory to write (created)")
     shapes.add_argument("--format", choices=("voc", "coco"), default="voc", help="annotation format (default voc)")
     shapes.add_argument("--config", metavar="NAME[:VARIANT]", help=f"a shapes config (default {DEMO_CONFIG})")
-    shapes.set_defaults(func=_run_make_shapes)
-    parser.commands = {"demo": demo, "train": train, "eval": evaluate, "predict": predict, "make-shapes": shapes}
+    parser.commands["make-shapes"] = shapes
     return parser
 
 
@@ -659,6 +564,16 @@ def _suggest_option(parser: argparse.ArgumentParser, command: str | None, unknow
 # Errors a user meets, as one paragraph each
 
 
+# A config key as the library names it (`config.train.num_steps`), not already a flag or a file name.
+_CONFIG_KEY = re.compile(r"(?<![\w./-])config\.(?=[a-z_]\w*\.[a-z_])")
+
+
+def as_flags(text: str) -> str:
+    """`text` with each config key the library names (`config.section.field`) written as the
+    command-line flag that sets it (`--config.section.field`)."""
+    return _CONFIG_KEY.sub(OVERRIDE_PREFIX, text)
+
+
 def _out_of_memory(error: BaseException) -> bool:
     text = str(error)
     return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
@@ -668,15 +583,14 @@ def explain(error: BaseException) -> tuple:
     """(exit status, one-paragraph message) for an error a user can act on; None for a bug."""
     from jaxdet.configs import ConfigNotFound
     from jaxdet.data import DataError
+    from jaxdet.inference_files import ImageFilesError
     from jaxdet.training.inputs import DatasetNotFound
     from jaxdet.training.loop import CheckpointsExist, InvalidSetting, TrainingDiverged
     from jaxdet.training.weights import WeightsError
 
-    if isinstance(error, (UsageError, InvalidSetting, ConfigNotFound)):
+    if isinstance(error, (UsageError, InvalidSetting, ConfigNotFound, ImageFilesError)):
         return 2, f"config or command-line error: {error}"
-    if isinstance(error, DeviceError):
-        return 1, str(error)
-    if isinstance(error, DatasetNotFound):
+    if isinstance(error, (DeviceError, DatasetNotFound, CheckpointsExist)):
         return 1, str(error)
     if isinstance(error, DataError):
         return 1, (f"bad data: {error}. Fix or remove that file, or set --config.data.on_error=skip to drop "
@@ -685,8 +599,6 @@ def explain(error: BaseException) -> tuple:
                    "dropped before training rather than stopping it.")
     if isinstance(error, TrainingDiverged):
         return 3, str(error)
-    if isinstance(error, CheckpointsExist):
-        return 1, str(error)
     if isinstance(error, WeightsError):
         return 1, f"pretrained weights do not fit the model: {error}"
     if _out_of_memory(error):
@@ -703,14 +615,23 @@ def explain(error: BaseException) -> tuple:
 
 
 def _paragraph(text: str) -> str:
-    return textwrap.fill(f"{PROG}: error: {text}", width=100, break_on_hyphens=False, break_long_words=False)
+    return textwrap.fill(f"{PROG}: error: {as_flags(text)}", width=100, break_on_hyphens=False,
+                         break_long_words=False)
+
+
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """A library warning as the command shows it: its category and text, config keys as flags."""
+    return f"{PROG}: {category.__name__}: {as_flags(str(message))}\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The `jaxdet` command; returns the exit status."""
+    import warnings
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     traceback = "--traceback" in argv
+    formatwarning, warnings.formatwarning = warnings.formatwarning, format_warning
     try:
         rest, overrides = split_overrides(argv)
         args, unknown = parser.parse_known_args(rest)
@@ -729,3 +650,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         status, message = explained
         print(_paragraph(message), file=sys.stderr)
         return status
+    finally:
+        warnings.formatwarning = formatwarning

@@ -1,13 +1,8 @@
-"""What a run shows and leaves behind: a progress bar, TensorBoard scalars, a JSON-lines log,
-the loss-curve picture, the summary table and metrics.json.
+"""What a run shows: a progress bar, TensorBoard scalars, the JSON-lines training log, the
+loss-curve picture and the summary table (the files' names and places: `jaxdet.workdir`).
 
-Files in the work directory:
-  tensorboard/       event files (`tensorboard --logdir WORKDIR/tensorboard`)
-  train_log.jsonl    one line per logging window: {"step", "images_per_second", and the means of
-                     the step metrics (losses, accuracies, learning_rate, ...) over the window}
-  loss_curve.png     the losses of train_log.jsonl against the step
-  metrics.json       the run's figures (see `jaxdet.training.loop`), strict JSON: a figure that is
-                     not a finite number (no rate after one step, no AP without ground truth) is null
+`train_log.jsonl` has one line per logging window: {"step", "images_per_second", and the means of
+the step metrics (losses, accuracies, learning_rate, ...) over the window}.
 """
 
 from __future__ import annotations
@@ -24,10 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-TRAIN_LOG = "train_log.jsonl"
-LOSS_CURVE = "loss_curve.png"
-METRICS = "metrics.json"
-TENSORBOARD = "tensorboard"
+from jaxdet.workdir import TENSORBOARD, TRAIN_LOG
 
 # The bar shows these, shortened; everything else goes to the log and TensorBoard only.
 _BAR_FIELDS = (("loss", "loss"), ("rpn_cls_loss", "rpn_cls"), ("rpn_box_loss", "rpn_box"),
@@ -123,15 +115,6 @@ def write_scalars(workdir: str, prefix: str, values: Mapping[str, float], step: 
     writer.close()
 
 
-def read_train_log(workdir: str) -> list:
-    """The rows of `train_log.jsonl` (empty if there is none)."""
-    path = os.path.join(workdir, TRAIN_LOG)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def plot_loss_curve(rows: Sequence[Mapping[str, float]], path: str, *, title: str = "training losses") -> None:
     """Plots the losses of train-log rows against the step (log scale) and saves a PNG."""
     figure = Figure(figsize=(7, 4.5), dpi=100)
@@ -157,37 +140,6 @@ def detection_bar(total: int, *, show_bar: bool = True) -> tqdm:
     """A progress bar over `total` images to detect on (evaluation, predict)."""
     return tqdm(total=total, desc="detect", unit="img", disable=not show_bar, dynamic_ncols=True, mininterval=0.5,
                 file=sys.stderr)
-
-
-def json_safe(value):
-    """`value` with every non-finite float (NaN, inf: e.g. the training rate of a one-step run, the
-    AP of a class without ground truth) replaced by None, numpy scalars made Python ones, tuples
-    made lists: what strict JSON (RFC 8259, JavaScript's JSON.parse, jq) can hold."""
-    if isinstance(value, Mapping):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def update_metrics_file(workdir: str, values: Mapping) -> dict:
-    """Merges `values` into `metrics.json` (kept from training when only evaluating); returns all of
-    it as written: strict JSON, a figure that is not a finite number is null (see `json_safe`)."""
-    path = os.path.join(workdir, METRICS)
-    metrics = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            metrics = json.load(f)  # a file of an older version may hold NaN: made null below
-    metrics.update(values)
-    metrics = json_safe(metrics)
-    with open(path, "w") as f:
-        json.dump(metrics, f, indent=2, sort_keys=True, allow_nan=False)
-        f.write("\n")
-    return metrics
 
 
 def summary_table(rows: Iterable[tuple], *, title: str = "") -> str:

@@ -25,6 +25,7 @@ from pycocotools.cocoeval import COCOeval
 from jaxdet import cli
 from jaxdet.data import dataset_to_coco, read_voc
 from jaxdet.training import loop
+from jaxdet.training.checkpoints import restore_trained
 
 SMOKE = "shapes_demo:smoke"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,10 +150,10 @@ def strict_json(text: str):
 
 
 def test_metrics_json_is_strict_json_with_null_for_what_is_not_a_number(tmp_path):
-    from jaxdet import reporting
+    from jaxdet import workdir
 
     (tmp_path / "metrics.json").write_text('{"train_images_per_second": NaN, "steps": 1}')  # an older file
-    returned = reporting.update_metrics_file(str(tmp_path), {
+    returned = workdir.update_metrics_file(str(tmp_path), {
         "voc07_map": 0.5, "coco_ap": np.float64(0.25), "eval_seconds": float("inf"), "first": np.float32("nan"),
         "per_class_ap": {"circle": 1.0, "square": float("nan")}, "devices": ("cpu:0",)})
     written = strict_json((tmp_path / "metrics.json").read_text())
@@ -267,7 +268,7 @@ def test_a_resumed_run_continues_the_same_loss_curve(trained, shapes_dir, tmp_pa
         assert resumed["loss"] == one_go["loss"], (resumed, one_go)
     config = cli.load_config(SMOKE)
     config.data.root = str(shapes_dir)
-    params = [jax.tree.leaves(loop.restore_trained(config, str(w), step=6).params) for w in (trained, straight)]
+    params = [jax.tree.leaves(restore_trained(config, str(w), step=6).params) for w in (trained, straight)]
     for a, b in zip(*params):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -410,7 +411,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, shapes_dir,
     assert all(math.isfinite(float(v.rstrip("."))) for v in losses.values())
     assert sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == [1, 2]
     config = cli.load_config(SMOKE)
-    state = loop.restore_trained(config, str(workdir))
+    state = restore_trained(config, str(workdir))
     assert int(state.step) == 2
     assert all(bool(np.all(np.isfinite(leaf))) for leaf in jax.tree.leaves(state.params))
 
@@ -456,7 +457,10 @@ def test_frozen_stages_without_pretrained_weights_warn():
         return [str(w.message) for w in caught]
 
     (message,) = warned(frozen_stages=2, pretrained="")
-    assert "frozen_stages=2" in message and "--config.model.pretrained=FILE" in message
+    # The library names the config key; the command shows it as the flag that sets it.
+    assert "frozen_stages=2" in message and "config.model.pretrained=FILE" in message
+    shown = cli.format_warning(message, UserWarning, "loop.py", 1)
+    assert "frozen_stages=2" in shown and "--config.model.pretrained=FILE" in shown
     assert warned(frozen_stages=2, pretrained="vgg16.pth") == []
     assert warned(frozen_stages=0, pretrained="") == []
     # The paper's recipe without weights is the case this is for.

@@ -1,8 +1,8 @@
 """The evaluation path end to end with an oracle in place of the network.
 
-`jaxdet.training.loop.predict` is replaced by a fake that returns, for each batch, chosen
+`jaxdet.evaluation.run.predict` is replaced by a fake that returns, for each batch, chosen
 detections of that batch's records (in the batch's input pixels: original boxes times the batch's
-`image_scale`, fixed size with a valid mask, as the real `predict` returns them). `loop.evaluate`
+`image_scale`, fixed size with a valid mask, as the real `predict` returns them). `evaluation.evaluate`
 then batches the images, maps the boxes back to the original pixels (`boxes_to_original`), turns
 them into per-image lists and scores them, so what it reports can be checked against what the
 fake was given:
@@ -29,7 +29,7 @@ from jaxdet.cli import load_config
 from jaxdet.data import ShapesConfig, dataset_to_coco, make_shapes
 from jaxdet.data.transforms import resized_hw
 from jaxdet.ops.nms import Detections
-from jaxdet.training import loop
+from jaxdet.evaluation import run as evaluation
 from jaxdet.training.state import create_train_state
 from test_eval_voc import _devkit_class_ap
 
@@ -60,7 +60,7 @@ def _dataset(config):
 
 
 def _install_fake(monkeypatch, config, dataset, detections_of):
-    """Replaces loop.predict: batch after batch in dataset order, `detections_of(index, record)`
+    """Replaces evaluation.predict: batch after batch in dataset order, `detections_of(index, record)`
     -> (boxes [n, 4] original pixels, labels [n], scores [n]) for each real slot."""
     records = list(dataset.records)
     seen = {"next": 0, "calls": 0}
@@ -91,7 +91,7 @@ def _install_fake(monkeypatch, config, dataset, detections_of):
         seen["calls"] += 1
         return Detections(boxes=boxes, scores=scores, labels=labels, valid=valid)
 
-    monkeypatch.setattr(loop, "predict", fake_predict)
+    monkeypatch.setattr(evaluation, "predict", fake_predict)
     return seen
 
 
@@ -99,7 +99,7 @@ def _evaluate(monkeypatch, tmp_path, state, resized, detections_of):
     config = _config(resized)
     dataset = _dataset(config)
     seen = _install_fake(monkeypatch, config, dataset, detections_of)
-    metrics = loop.evaluate(config, state, dataset, str(tmp_path), show_progress=False)
+    metrics = evaluation.evaluate(config, state, dataset, str(tmp_path), show_progress=False)
     assert seen == {"next": 9, "calls": 3}  # 3 batches of 3 over 8 images
     assert metrics["eval_images"] == NUM_IMAGES
     return dataset, metrics

@@ -139,17 +139,17 @@ def _run_simulated(out_dir: str) -> None:
         arrays[f"predict_mesh_{field}"] = np.asarray(getattr(on_mesh, field))
         arrays[f"predict_one_{field}"] = np.asarray(getattr(on_one, field))
 
-    # `jaxdet.training.loop.detect` (evaluation) on the state replicated over 4 devices splits each
+    # `jaxdet.evaluation.run.detect` on the state replicated over 4 devices splits each
     # batch over them; on the single-device state it runs on that device.
-    from jaxdet.training import loop
+    from jaxdet.evaluation import run as evaluation
 
     test_set = load_dataset(config, "test")
     for name, source in (("4", state4), ("1", state1)):
-        found, _ = loop.detect(config, source, test_set, show_progress=False, batch_size=4)
+        found, _ = evaluation.detect(config, source, test_set, show_progress=False, batch_size=4)
         arrays[f"detect_{name}_counts"] = np.array([len(d["scores"]) for d in found])
         arrays[f"detect_{name}_scores"] = np.concatenate([d["scores"] for d in found])
         arrays[f"detect_{name}_boxes"] = np.concatenate([d["boxes"] for d in found])
-    results["detect_mesh_devices"] = loop._local_detection_mesh(state4, 4).devices.size
+    results["detect_mesh_devices"] = evaluation._local_detection_mesh(state4, 4).devices.size
 
     # The op alone, forward and backward, on a batch split over the mesh: with the mesh in context
     # ("partitioned"), and the control without it, which the partitioner handles by gathering.

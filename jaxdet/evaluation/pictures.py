@@ -150,3 +150,19 @@ def plot_pr_curves(
     axes.set_title(title if title is not None else f"mAP {result.get('map', float('nan')):.4f}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, format="png")
+
+
+def picture_grid(tiles: Sequence[Image.Image], path: str, *, columns: int = 4, gap: int = 4) -> None:
+    """Saves `tiles` (e.g. `draw_detections` pictures) as one PNG, row by row, `columns` to a row,
+    each in a cell of the largest tile's size, `gap` dark pixels between them; nothing for no tiles."""
+    if not tiles:
+        return
+    columns = min(columns, len(tiles))
+    rows = -(-len(tiles) // columns)
+    cell_w, cell_h = max(t.width for t in tiles), max(t.height for t in tiles)
+    grid = Image.new("RGB", (columns * cell_w + (columns + 1) * gap, rows * cell_h + (rows + 1) * gap), (32, 32, 32))
+    for k, tile in enumerate(tiles):
+        r, c = divmod(k, columns)
+        grid.paste(tile, (gap + c * (cell_w + gap), gap + r * (cell_h + gap)))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    grid.save(path, format="PNG")

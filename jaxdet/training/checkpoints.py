@@ -8,6 +8,8 @@ continues the same loss curve: the same parameters and momentum, the same keys
 Atomicity: orbax writes each checkpoint into a temporary directory and renames it into place
 when complete, so a process killed while saving leaves the previous checkpoints intact and
 `latest_step` never sees the partial one (which the next manager deletes in the background).
+
+`restore_trained(config, workdir)` is the state of a run's checkpoint, for evaluation and prediction.
 """
 
 import os
@@ -15,9 +17,11 @@ from typing import Any, Mapping, Optional, Tuple
 
 import flax.serialization
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
-from jaxdet.training.state import TrainState
+from jaxdet import workdir as run_files
+from jaxdet.training.state import TrainState, create_train_state
 
 STATE, DATA = "state", "data"
 
@@ -94,3 +98,31 @@ def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState, *,
         DATA: ocp.args.JsonRestore(),
     }))
     return flax.serialization.from_state_dict(state, restored[STATE]), dict(restored[DATA] or {})
+
+
+def restore_trained(config: ml_collections.ConfigDict, workdir: str, *, step: Optional[int] = None) -> TrainState:
+    """The TrainState of the checkpoint of a run in `workdir` (the latest if `step` is None).
+
+    Raises:
+      FileNotFoundError: workdir has no checkpoint (or not that step: the message lists those there).
+    """
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.model.pretrained = ""  # the checkpoint holds every weight
+    directory = run_files.checkpoint_dir(workdir)
+    no_checkpoints = f"no checkpoints in {workdir}: train there first (jaxdet train --workdir {workdir})"
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(no_checkpoints)
+    manager = checkpoint_manager(directory, keep=1000)
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise FileNotFoundError(no_checkpoints)
+        if step is not None and step not in steps:
+            raise FileNotFoundError(
+                f"no checkpoint of step {step} in {directory}; the run's checkpoints are of step"
+                f"{'s' if len(steps) > 1 else ''} {', '.join(str(s) for s in steps)} (a run keeps only its last "
+                f"config.train.keep_checkpoints): pass --step with one of them, or no --step for the latest")
+        state, _ = restore_checkpoint(manager, create_train_state(config, jax.random.key(0)), step=step)
+    finally:
+        manager.close()
+    return state

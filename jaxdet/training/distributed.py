@@ -166,6 +166,11 @@ class ProcessShard(NamedTuple):
     shard_index: int  # this process's index
 
 
+def is_main_process() -> bool:
+    """Whether this process writes the run's files (the first of several, or the only one)."""
+    return jax.process_index() == 0
+
+
 def process_shard(global_batch: int) -> ProcessShard:
     """The shard of `global_batch` this process reads (all of it with one process).
 

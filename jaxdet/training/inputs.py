@@ -22,7 +22,7 @@ import os
 import ml_collections
 
 from jaxdet.data import (DataError, Dataset, InputPipeline, ShapesConfig, VOC_CLASSES, attach_proposals,
-                         concat_datasets, make_shapes, read_coco, read_voc)
+                         concat_datasets, make_shapes, read_coco, read_voc, write_shapes)
 
 DATASETS = ("shapes", "voc", "coco")
 SPLITS = ("train", "test")
@@ -40,7 +40,7 @@ def _require(path: str, what: str, dataset: str) -> None:
     if not os.path.exists(path):
         raise DatasetNotFound(
             f"the {dataset} dataset was not found: {what} {path!r} does not exist. Point "
-            f"--config.data.root at the directory that holds it"
+            f"config.data.root at the directory that holds it"
             + (" (for the synthetic shapes, `jaxdet make-shapes --out DIR` writes one, or leave "
                "data.root empty to generate them in memory)" if dataset == "shapes" else "")
             + "; nothing is ever downloaded.")
@@ -62,11 +62,30 @@ def load_dataset(config: ml_collections.ConfigDict, split: str) -> Dataset:
         path = _get(config.data, "proposals", "")
         if not path:
             raise DatasetNotFound("Fast R-CNN trains and detects on proposals given with the images: set "
-                                  "--config.data.proposals=FILE, an .npz of [P, 4] xyxy boxes per image source_id "
+                                  "config.data.proposals=FILE, an .npz of [P, 4] xyxy boxes per image source_id "
                                   "(jaxdet.data.save_proposals writes one, e.g. from a trained RPN).")
         _require(path, "the proposals file", config.data.dataset)
         dataset = attach_proposals(dataset, path)
     return dataset
+
+
+def shapes_splits(config: ml_collections.ConfigDict) -> dict:
+    """{"train": (num_train, train_seed), "test": (num_test, test_seed)} of a shapes config's `data`."""
+    data = config.data
+    return {"train": (int(data.num_train), int(data.train_seed)), "test": (int(data.num_test), int(data.test_seed))}
+
+
+def write_shapes_dataset(config: ml_collections.ConfigDict, out: str, *, format: str = "voc") -> dict:
+    """Writes the shapes sets of `config.data` (train and held-out test) into `out`, in the "voc" or
+    "coco" layout the readers take; returns the splits' locations (see `jaxdet.data.write_shapes`).
+
+    Raises:
+      ValueError: not a shapes config.
+    """
+    if config.data.dataset != "shapes":
+        raise ValueError(f"writing the shapes dataset needs a shapes config (config.data.dataset=shapes), got "
+                         f"{config.data.dataset!r}")
+    return write_shapes(out, shapes_splits(config), format=format, config=_shapes_config(config.data))
 
 
 def _read(config: ml_collections.ConfigDict, split: str) -> Dataset:
@@ -87,7 +106,7 @@ def _read(config: ml_collections.ConfigDict, split: str) -> Dataset:
         _require(os.path.join(root, "ImageSets", "Main", f"{split}.txt"), "the split list", kind)
         return read_voc(root, split, class_names=shapes.classes, **checks)
     if not root:
-        raise DatasetNotFound(f"the {kind} dataset needs a location: set --config.data.root=DIR "
+        raise DatasetNotFound(f"the {kind} dataset needs a location: set config.data.root=DIR "
                               f"(the {'VOCdevkit' if kind == 'voc' else 'COCO'} directory); nothing is "
                               "ever downloaded.")
     _require(root, "data.root", kind)
@@ -111,23 +130,12 @@ def _read(config: ml_collections.ConfigDict, split: str) -> Dataset:
     return dataset
 
 
-def class_names(config: ml_collections.ConfigDict, dataset: Dataset | None = None) -> tuple:
-    """The class names the model's labels stand for (from the dataset when given)."""
-    if dataset is not None:
-        return tuple(dataset.class_names)
-    if config.data.dataset == "shapes":
-        return _shapes_config(config.data).classes
-    if config.data.dataset == "voc":
-        return VOC_CLASSES
-    raise ValueError(f"class names of a {config.data.dataset!r} dataset come from the dataset itself")
-
-
 def check_num_classes(config: ml_collections.ConfigDict, dataset: Dataset) -> None:
     """ValueError when the model's `num_classes` differs from the dataset's."""
     if config.model.num_classes != dataset.num_classes:
         raise ValueError(f"model.num_classes is {config.model.num_classes} but the dataset has "
                          f"{dataset.num_classes} classes {dataset.class_names}; set "
-                         f"--config.model.num_classes={dataset.num_classes}")
+                         f"config.model.num_classes={dataset.num_classes}")
 
 
 def _max_proposals(config: ml_collections.ConfigDict) -> int | None:

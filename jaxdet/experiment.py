@@ -1,0 +1,74 @@
+"""A whole experiment in a work directory, as the `jaxdet` commands run one: train then evaluate
+(`train_and_evaluate`), evaluate a run's checkpoint again (`evaluate_checkpoint`), and the demo's
+data (`demo_data`). The layers it ties together, each crossed once: `jaxdet.training.loop` trains,
+`jaxdet.evaluation.run` evaluates, `jaxdet.workdir` names the files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any, Sequence
+
+import ml_collections
+
+from jaxdet import reporting, workdir as run_files
+from jaxdet.evaluation import run as evaluation
+from jaxdet.training import distributed, loop, parallel
+from jaxdet.training.checkpoints import restore_trained
+from jaxdet.training.inputs import load_dataset, shapes_splits, write_shapes_dataset
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
+                       devices: Sequence[Any] | None = None, show_progress: bool = True) -> dict:
+    """Trains (`jaxdet.training.loop.train`), draws the loss curve, and evaluates the final model on
+    the held-out split (`jaxdet.evaluation.run.evaluate`).
+
+    Returns:
+      metrics.json's content: the evaluation's figures plus train_seconds, first_step_seconds,
+      train_images_per_second, steps, start_step, batch_size, batch_layout and devices.
+    """
+    result = loop.train(config, workdir, resume=resume, devices=devices, show_progress=show_progress)
+    figures = {
+        "train_seconds": result.train_seconds,
+        "first_step_seconds": result.first_step_seconds,
+        "train_images_per_second": result.images_per_second,
+        "steps": result.final_step,
+        "start_step": result.start_step,
+        "batch_size": int(config.train.batch_size),
+        "batch_layout": result.layout,
+        "devices": [str(d) for d in result.state.step.sharding.device_set],
+    }
+    if distributed.is_main_process():
+        reporting.plot_loss_curve(run_files.read_train_log(workdir), os.path.join(workdir, run_files.LOSS_CURVE))
+        run_files.update_metrics_file(workdir, figures)
+    metrics = evaluation.evaluate(config, result.state, load_dataset(config, "test"), workdir,
+                                  show_progress=show_progress)
+    return {**figures, **metrics}
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
+                        split: str = "test", devices: Sequence[Any] | None = None,
+                        show_progress: bool = True) -> dict:
+    """Evaluates a run's checkpoint (the latest unless `step`) on the config's `split`, replicated
+    over `devices` (default all), writing the evaluation's files into `workdir` again."""
+    state = parallel.replicate(restore_trained(config, workdir, step=step), parallel.make_mesh(devices=devices))
+    return evaluation.evaluate(config, state, load_dataset(config, split), workdir, show_progress=show_progress)
+
+
+def demo_data(config: ml_collections.ConfigDict, workdir: str) -> tuple:
+    """The demo's shapes sets (`config.data`) under `workdir/data`, written unless the same ones are
+    already there (`jaxdet.workdir.data_is_stamped`).
+
+    Returns:
+      (the dataset's root, whether it was already there).
+    """
+    root = os.path.join(workdir, run_files.DATA)
+    stamp = {"shapes": dict(config.data.shapes.to_dict()), "splits": shapes_splits(config)}
+    if run_files.data_is_stamped(workdir, stamp):
+        return root, True
+    if os.path.isdir(root):
+        shutil.rmtree(root)
+    write_shapes_dataset(config, root)
+    run_files.stamp_data(workdir, stamp)
+    return root, False
