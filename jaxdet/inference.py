@@ -1,15 +1,15 @@
 """Detection with a trained Fast or Faster R-CNN: fixed-size, jit-compiled, then per-image lists.
 
 `predict` runs the test-time pipeline of the paper on a padded batch: RPN proposals (6000
-pre-NMS, 300 post-NMS at IoU 0.7), the RoI head, class-specific decoding of each RoI with the
-box stds, clipping to the image, softmax scores above 0.05, per-class NMS at IoU 0.3 and the
+pre-NMS, 300 post-NMS at IoU 0.7; `jaxdet.proposals`), the RoI head, class-specific decoding
+of each RoI with the model's `box_stds`, clipping to the image, softmax scores above 0.05, per-class NMS at IoU 0.3 and the
 100 best detections per image. Its output has fixed shapes with a `valid` mask;
 `detections_to_lists` turns it into per-image numpy arrays in original-image coordinates.
 """
 
 import dataclasses
 import functools
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +27,6 @@ class TestSettings:
     """Static numbers of detection (defaults: the paper's test settings).
 
     pre_nms, post_nms, rpn_nms_iou, min_size: the proposal layer at test time.
-    box_stds: the stds the RoI head's deltas were normalised with in training.
     score_threshold, nms_iou, max_detections: post-processing per image.
     """
 
@@ -35,7 +34,6 @@ class TestSettings:
     post_nms: int = 300
     rpn_nms_iou: float = 0.7
     min_size: float = 16.0
-    box_stds: Tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     score_threshold: float = 0.05
     nms_iou: float = 0.3
     max_detections: int = 100
@@ -81,7 +79,7 @@ def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: ja
 
     head = model.apply(variables, features, rois, method=model.classify)
     deltas = head.deltas[:, :, 1:]  # [N, R, K, 4], background dropped
-    boxes = decode_boxes(deltas, jnp.broadcast_to(rois[:, :, None, :], deltas.shape), stds=settings.box_stds)
+    boxes = decode_boxes(deltas, jnp.broadcast_to(rois[:, :, None, :], deltas.shape), stds=model.box_stds)
     boxes = clip_boxes(boxes, image_hw[:, None, None, :])
     scores = jax.nn.softmax(head.logits, axis=-1)[:, :, 1:]  # [N, R, K]
     # Padding RoIs score below any threshold, so they are never detections.

@@ -10,6 +10,7 @@ import pytest
 
 from jaxdet.models import (VGG16, BoxPredictor, FastRCNN, FasterRCNN, FCHead, ResNet50C4, ResNet50C5Head, RPNHead,
                            TinyResNetC4, TinyResNetC5Head, TinyVGG)
+from jaxdet.inference import TestSettings, predict
 from jaxdet.ops.anchors import anchor_grid
 from xla_ops import roi_pool_reference
 
@@ -140,6 +141,26 @@ def test_fast_rcnn_shares_the_head_without_an_rpn(tiny):
     head = jax.jit(fast.apply)(shared, images, rois)
     _, ref = jax.jit(faster.apply)(variables, images, rois)
     np.testing.assert_array_equal(head.logits, ref.logits)
+
+
+def test_detection_decodes_with_the_models_box_coding(tiny):
+    faster, variables, images, rois = tiny
+    params = {k: v for k, v in variables["params"].items() if k != "rpn"}
+    # Every RoI predicts the deltas (1, 0, 0, 0) for every class: a shift right by stds[0] widths.
+    bbox_pred = params["predictor"]["bbox_pred"]
+    params["predictor"] = {**params["predictor"], "bbox_pred": {
+        "kernel": jnp.zeros_like(bbox_pred["kernel"]), "bias": jnp.tile(jnp.array([1.0, 0, 0, 0]), 4)}}
+    image_hw = jnp.array([[64, 96], [64, 96]], jnp.int32)
+    flat = np.asarray(rois).reshape(-1, 4)
+    for stds in ((0.1, 0.1, 0.2, 0.2), (0.5, 1.0, 1.0, 1.0)):
+        fast = FastRCNN(backbone=faster.backbone, box_head=faster.box_head, num_classes=3, box_stds=stds)
+        found = predict(fast, {"params": params}, images, image_hw, proposals=rois,
+                        settings=TestSettings(score_threshold=0.0, max_detections=6))
+        shift = stds[0] * (flat[:, 2] - flat[:, 0])
+        expected = np.clip(flat + np.stack([shift, 0 * shift, shift, 0 * shift], 1), 0, [96, 64, 96, 64])
+        boxes = np.asarray(found.boxes)[np.asarray(found.valid)]
+        assert len(boxes) > 0
+        assert np.all(np.min(np.max(np.abs(boxes[:, None] - expected[None]), axis=-1), axis=1) < 1e-4)
 
 
 @pytest.mark.parametrize("backbone, frozen, trained", [

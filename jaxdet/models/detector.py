@@ -1,7 +1,8 @@
 """Fast and Faster R-CNN: a backbone, (an RPN,) RoI max pooling and a shared RoI head.
 
-The modules hold parameters and wiring only; target assignment, sampling, proposals and losses
-are the pure functions of `jaxdet.targets` and `jaxdet.losses`, put together by
+The modules hold parameters, wiring and the box coding of their outputs only; target
+assignment, sampling, proposals and losses are the pure functions of `jaxdet.targets`,
+`jaxdet.proposals` and `jaxdet.losses`, put together by
 `jaxdet.training.step` (training) and `jaxdet.inference` (detection). Each stage is a method,
 so a script calls `model.apply(variables, images, method=model.extract)` and so on:
 
@@ -10,7 +11,7 @@ so a script calls `model.apply(variables, images, method=model.extract)` and so 
   classify(features, rois [N, R, 4] xyxy input pixels, train) -> HeadOutputs(
       logits [N, R, K + 1], deltas [N, R, K + 1, 4])
 
-`anchors(feature_hw)` needs no parameters: it is called on the unbound module.
+`anchors(feature_hw)` and `box_stds` need no parameters: they are read from the unbound module.
 """
 
 from typing import Any, Sequence, Tuple
@@ -28,15 +29,19 @@ Dtype = Any
 
 
 class FastRCNN(nn.Module):
-    """Fast R-CNN (`000_*`, `003_*`): RoIs come from outside (selective search, a saved RPN).
+    """Fast R-CNN (Girshick 2015): RoIs come from outside (selective search, a saved RPN).
 
     Attributes:
       backbone: a module of `jaxdet.models.backbones` (has `stride`, `is_frozen`).
       box_head: pooled features [..., ph, pw, C] -> [..., D] (`FCHead`, `ResNetC5Head`).
       num_classes: K object classes; the head predicts K + 1 with background = 0.
       pooled_size: (ph, pw) of RoI pooling (7x7 for VGG16's fc6).
-      roi_rounding: the RoI pooling op's `rounding` ("none": the seed kernel's arithmetic;
-        "round": Caffe / torchvision).
+      roi_rounding: the RoI pooling op's `rounding` ("none": coordinates scaled without
+        rounding; "round": Caffe / torchvision).
+      box_stds: the coding of the head's class-specific deltas: (tx, ty, tw, th) divided by
+        these (Girshick 2015's normalised regression targets; py-faster-rcnn's
+        BBOX_NORMALIZE_STDS, the inverses of torchvision's box coder weights (10, 10, 5, 5)).
+        Training encodes the head's targets and detection decodes its deltas with them.
       dtype: computation dtype of the RPN and the predictor (backbone and box head carry their own).
     """
 
@@ -45,6 +50,7 @@ class FastRCNN(nn.Module):
     num_classes: int
     pooled_size: Tuple[int, int] = (7, 7)
     roi_rounding: str = "none"
+    box_stds: Tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -73,7 +79,7 @@ class FastRCNN(nn.Module):
 
 
 class FasterRCNN(FastRCNN):
-    """Faster R-CNN (`001_*`): Fast R-CNN whose RoIs come from a region proposal network.
+    """Faster R-CNN (Ren et al. 2015): Fast R-CNN whose RoIs come from a region proposal network.
 
     Attributes (beyond FastRCNN's):
       anchor_scales: anchor sizes in units of the backbone stride (8, 16, 32 for VGG16).

@@ -82,7 +82,8 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
         # Detectron's C4: res5 halves 14x14 pooled RoIs to 7x7; with 7x7 pooling it keeps stride 1.
         box_head = res5_cls(strides=2 if min(m.pooled_size) >= 14 else 1, dtype=dtype)
     common = dict(backbone=backbone, box_head=box_head, num_classes=m.num_classes,
-                  pooled_size=tuple(m.pooled_size), roi_rounding=m.roi_rounding, dtype=dtype)
+                  pooled_size=tuple(m.pooled_size), roi_rounding=m.roi_rounding,
+                  box_stds=tuple(config.roi.box_stds), dtype=dtype)
     kind = _choice("model.kind", m.kind, DETECTORS)
     if kind is FastRCNN:
         return FastRCNN(**common)
@@ -100,7 +101,7 @@ def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
         post_nms=rpn.train_post_nms, rpn_nms_iou=rpn.nms_iou, min_size=rpn.min_size,
         roi_num_samples=roi.num_samples, foreground_fraction=roi.foreground_fraction,
         foreground_iou=roi.foreground_iou, background_iou=tuple(roi.background_iou),
-        box_stds=tuple(roi.box_stds), roi_sigma=roi.sigma, box_normalization=loss.box_normalization,
+        roi_sigma=roi.sigma, box_normalization=loss.box_normalization,
         rpn_box_weight=loss.rpn_box_weight, roi_box_weight=loss.roi_box_weight)
 
 
@@ -108,7 +109,7 @@ def test_settings(config: ml_collections.ConfigDict) -> TestSettings:
     """TestSettings from `config.rpn`, `config.roi` and `config.test`."""
     rpn, test = config.rpn, config.test
     return TestSettings(pre_nms=rpn.test_pre_nms, post_nms=rpn.test_post_nms, rpn_nms_iou=rpn.nms_iou,
-                        min_size=rpn.min_size, box_stds=tuple(config.roi.box_stds),
+                        min_size=rpn.min_size,
                         score_threshold=test.score_threshold, nms_iou=test.nms_iou,
                         max_detections=test.max_detections)
 

@@ -38,12 +38,13 @@ Metrics = Dict[str, jax.Array]
 class TrainSettings:
     """Static numbers of training target assignment and losses (defaults: the paper's VGG16 recipe).
 
-    RPN (`001_*`): anchor sampling and labelling, the proposal layer with training sizes, the
-    smooth-L1 sigma. RoI head (`001_*`, `003_*`): RoI sampling and labelling, the box stds the
-    regression targets are divided by, the smooth-L1 sigma. Losses: the box losses are divided
-    by the number of sampled anchors / RoIs ("samples", py-faster-rcnn's normalisation, weight 1)
-    or of positives ("positives", seed 001's N_reg, which it weights by lambda = 10), then
-    multiplied by rpn_box_weight / roi_box_weight in the total.
+    RPN (Ren et al. 2015): anchor sampling and labelling, the proposal layer with training
+    sizes, the smooth-L1 sigma. RoI head (Girshick 2015): RoI sampling and labelling, the
+    smooth-L1 sigma (the box coding of the regression targets is the model's `box_stds`).
+    Losses: the box losses are divided by the number of sampled anchors / RoIs ("samples",
+    py-faster-rcnn's normalisation, weight 1) or of positives ("positives", the paper's N_reg,
+    which it weights by lambda = 10), then multiplied by rpn_box_weight / roi_box_weight in the
+    total.
     """
 
     rpn_num_samples: int = 256
@@ -60,7 +61,6 @@ class TrainSettings:
     foreground_fraction: float = 0.25
     foreground_iou: float = 0.5
     background_iou: Tuple[float, float] = (0.0, 0.5)
-    box_stds: Tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     roi_sigma: float = 1.0
     box_normalization: str = "samples"
     rpn_box_weight: float = 1.0
@@ -125,7 +125,7 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
 
     samples = map_images(functools.partial(
         proposal_targets, num_samples=s.roi_num_samples, foreground_fraction=s.foreground_fraction,
-        foreground_iou=s.foreground_iou, background_iou=tuple(s.background_iou), stds=tuple(s.box_stds)))(
+        foreground_iou=s.foreground_iou, background_iou=tuple(s.background_iou), stds=tuple(model.box_stds)))(
         proposals=rois, proposal_valid=roi_valid, gt_boxes=batch["boxes"], gt_labels=batch["labels"],
         gt_valid=batch["valid"], key=image_keys(roi_key))
     head = model.apply(variables, features, samples.rois, train, method=model.classify,
