@@ -5,10 +5,10 @@ Each returns ``(cls_loss, box_loss)`` scalars; the caller weights and adds them.
 
 Normalisation (``normalize_by``):
   * classification: mean cross entropy over the sampled entries (RPN: label != -1; RoI head:
-    ``valid``), as seed 001's ``F.cross_entropy(..., ignore_index=-1)``.
+    ``valid``), as PyTorch's ``F.cross_entropy(..., ignore_index=-1)``.
   * regression, ``"positives"`` (default): smooth L1 summed over the 4 coordinates of the
-    positive entries, divided by their number, seed 001's ``N_reg``. The seed then weights it by
-    ``lambda = 10`` in the total (``rpn_loss = cls + 10 / N_reg * loc``); that weight is the
+    positive entries, divided by their number, ``N_reg`` of Ren et al. 2015 (eq. 1), which then
+    weights it by ``lambda = 10`` in the total (``cls + 10 / N_reg * loc``); that weight is the
     caller's.
   * regression, ``"samples"``: the same sum divided by the number of sampled entries (256 or 128
     per image), the normalisation of py-faster-rcnn and simple-faster-rcnn, used with weight 1.

@@ -1,9 +1,10 @@
-"""Seed 001's detection algorithms in plain numpy, written step by step as the seed writes them.
+"""The Faster R-CNN steps (Ren et al. 2015) in plain numpy, loop by loop as step-by-step tutorials write them.
 
-The independent reference for tests/test_{boxes,anchors,nms,targets,losses}.py and for
-experiments/bench_targets.py. Loops and variable-size arrays on purpose: nothing here shares
-code with jaxdet. Boxes are xyxy (the seed writes yxyx; only the column order differs), widths
-are ``x2 - x1``. Where jaxdet departs from the seed it is noted here and in jaxdet's docstrings.
+The independent reference for tests/test_{boxes,anchors,nms,proposals,targets,losses}.py and
+for experiments/bench_targets.py. Loops and variable-size arrays on purpose: nothing here shares
+code with jaxdet. Boxes are xyxy (tutorials often write yxyx; only the column order differs),
+widths are ``x2 - x1``. Where jaxdet departs from the plain formulation it is noted here and in
+jaxdet's docstrings.
 """
 
 import numpy as np
@@ -17,7 +18,7 @@ def bbox_area(boxes):
 
 
 def bbox_iou(bbox_a, bbox_b):
-    """[N, 4], [M, 4] -> [N, M] IoU (the seed's utils.bbox_iou), 0 for an empty union."""
+    """[N, 4], [M, 4] -> [N, M] IoU, 0 for an empty union."""
     top_left = np.maximum(bbox_a[:, None, :2], bbox_b[None, :, :2])
     bottom_right = np.minimum(bbox_a[:, None, 2:], bbox_b[None, :, 2:])
     wh = np.maximum(bottom_right - top_left, 0)
@@ -28,7 +29,7 @@ def bbox_iou(bbox_a, bbox_b):
 
 
 def format_loc(anchors, base_anchors):
-    """The seed's format_loc: deltas (tx, ty, tw, th) moving ``anchors`` onto ``base_anchors``."""
+    """Deltas (tx, ty, tw, th) moving ``anchors`` onto ``base_anchors`` (Ren et al. 2015, eq. 2)."""
     width = anchors[:, 2] - anchors[:, 0]
     height = anchors[:, 3] - anchors[:, 1]
     ctr_x = anchors[:, 0] + 0.5 * width
@@ -48,7 +49,7 @@ def format_loc(anchors, base_anchors):
 
 
 def deformat_loc(anchors, formatted_base_anchor):
-    """The seed's deformat_loc: boxes from anchors and deltas (no clamp)."""
+    """Boxes from anchors and deltas, the inverse of format_loc (no clamp)."""
     width = anchors[:, 2] - anchors[:, 0]
     height = anchors[:, 3] - anchors[:, 1]
     ctr_x = anchors[:, 0] + 0.5 * width
@@ -65,10 +66,10 @@ def deformat_loc(anchors, formatted_base_anchor):
 # --- anchors -----------------------------------------------------------------------------
 
 def anchors(feature_map_size, sub_sample=16, anchor_scale=(8, 16, 32), ratio=(0.5, 1, 2)):
-    """The seed's template loop and centre loop, returned as [H * W * 9, 4] xyxy."""
+    """The template loop and the centre loop, returned as [H * W * 9, 4] xyxy."""
     ratio = np.asarray(ratio, np.float64)
     n_ratio = len(ratio)
-    anchor_template = np.zeros((len(anchor_scale) * n_ratio, 4))  # y1, x1, y2, x2 as the seed
+    anchor_template = np.zeros((len(anchor_scale) * n_ratio, 4))  # y1, x1, y2, x2
     for idx, scale in enumerate(anchor_scale):
         h = scale * np.sqrt(ratio) * sub_sample
         w = scale / np.sqrt(ratio) * sub_sample
@@ -92,7 +93,7 @@ def anchors(feature_map_size, sub_sample=16, anchor_scale=(8, 16, 32), ratio=(0.
 # --- NMS ---------------------------------------------------------------------------------
 
 def nms(rois, scores, nms_thresh):
-    """The seed's greedy loop; ``order`` sorted stably so equal scores go by index."""
+    """The greedy loop (py-faster-rcnn's py_cpu_nms); ``order`` sorted stably so equal scores go by index."""
     x1, y1, x2, y2 = rois[:, 0], rois[:, 1], rois[:, 2], rois[:, 3]
     roi_area = bbox_area(rois)
     order_array = np.argsort(-scores, kind="stable")
@@ -129,10 +130,10 @@ def multiclass_nms(boxes, scores, iou_threshold, score_threshold, max_output):
 # --- anchor targets ----------------------------------------------------------------------
 
 def anchor_labels(anchors_xyxy, bbox, image_size, pos_iou_thres=0.7, neg_iou_thred=0.3):
-    """The seed's labelling (before sampling) of [A] anchors; returns (labels [A], locs [A, 4]).
+    """The paper's labelling (before sampling) of [A] anchors; returns (labels [A], locs [A, 4]).
 
     One departure, also jaxdet's: a ground-truth box whose best IoU is 0 makes no anchor
-    positive (the seed's ``ious == gt_max_iou`` would then select every anchor with IoU 0).
+    positive (a plain ``ious == gt_max_iou`` would then select every anchor with IoU 0).
     Locations are computed for inside anchors whose best IoU is above 0, zero elsewhere.
     """
     height, width = image_size
@@ -165,7 +166,7 @@ def anchor_labels(anchors_xyxy, bbox, image_size, pos_iou_thres=0.7, neg_iou_thr
 
 
 def sample_anchor_labels(labels, rng, n_sample_anchors=256, pos_ratio=0.5):
-    """The seed's sampling with np.random.choice (negatives capped at what exists)."""
+    """Sampling with np.random.choice (negatives capped at what exists)."""
     labels = labels.copy()
     pos_index = np.where(labels == 1)[0]
     n_pos_sample = min(len(pos_index), int(n_sample_anchors * pos_ratio))
@@ -182,7 +183,7 @@ def sample_anchor_labels(labels, rng, n_sample_anchors=256, pos_ratio=0.5):
 
 def proposals(anchors_xyxy, locs, objectness, image_size, n_pre_nms, n_post_nms, nms_thresh=0.7,
               min_size=16):
-    """The seed's proposal steps; returns (rois [<= n_post_nms, 4], scores)."""
+    """The proposal layer's steps; returns (rois [<= n_post_nms, 4], scores)."""
     rois = deformat_loc(anchors_xyxy, locs)
     rois[:, 0:4:2] = np.clip(rois[:, 0:4:2], 0, image_size[1])
     rois[:, 1:4:2] = np.clip(rois[:, 1:4:2], 0, image_size[0])
@@ -203,9 +204,9 @@ def proposals(anchors_xyxy, locs, objectness, image_size, n_pre_nms, n_post_nms,
 
 def proposal_candidates(rois, bbox, labels, pos_iou_thresh=0.5, neg_iou_thresh_hi=0.5,
                         neg_iou_thresh_lo=0.0, stds=(0.1, 0.1, 0.2, 0.2)):
-    """The seed's labelling of RoIs (ground truth appended, as jaxdet does) before sampling.
+    """The labelling of RoIs (ground truth appended, as jaxdet does) before sampling.
 
-    Background is ``[lo, hi)`` (the issue's interval; the seed writes ``> lo``).
+    Background is ``[lo, hi)``, py-faster-rcnn's interval (``>= BG_THRESH_LO``).
 
     Returns (rois [R, 4], foreground [R] bool, background [R] bool, class labels [R] with 0 for
     background, normalised locs [R, 4] to the assigned box).
@@ -228,7 +229,7 @@ def proposal_candidates(rois, bbox, labels, pos_iou_thresh=0.5, neg_iou_thresh_h
 
 
 def sample_rois(foreground, background, rng, n_sample=128, pos_ratio=0.25):
-    """The seed's RoI sampling with np.random.choice; returns kept indices, foreground first."""
+    """RoI sampling with np.random.choice; returns kept indices, foreground first."""
     pos_index = np.where(foreground)[0]
     n_pos_sample = min(len(pos_index), int(round(n_sample * pos_ratio)))
     pos_index = rng.choice(pos_index, size=n_pos_sample, replace=False)

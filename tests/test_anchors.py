@@ -1,4 +1,4 @@
-"""Anchors against seed 001: its printed templates, its loops, and its 22500 / 8940 counts."""
+"""Anchors against the 800x800 worked example (its printed templates, 22500 / 8940 counts) and numpy loops."""
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +8,8 @@ import pytest
 import numpy_reference_detection as ref
 from jaxdet.ops import anchor_grid, anchor_templates
 
-# Seed 001's printed anchor_template (y1, x1, y2, x2), scales 8, 16, 32 x ratios 0.5, 1, 2.
-SEED_TEMPLATE_YXYX = np.array([
+# The worked example's printed anchor_template (y1, x1, y2, x2), scales 8, 16, 32 x ratios 0.5, 1, 2.
+TEMPLATE_YXYX = np.array([
     [-45.254834, -90.50966799, 45.254834, 90.50966799],
     [-64., -64., 64., 64.],
     [-90.50966799, -45.254834, 90.50966799, 45.254834],
@@ -23,7 +23,7 @@ SEED_TEMPLATE_YXYX = np.array([
 
 
 def test_templates_are_the_seeds():
-    np.testing.assert_allclose(anchor_templates(), SEED_TEMPLATE_YXYX[:, [1, 0, 3, 2]], rtol=1e-6)
+    np.testing.assert_allclose(anchor_templates(), TEMPLATE_YXYX[:, [1, 0, 3, 2]], rtol=1e-6)
 
 
 def test_800x800_grid_matches_seed_loops_and_counts():

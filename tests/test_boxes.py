@@ -1,4 +1,4 @@
-"""Box geometry against hand-computed cases and the numpy reference (seed 001's formulas)."""
+"""Box geometry against hand-computed cases and the numpy reference (the paper's formulas)."""
 
 import jax
 import jax.numpy as jnp

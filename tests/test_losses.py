@@ -1,4 +1,4 @@
-"""Losses against seed 001's cross entropy and smooth L1 in numpy, and their gradients."""
+"""Losses against cross entropy and smooth L1 in numpy, and their gradients."""
 
 import jax
 import jax.numpy as jnp

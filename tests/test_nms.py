@@ -1,4 +1,4 @@
-"""NMS against seed 001's greedy loop: identical kept indices, in order, on hard inputs."""
+"""NMS against the greedy loop in numpy (py-faster-rcnn's py_cpu_nms): identical kept indices, in order, on hard inputs."""
 
 import functools
 

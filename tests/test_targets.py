@@ -37,8 +37,9 @@ def padded(gt, pad):
 
 # --- anchor labels -----------------------------------------------------------------------
 
-def test_seed_800x800_example_positives():
-    """Seed 001's image: bbox (y1, x1, y2, x2) [20, 30, 400, 500] and [300, 400, 500, 600]."""
+def test_800x800_worked_example_positives():
+    """The tutorials' worked example: VGG16 at stride 16 on an 800x800 image, bbox (y1, x1, y2, x2)
+    [20, 30, 400, 500] and [300, 400, 500, 600]."""
     anchors = np.asarray(anchor_grid((50, 50)))
     gt = np.array([[30, 20, 500, 400], [400, 300, 600, 500]], np.float32)
     got = label_anchors_jit(anchors=anchors, gt_boxes=gt, gt_valid=np.ones(2, bool),
@@ -46,7 +47,7 @@ def test_seed_800x800_example_positives():
     labels, locs = ref.anchor_labels(anchors, gt, (800, 800))
     np.testing.assert_array_equal(got.labels, labels)
     np.testing.assert_allclose(got.deltas, locs, rtol=1e-4, atol=1e-5)
-    # The seed prints these gt-best anchors (indices among the 8940 inside anchors), 18 in all.
+    # The worked example's gt-best anchors (indices among the 8940 inside anchors), 18 in all.
     inside = np.where((anchors[:, :2] >= 0).all(axis=1) & (anchors[:, 2:] <= 800).all(axis=1))[0]
     positive_inside = np.where(np.asarray(got.labels)[inside] == 1)[0]
     np.testing.assert_array_equal(positive_inside, [

@@ -129,7 +129,7 @@ class ResNetC4(nn.Module):
     """ResNet trunk up to res4 ("C4"): stride 16, `16 * width` channels (1024 for ResNet-50).
 
     The res5 stage runs on pooled RoI features in the head (`jaxdet.models.roi_head.ResNetC5Head`),
-    the pattern of `004_*` and of the ResNet Faster R-CNN.
+    the C4 pattern of the ResNet Faster R-CNN (He et al. 2016; detectron2's Res5ROIHeads).
 
     Attributes:
       stage_sizes: number of bottleneck blocks of res2, res3, res4.

@@ -2,8 +2,9 @@
 
 A box head maps pooled features [..., ph, pw, C] to vectors [..., D]: `FCHead` (VGG16's fc6
 and fc7, 4096 wide) or `ResNetC5Head` (the res5 stage on the pooled features, then global
-average pooling, the `004_*` pattern). `BoxPredictor` then gives K + 1 class logits
-(background = 0) and (K + 1) x 4 deltas. `FastRCNN` and `FasterRCNN` share them.
+average pooling: the C4 head of He et al. 2016, detectron2's Res5ROIHeads). `BoxPredictor` then
+gives K + 1 class logits (background = 0) and (K + 1) x 4 deltas. `FastRCNN` and `FasterRCNN`
+share them.
 """
 
 import functools

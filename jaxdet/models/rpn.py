@@ -1,4 +1,4 @@
-"""The region proposal network head of `001_*`: features -> per-anchor objectness and deltas."""
+"""The region proposal network head (Ren et al. 2015, sec. 3.1): features -> per-anchor objectness and deltas."""
 
 from typing import Any, NamedTuple
 
@@ -42,7 +42,7 @@ class RPNHead(nn.Module):
             kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros)
         x = nn.relu(conv(self.channels, (3, 3), "conv")(features))
         n, h, w, _ = x.shape
-        # The channel axis is (anchor, 2) and (anchor, 4): the seed's permute + view.
+        # The channel axis is (anchor, 2) and (anchor, 4), so the reshape gives (y, x, anchor) order.
         logits = conv(2 * self.num_anchors, (1, 1), "cls_logits")(x).reshape(n, h * w * self.num_anchors, 2)
         deltas = conv(4 * self.num_anchors, (1, 1), "bbox_deltas")(x).reshape(n, h * w * self.num_anchors, 4)
         return RPNOutputs(logits.astype(jnp.float32), deltas.astype(jnp.float32))

@@ -1,10 +1,11 @@
 """Box geometry: area, pairwise IoU, clipping, and the (tx, ty, tw, th) box coding.
 
-Pixel convention (seed 001, kept everywhere in jaxdet): boxes are ``(x1, y1, x2, y2)`` in
-continuous input-image pixel coordinates, a box covers ``[x1, x2) x [y1, y2)``, so its width is
-``x2 - x1`` and its height ``y2 - y1`` (no ``+ 1``). This is the convention of the seed's anchors
-(a 128-pixel anchor centred at 8 spans ``[-56, 72]``), of its inside-the-image test
-(``x2 <= width``) and of its clipping (to ``[0, width]``, not ``width - 1``).
+Pixel convention (kept everywhere in jaxdet): boxes are ``(x1, y1, x2, y2)`` in continuous
+input-image pixel coordinates, a box covers ``[x1, x2) x [y1, y2)``, so its width is ``x2 - x1``
+and its height ``y2 - y1`` (no ``+ 1``, as torchvision and detectron2; py-faster-rcnn adds 1).
+This is the convention of the anchors (a 128-pixel anchor centred at 8 spans ``[-56, 72]``), of
+the inside-the-image test (``x2 <= width``) and of clipping (to ``[0, width]``, not
+``width - 1``).
 
 Boxes with ``x2 <= x1`` or ``y2 <= y1`` are degenerate: their area is 0 and their IoU with any
 box, themselves included, is 0.

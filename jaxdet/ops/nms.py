@@ -1,7 +1,8 @@
 """Greedy non-maximum suppression with fixed-size outputs, under jit and vmap.
 
-The result is exactly the classic greedy algorithm's (seed 001: take the highest-scoring
-remaining box, drop every remaining box whose IoU with it is above the threshold, repeat),
+The result is exactly the classic greedy algorithm's (py-faster-rcnn's ``py_cpu_nms``,
+``torchvision.ops.nms``: take the highest-scoring remaining box, drop every remaining box whose
+IoU with it is above the threshold, repeat),
 with equal scores broken by the lower index, truncated to the first ``max_output`` kept boxes.
 
 How, without an [M, M] IoU matrix: boxes are sorted once and visited in blocks of
