@@ -6,7 +6,7 @@ Presets:
 Each row is one (batch size, compute dtype, RoI pooling implementation); rows of one run are
 measured back to back so that their ratios mean something on a shared machine. "ffi" is the
 native custom call, "reference" the pure-jnp RoI pooling (the same model otherwise). With
---torchvision (needs torch and torchvision, meant for GPUs), torchvision's FasterRCNN with a
+--torchvision (needs torch and torchvision, meant for GPUs: on the device JAX uses), torchvision's FasterRCNN with a
 VGG16 trunk and the same settings (RoIPool 7x7 at 1/16, anchors 128/256/512 x 3 ratios,
 12000/2000 and 6000/300 proposals, 256/128 samples, SGD momentum) is timed in the same run.
 
@@ -29,7 +29,8 @@ import numpy as np
 import jaxdet.models.detector as detector_module
 from jaxdet.configs import load_config
 from jaxdet.inference import predict
-from jaxdet.training import create_train_state, test_settings
+from jaxdet.settings import DetectorSettings
+from jaxdet.training import create_train_state
 from jaxdet.training.step import step_key, train_step
 from xla_ops import roi_pool
 
@@ -79,7 +80,7 @@ def bench_jaxdet(config, batch, steps, impl, with_predict=True):
     if not with_predict:
         return compile_train, train_ips, None, None
 
-    settings = test_settings(config)
+    settings = DetectorSettings.from_config(config)
     run = lambda: predict(state.model, state.variables, batch["images"], batch["image_hw"],  # noqa: E731
                           image_scale=batch["scale"], settings=settings)
     compile_predict = seconds(lambda: predict.lower(state.model, state.variables, batch["images"],
@@ -104,15 +105,21 @@ def bench_torchvision(config, batch, steps, dtype, with_predict=True):
     from torchvision.models.detection.rpn import AnchorGenerator
 
     class RoIPoolAdapter(torch.nn.Module):
-        """FasterRCNN calls box_roi_pool(features dict, proposals, image_sizes)."""
+        """RoIPool as RoIHeads calls its box_roi_pool: (features dict, proposals, image_sizes).
+        FasterRCNN's constructor accepts only a MultiScaleRoIAlign there, so it is put in after.
+        It pools in float32 under bfloat16 autocast, as torchvision's autocast rule for roi_pool
+        does on CUDA (its CPU kernel has no bfloat16)."""
 
         def __init__(self):
             super().__init__()
             self.pool = torchvision.ops.RoIPool((7, 7), 1 / 16)
 
         def forward(self, features, proposals, image_sizes):
-            return self.pool(features["0"], proposals)
+            return self.pool(features["0"].float(), [p.float() for p in proposals])
 
+    # On the device JAX uses: the GPU where there is one (the CPU only for a smoke test).
+    device = "cuda" if jax.default_backend() == "gpu" else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rpn, roi = config.rpn, config.roi
     trunk = torchvision.models.vgg16().features[:30]
     for p in trunk[:10].parameters():  # conv1-conv2 frozen, as ours
@@ -126,17 +133,19 @@ def bench_torchvision(config, batch, steps, dtype, with_predict=True):
         rpn_pre_nms_top_n_train=rpn.train_pre_nms, rpn_post_nms_top_n_train=rpn.train_post_nms,
         rpn_pre_nms_top_n_test=rpn.test_pre_nms, rpn_post_nms_top_n_test=rpn.test_post_nms,
         rpn_nms_thresh=rpn.nms_iou, rpn_batch_size_per_image=rpn.num_samples,
-        rpn_positive_fraction=rpn.positive_fraction, box_roi_pool=RoIPoolAdapter(),
+        rpn_positive_fraction=rpn.positive_fraction,
         box_head=TwoMLPHead(512 * 7 * 7, 4096), box_predictor=FastRCNNPredictor(4096, config.model.num_classes + 1),
         box_batch_size_per_image=roi.num_samples, box_positive_fraction=roi.foreground_fraction,
         box_score_thresh=config.test.score_threshold, box_nms_thresh=config.test.nms_iou,
-        box_detections_per_img=config.test.max_detections).cuda()
-    images = list(torch.from_numpy(batch["images"]).permute(0, 3, 1, 2).cuda())
-    targets = [{"boxes": torch.from_numpy(b[v]).cuda(), "labels": torch.from_numpy(l[v]).long().cuda() + 1}
+        box_detections_per_img=config.test.max_detections)
+    model.roi_heads.box_roi_pool = RoIPoolAdapter()
+    model.to(device)
+    images = list(torch.from_numpy(batch["images"]).permute(0, 3, 1, 2).to(device))
+    targets = [{"boxes": torch.from_numpy(b[v]).to(device), "labels": torch.from_numpy(l[v]).long().to(device) + 1}
                for b, l, v in zip(batch["boxes"], batch["labels"], batch["valid"])]
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9,
                                 weight_decay=5e-4)
-    autocast = functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+    autocast = functools.partial(torch.autocast, device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     def train_once():
         with autocast():
@@ -148,11 +157,11 @@ def bench_torchvision(config, batch, steps, dtype, with_predict=True):
     def timed(fn):
         fn()
         fn()
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         for _ in range(steps):
             fn()
-        torch.cuda.synchronize()
+        sync()
         return steps * len(images) / (time.perf_counter() - start)
 
     model.train()
@@ -179,7 +188,7 @@ def main(argv=None):
     parser.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16"], default=["float32"])
     parser.add_argument("--impls", nargs="+", choices=["ffi", "reference"], default=["ffi"])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per row (after compilation and one warm-up)")
-    parser.add_argument("--torchvision", action="store_true", help="also time torchvision's FasterRCNN (GPU)")
+    parser.add_argument("--torchvision", action="store_true", help="also time torchvision's FasterRCNN on the same device (meant for GPUs)")
     parser.add_argument("--train-only", action="store_true", help="the training step only, no predict")
     parser.add_argument("--out", help="append the table to this markdown file")
     args = parser.parse_args(argv)

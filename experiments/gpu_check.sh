@@ -25,7 +25,7 @@
 # Environment: OUT (default experiments/results/gpu), PY, JAXDET_WHEELS, GPU_CHECK_BUDGET
 # (seconds, default 470).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 gpus=$(nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader 2>/dev/null) || gpus=""
 gpus=$(printf '%s\n' "$gpus" | grep -E ', *[0-9]+\.[0-9]+ *$' || true)
@@ -113,8 +113,8 @@ with open("pyproject.toml", "rb") as f:
     project = tomllib.load(f)
 wanted = (project["build-system"]["requires"] + project["project"]["dependencies"]
           + project["project"]["optional-dependencies"]["test"])
-for requirement in wanted:
-    name = re.match(r"[A-Za-z0-9_.-]+", requirement).group(0)
+by_name = {re.match(r"[A-Za-z0-9_.-]+", r).group(0): r for r in wanted}  # one per package
+for name, requirement in by_name.items():
     try:
         importlib.metadata.version(name)
     except importlib.metadata.PackageNotFoundError:
@@ -128,7 +128,7 @@ install_missing() {
     echo "every requirement of pyproject.toml is installed"
     return 0
   fi
-  echo "missing: $(echo $missing)"
+  echo "missing: ${missing//$'\n'/ }"
   if [ ! -d "$WHEELS" ]; then
     echo "no wheel folder at $WHEELS (set JAXDET_WHEELS; README: Checking a GPU machine)"
     return 1
@@ -201,12 +201,12 @@ failed=0
   echo
   echo "| step | status | seconds |"
   echo "|---|---|---:|"
-  for name in $(cut -d '|' -f 1 "$STATUS" | awk '!seen[$0]++'); do
+  while read -r name; do
     line=$(grep "^$name|" "$STATUS" | tail -n 1)
     status=$(echo "$line" | cut -d '|' -f 2)
     echo "| $name | $status | $(echo "$line" | cut -d '|' -f 3) |"
     case $status in ok*) ;; *) failed=1 ;; esac
-  done
+  done < <(cut -d '|' -f 1 "$STATUS" | awk '!seen[$0]++')
   echo
   echo "## Tests"
   for name in gpu-tests op-tests; do
