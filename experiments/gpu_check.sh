@@ -210,7 +210,8 @@ failed=0
   echo
   echo "## Tests"
   for name in gpu-tests op-tests; do
-    [ -f "$OUT/$name.log" ] && echo "- $name: $(grep -E '(passed|failed|error)' "$OUT/$name.log" | tail -n 1)"
+    [ -f "$OUT/$name.log" ] && echo "- $name: $(grep -E '[0-9]+ (passed|failed|skipped|errors?) ' "$OUT/$name.log" |
+      tail -n 1 | grep . || echo "no pytest summary line (see $name.log)")"
   done
   echo
   echo "## compute-sanitizer (last lines of sanitize.log)"
