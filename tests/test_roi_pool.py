@@ -222,8 +222,10 @@ def test_reference_keeps_products_apart_from_sums():
         if not (plain == fused).all():
             pytest.skip("this CPU's XLA does not contract a * b + c: nothing to show")
         assert (plain != apart).any()
-        ref = jax.jit(lambda a, b, c: reference_module._add(reference_module._mul(a, b), c))
-        assert_same(np.asarray(ref(a, b, c)), apart)
+        mul, add = reference_module._mul, reference_module._add
+        # The forms the reference has: i * bin + start, and x2 - x1 of two products.
+        assert_same(np.asarray(jax.jit(lambda a, b, c: add(mul(a, b), c))(a, b, c)), apart)
+        assert_same(np.asarray(jax.jit(lambda a, b, c: add(mul(c, b), -mul(a, b)))(a, b, c)), c * b - a * b)
 
 
 def test_reference_refuses_output_sizes_its_division_cannot_do_exactly():
