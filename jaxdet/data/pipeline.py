@@ -28,7 +28,7 @@ import numpy as np
 from jaxdet.data.batch import empty_batch
 from jaxdet.data.records import DataError, Dataset, Record, load_image
 from jaxdet.data.transforms import (
-    NORMALIZATIONS,
+    check_normalization,
     flip_boxes,
     hflip,
     normalize,
@@ -88,22 +88,17 @@ class InputPipeline:
         shard_index: int = 0,
         max_proposals: int | None = None,
     ):
-        for name, value in (("batch_size", batch_size), ("max_boxes", max_boxes),
-                            ("num_workers", num_workers), ("prefetch", prefetch),
-                            ("num_shards", num_shards)):
-            if int(value) < 1:
+        counts = {"batch_size": batch_size, "max_boxes": max_boxes, "num_workers": num_workers,
+                  "prefetch": prefetch, "num_shards": num_shards, "max_proposals": max_proposals}
+        for name, value in counts.items():
+            if value is not None and int(value) < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if not 0 <= shard_index < num_shards:
             raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
-        if normalization not in NORMALIZATIONS:
-            raise ValueError(
-                f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}"
-            )
+        check_normalization(normalization)
         if len(dataset) == 0:
             raise ValueError("dataset is empty")
         if max_proposals is not None:
-            if int(max_proposals) < 1:
-                raise ValueError(f"max_proposals must be at least 1, got {max_proposals}")
             lacking = [r.name for r in dataset.records if r.proposals is None]
             if lacking:
                 raise ValueError(

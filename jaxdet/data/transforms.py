@@ -136,6 +136,12 @@ def _rows(image: np.ndarray) -> np.ndarray:
     )
 
 
+def check_normalization(convention: str) -> None:
+    """Raises ValueError unless `convention` is one of NORMALIZATIONS."""
+    if convention not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {convention!r}")
+
+
 def normalize(
     image: np.ndarray, convention: str = "torchvision", *, out: np.ndarray | None = None
 ) -> np.ndarray:
@@ -148,8 +154,7 @@ def normalize(
     Returns:
       [H, W, 3] float32 (`out` when given).
     """
-    if convention not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {convention!r}")
+    check_normalization(convention)
     if out is None:
         out = np.empty(image.shape, np.float32)
     width = image.shape[1]
@@ -180,13 +185,12 @@ def denormalize(image: np.ndarray, convention: str = "torchvision") -> np.ndarra
     Returns:
       [..., H, W, 3] uint8 RGB.
     """
+    check_normalization(convention)
     x = np.asarray(image, np.float32)
     if convention == "torchvision":
         x = (x * TORCHVISION_STD + TORCHVISION_MEAN) * 255.0
-    elif convention == "caffe":
-        x = (x + CAFFE_MEAN_BGR)[..., ::-1]
     else:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {convention!r}")
+        x = (x + CAFFE_MEAN_BGR)[..., ::-1]
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
