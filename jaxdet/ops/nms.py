@@ -115,44 +115,6 @@ def _greedy_nms(boxes, scores, valid, *, iou_threshold, max_output, block_size):
     capacity = -(-max_output // block) * block
     earlier = jnp.arange(block)[:, None] < jnp.arange(block)[None, :]  # [B, B]: row before col
 
-    def suppressed_by_kept(candidates, candidates_area, alive_in_block, count, kept_boxes,
-                           kept_area):
-        """[B] bool: alive candidates overlapping one of the first `count` kept boxes."""
-        def cond(state):
-            chunk, hit = state
-            return (chunk * block < count) & jnp.any(alive_in_block & ~hit)
-
-        def body(state):
-            chunk, hit = state
-            rows = chunk * block + jnp.arange(block)
-            others, others_area = kept_boxes[:, rows], kept_area[rows]  # [4, B], [B]
-            others_valid = rows < count
-            overlap = _overlap_above(candidates, candidates_area, others, others_area,
-                                     iou_threshold) & others_valid[None, :]
-            return chunk + 1, hit | jnp.any(overlap, axis=1)
-
-        _, hit = lax.while_loop(cond, body, (jnp.int32(0), jnp.zeros((block,), bool)))
-        return hit
-
-    def suppress_within(candidates, candidates_area, alive_in_block):
-        """[B] bool: the greedy kept set of one block, given which of its boxes are alive."""
-        overlap = _overlap_above(candidates, candidates_area, candidates, candidates_area,
-                                 iou_threshold) & earlier  # [B, B]
-
-        def sweep(keep):
-            return alive_in_block & ~jnp.any(overlap & keep[:, None], axis=0)
-
-        def cond(state):
-            keep, previous = state
-            return jnp.any(keep != previous)
-
-        def body(state):
-            keep, _ = state
-            return sweep(keep), keep
-
-        keep, _ = lax.while_loop(cond, body, (sweep(alive_in_block), alive_in_block))
-        return keep
-
     def cond(state):
         b, count = state[:2]
         return (b < num_blocks) & (count < max_output) & (b * block < num_valid)
@@ -162,9 +124,9 @@ def _greedy_nms(boxes, scores, valid, *, iou_threshold, max_output, block_size):
         rows = b * block + jnp.arange(block)
         candidates, candidates_area = sorted_boxes[:, rows], sorted_area[rows]  # [4, B], [B]
         alive_in_block = alive[rows]
-        alive_in_block &= ~suppressed_by_kept(candidates, candidates_area, alive_in_block, count,
-                                              kept_boxes, kept_area)
-        keep = suppress_within(candidates, candidates_area, alive_in_block)
+        alive_in_block &= ~_suppressed_by_kept(candidates, candidates_area, alive_in_block, count,
+                                               kept_boxes, kept_area, iou_threshold)
+        keep = _suppress_within(candidates, candidates_area, alive_in_block, earlier, iou_threshold)
         slot = count + jnp.cumsum(keep, dtype=jnp.int32) - 1
         # Kept boxes beyond max_output go to an out-of-range slot and are dropped.
         slot = jnp.where(keep & (slot < max_output), slot, capacity)
@@ -178,6 +140,58 @@ def _greedy_nms(boxes, scores, valid, *, iou_threshold, max_output, block_size):
              jnp.zeros((capacity,), boxes.dtype), jnp.full((capacity,), -1, jnp.int32))
     _, count, _, _, kept_index = lax.while_loop(cond, body, state)
     return kept_index[:max_output], count
+
+
+def _suppressed_by_kept(candidates, candidates_area, alive, count, kept_boxes, kept_area, iou_threshold):
+    """[B] bool: alive candidates overlapping one of the first `count` kept boxes.
+
+    Args:
+      candidates: [4, B] rows x1, y1, x2, y2; candidates_area: [B]; alive: [B] bool.
+      count: int32 scalar; kept_boxes: [4, C] and kept_area: [C], C a multiple of B, compared B
+        at a time until every alive candidate is hit or the kept boxes run out.
+    """
+    block = alive.shape[0]
+
+    def cond(state):
+        chunk, hit = state
+        return (chunk * block < count) & jnp.any(alive & ~hit)
+
+    def body(state):
+        chunk, hit = state
+        rows = chunk * block + jnp.arange(block)
+        others, others_area = kept_boxes[:, rows], kept_area[rows]  # [4, B], [B]
+        others_valid = rows < count
+        overlap = _overlap_above(candidates, candidates_area, others, others_area,
+                                 iou_threshold) & others_valid[None, :]
+        return chunk + 1, hit | jnp.any(overlap, axis=1)
+
+    _, hit = lax.while_loop(cond, body, (jnp.int32(0), jnp.zeros((block,), bool)))
+    return hit
+
+
+def _suppress_within(candidates, candidates_area, alive, earlier, iou_threshold):
+    """[B] bool: the greedy kept set of one block, given which of its boxes are alive.
+
+    Args:
+      candidates: [4, B] rows x1, y1, x2, y2; candidates_area: [B]; alive: [B] bool.
+      earlier: [B, B] bool, True where the row's box comes before the column's.
+    """
+    overlap = _overlap_above(candidates, candidates_area, candidates, candidates_area,
+                             iou_threshold) & earlier  # [B, B]
+
+    def sweep(keep):
+        return alive & ~jnp.any(overlap & keep[:, None], axis=0)
+
+    def cond(state):
+        keep, previous = state
+        return jnp.any(keep != previous)
+
+    def body(state):
+        keep, _ = state
+        return sweep(keep), keep
+
+    keep, _ = lax.while_loop(cond, body, (sweep(alive), alive))
+    return keep
 
 
 def _overlap_above(a, area_a, b, area_b, iou_threshold):
