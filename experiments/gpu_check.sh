@@ -16,6 +16,8 @@
 #               compute capability, e.g. 90 on H100/H200), in place
 #   gpu-tests   pytest -m gpu over tests/ (a skipped GPU test counts as a failure here)
 #   op-tests    the rest of tests/test_roi_pool.py, on the GPU (the reference too)
+#   torchvision whether torch and torchvision are there (without them: the benchmarks below
+#               without their comparisons, and this step failed)
 #   roi-pool    experiments/bench_roi_pool.py --side-by-side --torchvision (roi_pool.md)
 #   nms         experiments/bench_nms.py: NMS of 12000 boxes per block size (nms.md)
 #   demo        `python -m jaxdet demo` trained on the GPU: mAP and time (demo/metrics.json and
@@ -140,10 +142,13 @@ export -f missing_requirements install_missing
 export PYTHON WHEELS
 if [ -n "$PYTHON" ]; then
   step wheels 90 bash -c install_missing
-  for module in torch torchvision; do
-    "$PYTHON" -c "import $module" >/dev/null 2>&1 \
-      || echo "gpu-check: $module is not installed: the torchvision comparisons will fail"
-  done
+  # Without torchvision the benchmarks still run, without their comparisons (a failed step).
+  if "$PYTHON" -c "import torch, torchvision" >/dev/null 2>&1; then
+    torchvision=(--torchvision)
+  else
+    torchvision=()
+    record torchvision "FAILED: torch or torchvision is not installed: no comparisons with them" 0
+  fi
   "$PYTHON" -c 'import jax, jaxlib; print("jax", jax.__version__, "jaxlib", jaxlib.__version__, jax.devices())' \
     >>"$OUT/env.log" 2>&1
   "$PYTHON" -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)' \
@@ -177,7 +182,7 @@ if [ -n "$PYTHON" ]; then
   rm -f "$OUT/roi_pool.md" "$OUT/nms.md" "$OUT/train_step.md"
   # torch shares the GPU with JAX in these processes: JAX takes half of its memory, not 75%.
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 step roi-pool 90 "$PYTHON" experiments/bench_roi_pool.py \
-    --side-by-side --torchvision --rois 128 2000 --repeats 30 --out "$OUT/roi_pool.md"
+    --side-by-side "${torchvision[@]}" --rois 128 2000 --repeats 30 --out "$OUT/roi_pool.md"
   step nms 60 "$PYTHON" experiments/bench_nms.py --repeats 20 --out "$OUT/nms.md"
   # The run (dataset, checkpoints) in a scratch directory; its figures and pictures to $OUT/demo.
   demo_dir=$(mktemp -d)
@@ -186,7 +191,7 @@ if [ -n "$PYTHON" ]; then
   cp "$demo_dir"/*.json "$demo_dir"/*.jsonl "$demo_dir"/*.png "$OUT/demo/" 2>/dev/null
   rm -rf "$demo_dir"
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 step train-step 240 "$PYTHON" experiments/bench_train.py \
-    --preset vgg16 --batch-sizes 1 2 4 --dtypes float32 bfloat16 --impls ffi --torchvision \
+    --preset vgg16 --batch-sizes 1 2 4 --dtypes float32 bfloat16 --impls ffi "${torchvision[@]}" \
     --train-only --steps 10 --out "$OUT/train_step.md"
 fi
 
