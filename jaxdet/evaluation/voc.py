@@ -50,29 +50,8 @@ def eval_detection_voc(
         detections of that class (empty when it has none), for PR curves;
       "num_positives": [C] int, non-difficult ground-truth objects per class.
     """
-    n = len(gt_boxes)
-    lists = {"pred_boxes": pred_boxes, "pred_labels": pred_labels, "pred_scores": pred_scores,
-             "gt_labels": gt_labels}
-    if gt_difficults is not None:
-        lists["gt_difficults"] = gt_difficults
-    for name, values in lists.items():
-        if len(values) != n:
-            raise ValueError(f"{name} has {len(values)} images but gt_boxes has {n}")
-    if gt_difficults is None:
-        gt_difficults = [np.zeros(len(l), bool) for l in gt_labels]
-    images = [
-        _image_arrays(i, pred_boxes[i], pred_labels[i], pred_scores[i], gt_boxes[i], gt_labels[i],
-                      gt_difficults[i])
-        for i in range(n)
-    ]
-    if num_classes is None:
-        seen = [l.max() for im in images for l in (im[1], im[4]) if len(l)]
-        num_classes = int(max(seen)) + 1 if seen else 0
-    for im in images:
-        for labels in (im[1], im[4]):
-            if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
-                raise ValueError(f"labels must be in [0, {num_classes}), got {labels.tolist()}")
-
+    images, num_classes = _checked_images(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels,
+                                          gt_difficults, num_classes)
     # Matching is greedy by score, but only within an image, so each image is matched on its
     # own (in score order, ties in given order) and only the sort for the PR curve is global.
     scores = [[] for _ in range(num_classes)]
@@ -106,6 +85,34 @@ def eval_detection_voc(
     mean_ap = float(np.mean(ap[valid])) if valid.any() else float("nan")
     return {"ap": ap, "map": mean_ap, "precision": precision, "recall": recall,
             "num_positives": num_positives}
+
+
+def _checked_images(pred_boxes, pred_labels, pred_scores, gt_boxes, gt_labels, gt_difficults,
+                    num_classes) -> tuple:
+    """(per-image tuples of `_image_arrays`, C) for `eval_detection_voc`'s arguments, checked."""
+    n = len(gt_boxes)
+    lists = {"pred_boxes": pred_boxes, "pred_labels": pred_labels, "pred_scores": pred_scores,
+             "gt_labels": gt_labels}
+    if gt_difficults is not None:
+        lists["gt_difficults"] = gt_difficults
+    for name, values in lists.items():
+        if len(values) != n:
+            raise ValueError(f"{name} has {len(values)} images but gt_boxes has {n}")
+    if gt_difficults is None:
+        gt_difficults = [np.zeros(len(l), bool) for l in gt_labels]
+    images = [
+        _image_arrays(i, pred_boxes[i], pred_labels[i], pred_scores[i], gt_boxes[i], gt_labels[i],
+                      gt_difficults[i])
+        for i in range(n)
+    ]
+    if num_classes is None:
+        seen = [l.max() for im in images for l in (im[1], im[4]) if len(l)]
+        num_classes = int(max(seen)) + 1 if seen else 0
+    for im in images:
+        for labels in (im[1], im[4]):
+            if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+                raise ValueError(f"labels must be in [0, {num_classes}), got {labels.tolist()}")
+    return images, num_classes
 
 
 def _image_arrays(i, boxes, labels, scores, g_boxes, g_labels, g_diff) -> tuple:
