@@ -56,6 +56,32 @@ def read_coco(
       Dataset; crowd annotations are kept with `iscrowd` True (never training targets), and a
       non-standard `difficult` key, as `write_coco` writes it, is honoured.
     """
+    data = _load_instances(annotation_file)
+    category_ids, class_names = _categories(data, annotation_file)
+    label_of = {cid: k for k, cid in enumerate(category_ids)}
+    log = BadDataLog(on_error)
+    images, by_image = _images_and_annotations(data, annotation_file, log)
+
+    records = []
+    for image_id, (file_name, height, width) in images.items():
+        path = os.path.join(image_dir, file_name)
+        try:
+            record = _record(
+                annotation_file, path, image_id, height, width, by_image[image_id], label_of,
+                class_names, check_images=check_images,
+            )
+        except DataError as e:
+            log.report(e, path)
+            continue
+        if keep_empty or np.any(~record.iscrowd):
+            records.append(record)
+    log.summarise(len(images), annotation_file)
+    return make_dataset(records, class_names, category_ids=category_ids, skipped=log.skipped,
+                        annotation_file=os.path.abspath(annotation_file))
+
+
+def _load_instances(annotation_file: str) -> dict:
+    """The parsed JSON of a COCO instances file, checked to hold its three lists."""
     try:
         with open(annotation_file) as f:
             data = json.load(f)
@@ -70,15 +96,23 @@ def read_coco(
             f"{annotation_file}: not a COCO instances file (needs lists 'images', "
             "'annotations' and 'categories')"
         )
+    return data
+
+
+def _categories(data: dict, annotation_file: str) -> tuple:
+    """(category ids, class names), in id order: label k is the k-th smallest id."""
     try:
         categories = sorted(data["categories"], key=lambda c: c["id"])
         category_ids = [int(c["id"]) for c in categories]
         class_names = [str(c["name"]) for c in categories]
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(f"{annotation_file}: malformed 'categories' ({e!r})") from e
-    label_of = {cid: k for k, cid in enumerate(category_ids)}
+    return category_ids, class_names
 
-    log = BadDataLog(on_error)
+
+def _images_and_annotations(data: dict, annotation_file: str, log: BadDataLog) -> tuple:
+    """({image id: (file_name, height, width)}, {image id: [(index, annotation)]}); an annotation
+    of an unknown image is reported to `log`."""
     images = {}
     for i, image in enumerate(data["images"]):
         try:
@@ -98,23 +132,7 @@ def read_coco(
             )
             continue
         by_image[image_id].append((i, ann))
-
-    records = []
-    for image_id, (file_name, height, width) in images.items():
-        path = os.path.join(image_dir, file_name)
-        try:
-            record = _record(
-                annotation_file, path, image_id, height, width, by_image[image_id], label_of,
-                class_names, check_images=check_images,
-            )
-        except DataError as e:
-            log.report(e, path)
-            continue
-        if keep_empty or np.any(~record.iscrowd):
-            records.append(record)
-    log.summarise(len(images), annotation_file)
-    return make_dataset(records, class_names, category_ids=category_ids, skipped=log.skipped,
-                        annotation_file=os.path.abspath(annotation_file))
+    return images, by_image
 
 
 def _record(annotation_file, path, image_id, height, width, anns, label_of, class_names, *,
