@@ -10,10 +10,11 @@ the bins, the pooled values and the argmax equal the kernels' bit for bit on any
 - The bin size `size / pooled` is the correctly rounded quotient on every backend, although
   XLA's GPU division is not (it is within 2 ulp: `div.full.f32`): `_div` corrects whatever
   quotient the backend gives with residuals computed exactly (`_nearest_quotient`).
- The output is the feature gathered at the argmax, so
-its gradient (JAX's autodiff of that gather) is the kernels' scatter of the cotangent through the
-argmax, ties and NaNs included. As in the kernels, that scatter-add is summed in float32 for the
-half types and rounded to the features' dtype once, at the end.
+
+The output is the feature gathered at the argmax, so its gradient (JAX's autodiff of that
+gather) is the kernels' scatter of the cotangent through the argmax, ties and NaNs included.
+As in the kernels, that scatter-add is summed in float32 for the half types and rounded to the
+features' dtype once, at the end.
 """
 
 from typing import NamedTuple
@@ -77,8 +78,8 @@ def _nearest_quotient(w, p, q0):
     One Newton step with the exact residual, c1 = q0 + (w - q0 * p) / p, lands within a
     relative 2^-36 of w / p, so the float nearest w / p is c1 or one of its two neighbours;
     the one whose exact residual is smallest in magnitude is it. (No tie is possible: a
-    midpoint m between two adjacent floats has 25 significant bits, and p * m, with the same
-    odd part as m times p's, is then no float.)
+    midpoint m between two adjacent floats has 25 significant bits, and so has p * m at least,
+    its odd part being m's times p's: w = p * m would be no float.)
     """
     p32 = jnp.float32(p)
     c1 = q0 + _residual(w, q0, p32) * jnp.float32(1 / p)
@@ -92,13 +93,14 @@ def _nearest_quotient(w, p, q0):
 
 def _div(a, count):
     """Div of roi_pool_bins.h: the correctly rounded a / count (count a Python int in [1,
-    MAX_POOLED_SIZE]), flushed, for every non-negative a and whatever the backend's division.
+    MAX_POOLED_SIZE]), flushed, for every a that is zero or a positive normal float, whatever
+    the backend's division.
 
     a is first scaled by a power of two (exactly) into the range where `_nearest_quotient`'s
     residuals are exact; scaling the quotient back is exact wherever it is a normal float, and
     where it is not, Flush makes it zero, as it does in the kernels. (A quotient that rounds up
     to the smallest normal float from just below it would differ, but no float a and integer
-    count give one: a would need more significant bits than a float has.) A negative, NaN or
+    count give one: a would have to lie between two adjacent floats.) A negative, NaN or
     infinite a, which only an invalid RoI has, gives some value that nothing uses.
     """
     if not 1 <= count <= MAX_POOLED_SIZE:
