@@ -36,6 +36,7 @@ import argparse
 import functools
 import importlib.machinery
 import importlib.util
+import itertools
 import platform
 import statistics
 import sys
@@ -367,17 +368,18 @@ def main():
 
     if args.torchvision and not args.side_by_side:
         parser.error("--torchvision goes with --side-by-side")
-    if args.side_by_side:
+    if args.side_by_side:  # each table printed and appended as soon as it is measured
         lines = [f"### {platform.node()} · JAX {jax.__version__} on {jax.default_backend()} "
                  f"({jax.devices()[0].device_kind})", "",
                  f"Command: `{' '.join([sys.executable.split('/')[-1]] + sys.argv)}`", ""]
-        for num_rois in args.rois:
-            lines += side_by_side_lines(num_rois, args.repeats, args.torchvision) + [""]
-        report = "\n".join(lines)
-        print(report)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(report + "\n")
+        parts = itertools.chain([lines], (side_by_side_lines(n, args.repeats, args.torchvision) + [""]
+                                          for n in args.rois))
+        for part in parts:
+            report = "\n".join(part) + "\n"
+            print(report, flush=True)
+            if args.out:
+                with open(args.out, "a") as f:
+                    f.write(report)
         return
 
     backend = jax.default_backend()

@@ -215,7 +215,7 @@ failed=0
   echo
   echo "## Tests"
   for name in gpu-tests op-tests; do
-    [ -f "$OUT/$name.log" ] && echo "- $name: $(grep -E '[0-9]+ (passed|failed|skipped|errors?) ' "$OUT/$name.log" |
+    [ -f "$OUT/$name.log" ] && echo "- $name: $(grep -E '[0-9]+ (passed|failed|skipped|errors?)\b' "$OUT/$name.log" |
       tail -n 1 | grep . || echo "no pytest summary line (see $name.log)")"
   done
   echo
