@@ -7,9 +7,16 @@ Subpackages, one topic each:
   jaxdet.losses      RPN and RoI-head losses
   jaxdet.models      backbones, RPN, RoI head, FastRCNN / FasterRCNN
   jaxdet.data        VOC, COCO, synthetic shapes, transforms, input pipeline
-  jaxdet.evaluation  VOC and COCO metrics, pictures
-  jaxdet.training    train state, train step, checkpoints, pretrained weights
-  jaxdet.configs     loading experiment configs (Python files with get_config) by path
+  jaxdet.training    config -> datasets and pipelines, train state, train step, the training loop,
+                     checkpoints, data parallelism, pretrained weights
+  jaxdet.inference   predict on a padded batch; jaxdet.inference_files: detection on image files
+  jaxdet.evaluation  VOC and COCO metrics, pictures, evaluation over a dataset (run)
+  jaxdet.configs     the named experiment configs (a base and its variants) and loading them
+  jaxdet.settings    the static numbers of training and detection, one dataclass per config section
+  jaxdet.workdir     a run's directory: its files' names, metrics.json, config.json
+  jaxdet.reporting   progress bar, TensorBoard scalars, the training log, the loss curve
+  jaxdet.experiment  train then evaluate, evaluate a checkpoint, the demo's data
+  jaxdet.cli         the `jaxdet` command: parse, dispatch, render results and errors
 """
 
 __version__ = "0.1.0"

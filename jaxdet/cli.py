@@ -79,7 +79,7 @@ def _unknown_key(key: str, config, config_name: str) -> UsageError:
     sections = sorted(k for k in keys if "." not in k)
     return UsageError(f"unknown config key {key!r} in {config_name}.{hint} Overrides are written "
                       f"--config.SECTION.FIELD=VALUE with a field the config already has (its sections: "
-                      f"{', '.join(sections)}); see the config file for what each field means.")
+                      f"{', '.join(sections)}); jaxdet/configs/base.py explains each field.")
 
 
 def _parse_tuple(text: str, current: tuple) -> tuple:
@@ -585,7 +585,8 @@ def explain(error: BaseException) -> tuple:
     from jaxdet.data import DataError
     from jaxdet.inference_files import ImageFilesError
     from jaxdet.training.inputs import DatasetNotFound
-    from jaxdet.training.loop import CheckpointsExist, InvalidSetting, TrainingDiverged
+    from jaxdet.settings import InvalidSetting
+    from jaxdet.training.loop import CheckpointsExist, TrainingDiverged
     from jaxdet.training.weights import WeightsError
 
     if isinstance(error, (UsageError, InvalidSetting, ConfigNotFound, ImageFilesError)):

@@ -7,7 +7,6 @@ of each RoI with the model's `box_stds`, clipping to the image, softmax scores a
 `detections_to_lists` turns it into per-image numpy arrays in original-image coordinates.
 """
 
-import dataclasses
 import functools
 from typing import Any, Dict, List, Mapping, Optional
 
@@ -20,29 +19,14 @@ from jaxdet.ops.boxes import clip_boxes, decode_boxes
 from jaxdet.ops.nms import Detections, multiclass_nms
 from jaxdet.ops.per_image import map_images
 from jaxdet.proposals import rpn_proposals
-
-
-@dataclasses.dataclass(frozen=True)
-class TestSettings:
-    """Static numbers of detection (defaults: the paper's test settings).
-
-    pre_nms, post_nms, rpn_nms_iou, min_size: the proposal layer at test time.
-    score_threshold, nms_iou, max_detections: post-processing per image.
-    """
-
-    pre_nms: int = 6000
-    post_nms: int = 300
-    rpn_nms_iou: float = 0.7
-    min_size: float = 16.0
-    score_threshold: float = 0.05
-    nms_iou: float = 0.3
-    max_detections: int = 100
+from jaxdet.settings import DetectorSettings
 
 
 @functools.partial(jax.jit, static_argnames=("model", "settings"))
 def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: jax.Array, *,
             image_scale: Optional[jax.Array] = None, proposals: Optional[jax.Array] = None,
-            proposal_valid: Optional[jax.Array] = None, settings: TestSettings = TestSettings()) -> Detections:
+            proposal_valid: Optional[jax.Array] = None,
+            settings: DetectorSettings = DetectorSettings()) -> Detections:
     """Detections for a batch of padded images.
 
     Args:
@@ -53,12 +37,12 @@ def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: ja
       image_scale: [N] resize factor of each image (scales the proposals' `min_size`); 1 if None.
       proposals: [N, P, 4] xyxy RoIs for Fast R-CNN (ignored by Faster R-CNN).
       proposal_valid: [N, P] bool mask of `proposals`; all valid if None.
-      settings: TestSettings (static).
+      settings: DetectorSettings (static); detection reads its rpn (test sizes) and test sections.
 
     Returns:
       Detections with a leading batch axis: boxes [N, D, 4] xyxy in input pixels (clipped to
       image_hw), scores [N, D], labels [N, D] int32 in [0, K), valid [N, D] bool, with
-      D = settings.max_detections, best first.
+      D = settings.test.max_detections, best first.
     """
     num_images = images.shape[0]
     image_hw = jnp.asarray(image_hw)
@@ -68,8 +52,9 @@ def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: ja
     if isinstance(model, FasterRCNN):
         rpn = model.apply(variables, features, method=model.rpn_outputs)
         found = rpn_proposals(rpn, anchors=model.anchors(features.shape[1:3]), image_hw=image_hw,
-                              image_scale=image_scale, pre_nms=settings.pre_nms, post_nms=settings.post_nms,
-                              nms_iou=settings.rpn_nms_iou, min_size=settings.min_size)
+                              image_scale=image_scale, pre_nms=settings.rpn.test_pre_nms,
+                              post_nms=settings.rpn.test_post_nms, nms_iou=settings.rpn.nms_iou,
+                              min_size=settings.rpn.min_proposal_size)
         rois, roi_valid = found.boxes, found.valid
     elif proposals is None:
         raise ValueError("predict: a FastRCNN model needs `proposals` [N, P, 4]")
@@ -84,9 +69,9 @@ def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: ja
     scores = jax.nn.softmax(head.logits, axis=-1)[:, :, 1:]  # [N, R, K]
     # Padding RoIs score below any threshold, so they are never detections.
     scores = jnp.where(roi_valid[:, :, None], scores, -1.0)
-    return map_images(functools.partial(multiclass_nms, iou_threshold=settings.nms_iou,
-                                      score_threshold=settings.score_threshold,
-                                      max_output=settings.max_detections))(boxes, scores)
+    return map_images(functools.partial(multiclass_nms, iou_threshold=settings.test.nms_iou,
+                                      score_threshold=settings.test.score_threshold,
+                                      max_output=settings.test.max_detections))(boxes, scores)
 
 
 def detections_to_lists(detections: Detections, *, orig_hw: np.ndarray, image_hw: Optional[np.ndarray] = None,

@@ -125,9 +125,9 @@ def _run_simulated(out_dir: str) -> None:
     # Detection on the mesh: `predict` traced under it, images split over the devices, against
     # the same call on one device.
     from jaxdet.inference import predict
-    from jaxdet.training.state import test_settings
+    from jaxdet.settings import DetectorSettings
 
-    detect = functools.partial(predict, state1.model, settings=test_settings(config))
+    detect = functools.partial(predict, state1.model, settings=DetectorSettings.from_config(config))
     placed_images = jax.device_put(batch["images"], split_batch(mesh))
     placed_hw = jax.device_put(batch["image_hw"], split_batch(mesh))
     variables = replicate(state1.variables, mesh)

@@ -13,8 +13,8 @@ import pytest
 from jaxdet import configs
 from jaxdet.inference import detections_to_lists, predict
 from jaxdet.ops.nms import Detections
-from jaxdet.training import (OptimizerSettings, create_train_state, learning_rate_schedule, make_optimizer,
-                             test_settings as settings_for_test)
+from jaxdet.settings import DetectorSettings
+from jaxdet.training import OptimizerSettings, create_train_state, learning_rate_schedule, make_optimizer
 from jaxdet.training import step as step_lib
 from jaxdet.training.step import detection_losses, eval_step, step_key, train_step
 
@@ -164,10 +164,10 @@ def test_overfits_a_few_images_and_predict_finds_their_boxes(config):
     start, end = np.mean(losses[:2]), np.mean(losses[-10:])
     assert end < start / 10, (start, end)
 
-    settings = settings_for_test(config)
+    settings = DetectorSettings.from_config(config)
     for batch in batches:
         found = predict(state.model, state.variables, batch["images"], batch["image_hw"], settings=settings)
-        assert found.boxes.shape == (2, settings.max_detections, 4) and found.valid.dtype == bool
+        assert found.boxes.shape == (2, settings.test.max_detections, 4) and found.valid.dtype == bool
         for i in range(2):
             gt = batch["boxes"][i][batch["valid"][i]]
             gt_labels = batch["labels"][i][batch["valid"][i]]
@@ -217,7 +217,7 @@ def test_fast_rcnn_step_trains_on_given_proposals(config):
     assert all(np.isfinite(float(metrics[name])) for name in ("roi_cls_loss", "roi_box_loss"))
     assert float(metrics["roi_positives"]) >= 1
     found = predict(state.model, state.variables, batch["images"], batch["image_hw"], proposals=batch["proposals"],
-                    proposal_valid=batch["proposal_valid"], settings=settings_for_test(config))
+                    proposal_valid=batch["proposal_valid"], settings=DetectorSettings.from_config(config))
     assert found.scores.shape == (2, 100)
 
 

@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
         test_pre_nms=6000,           # ... before NMS at test time
         test_post_nms=300,           # ... after NMS at test time
         nms_iou=0.7,                 # proposal NMS threshold
-        min_size=16.0,               # proposals smaller than this (original pixels) are dropped
+        min_proposal_size=16.0,      # proposals smaller than this (original pixels) are dropped
     )
 
     config.roi = dict(

@@ -28,7 +28,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.rpn.train_post_nms = 300
     config.rpn.test_pre_nms = 1000
     config.rpn.test_post_nms = 100
-    config.rpn.min_size = 4.0                   # objects are as small as 16 px
+    config.rpn.min_proposal_size = 4.0          # objects are as small as 16 px
     config.roi.num_samples = 64                 # 1-4 objects need fewer RoIs than VOC
 
     config.optimizer.name = "adam"              # from scratch, Adam converges in far fewer steps than SGD

@@ -25,9 +25,10 @@ from jaxdet.evaluation.coco import STAT_NAMES, eval_detection_coco
 from jaxdet.evaluation.pictures import draw_detections, picture_grid, plot_pr_curves
 from jaxdet.evaluation.voc import eval_detection_voc
 from jaxdet.inference import detections_to_lists, predict
+from jaxdet.settings import DetectorSettings
 from jaxdet.training import distributed, parallel
 from jaxdet.training.inputs import check_num_classes, eval_pipeline
-from jaxdet.training.state import TrainState, test_settings
+from jaxdet.training.state import TrainState
 
 PREDICT_INPUTS = ("images", "image_hw", "scale", "proposals", "proposal_valid")
 
@@ -51,7 +52,7 @@ def detect(config: ml_collections.ConfigDict, state: TrainState, dataset: Datase
     """
     pipeline = eval_pipeline(config, dataset, batch_size=batch_size, num_shards=jax.process_count(),
                              shard_index=jax.process_index())
-    settings = test_settings(config)
+    settings = DetectorSettings.from_config(config)
     mesh = _local_detection_mesh(state, pipeline.batch_size)
     # This process's copy of the (replicated) weights, on each of its devices (all addressable:
     # plain device_put, no cross-process array).

@@ -28,6 +28,7 @@ import numpy as np
 from jaxdet import reporting, workdir as run_files
 from jaxdet.data import Dataset
 from jaxdet.data.batch import TRAIN_KEYS
+from jaxdet.settings import InvalidSetting
 from jaxdet.training import distributed, parallel
 from jaxdet.training.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
 from jaxdet.training.inputs import check_num_classes, load_dataset, train_pipeline
@@ -65,10 +66,6 @@ class TrainingDiverged(RuntimeError):
 
 class CheckpointsExist(RuntimeError):
     """The work directory already holds a run's checkpoints and resuming was not asked for."""
-
-
-class InvalidSetting(ValueError):
-    """A config value the loop cannot run with; the message names the key."""
 
 
 # The counts `train` (and the evaluation after it) read, each at least 1.

@@ -10,42 +10,16 @@ the same optax object, so the jit-compiled step, which holds it as a static fiel
 compiled again for a restored or re-created state.
 """
 
-import dataclasses
 import functools
 from typing import Any, Callable, Hashable, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
+from jaxdet.settings import OptimizerSettings
+
 OPTIMIZERS = ("sgd", "adam")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerSettings:
-    """name: "sgd" | "adam"; learning_rate: base rate; momentum: SGD momentum; weight_decay: L2 on
-    kernels; warmup_steps, warmup_factor: linear warm-up from warmup_factor * learning_rate;
-    decay_steps, decay_factor: rate x decay_factor at each of these steps; clip_norm: global
-    gradient-norm clipping (0: off)."""
-
-    name: str = "sgd"
-    learning_rate: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_steps: int = 0
-    warmup_factor: float = 1.0 / 3
-    decay_steps: Tuple[int, ...] = (50000,)
-    decay_factor: float = 0.1
-    clip_norm: float = 0.0
-
-    @classmethod
-    def from_config(cls, config: ml_collections.ConfigDict) -> "OptimizerSettings":
-        """From a config's `optimizer` section (fields of the same names)."""
-        return cls(name=config.name, learning_rate=float(config.learning_rate), momentum=float(config.momentum),
-                   weight_decay=float(config.weight_decay), warmup_steps=int(config.warmup_steps),
-                   warmup_factor=float(config.warmup_factor), decay_steps=tuple(int(s) for s in config.decay_steps),
-                   decay_factor=float(config.decay_factor), clip_norm=float(config.clip_norm))
 
 
 def learning_rate_schedule(*, base: float, warmup_steps: int = 0, warmup_factor: float = 1.0 / 3,

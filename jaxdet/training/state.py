@@ -1,8 +1,8 @@
 """The train state and how a config builds the model, the settings and the optimizer.
 
-`create_train_state(config, key)` is the one entry point; `build_model`, `train_settings` and
-`test_settings` expose the pieces for scripts that need only some of them (evaluation,
-prediction from a checkpoint).
+`create_train_state(config, key)` is the one entry point; `build_model` (and
+`jaxdet.settings.DetectorSettings.from_config`) expose the pieces for scripts that need only
+some of them (evaluation, prediction from a checkpoint).
 """
 
 import dataclasses
@@ -16,11 +16,10 @@ import ml_collections
 import optax
 from flax import struct
 
-from jaxdet.inference import TestSettings
 from jaxdet.models import backbones, roi_head
 from jaxdet.models.detector import FastRCNN, FasterRCNN
-from jaxdet.training.optimizer import OptimizerSettings, make_optimizer
-from jaxdet.training.step import TrainSettings
+from jaxdet.settings import DetectorSettings, OptimizerSettings
+from jaxdet.training.optimizer import make_optimizer
 from jaxdet.training.weights import load_pretrained
 
 # name -> (backbone, the res5 head that continues it).
@@ -53,7 +52,7 @@ class TrainState(struct.PyTreeNode):
     opt_state: Any
     rng: jax.Array
     model: nn.Module = struct.field(pytree_node=False)
-    settings: TrainSettings = struct.field(pytree_node=False)
+    settings: DetectorSettings = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
     learning_rate_fn: Callable = struct.field(pytree_node=False)
 
@@ -89,29 +88,6 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
         return FastRCNN(**common)
     return FasterRCNN(**common, anchor_scales=tuple(m.anchor_scales), anchor_ratios=tuple(m.anchor_ratios),
                       rpn_channels=m.rpn_channels)
-
-
-def train_settings(config: ml_collections.ConfigDict) -> TrainSettings:
-    """TrainSettings from `config.rpn`, `config.roi` and `config.loss`."""
-    rpn, roi, loss = config.rpn, config.roi, config.loss
-    return TrainSettings(
-        rpn_num_samples=rpn.num_samples, rpn_positive_fraction=rpn.positive_fraction,
-        rpn_positive_iou=rpn.positive_iou, rpn_negative_iou=rpn.negative_iou,
-        rpn_allowed_border=rpn.allowed_border, rpn_sigma=rpn.sigma, pre_nms=rpn.train_pre_nms,
-        post_nms=rpn.train_post_nms, rpn_nms_iou=rpn.nms_iou, min_size=rpn.min_size,
-        roi_num_samples=roi.num_samples, foreground_fraction=roi.foreground_fraction,
-        foreground_iou=roi.foreground_iou, background_iou=tuple(roi.background_iou),
-        roi_sigma=roi.sigma, box_normalization=loss.box_normalization,
-        rpn_box_weight=loss.rpn_box_weight, roi_box_weight=loss.roi_box_weight)
-
-
-def test_settings(config: ml_collections.ConfigDict) -> TestSettings:
-    """TestSettings from `config.rpn`, `config.roi` and `config.test`."""
-    rpn, test = config.rpn, config.test
-    return TestSettings(pre_nms=rpn.test_pre_nms, post_nms=rpn.test_post_nms, rpn_nms_iou=rpn.nms_iou,
-                        min_size=rpn.min_size,
-                        score_threshold=test.score_threshold, nms_iou=test.nms_iou,
-                        max_detections=test.max_detections)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -151,10 +127,11 @@ def create_train_state(config: ml_collections.ConfigDict, key: jax.Array) -> Tra
     params = variables.pop("params")
     if config.model.pretrained:
         params = load_pretrained(config.model.pretrained, params, include_fc="fc6" in params["box_head"])
-    tx, schedule = make_optimizer(OptimizerSettings.from_config(config.optimizer), FrozenStages(model.backbone))
+    tx, schedule = make_optimizer(OptimizerSettings.from_config(config), FrozenStages(model.backbone))
     arrays = dict(step=jnp.zeros((), jnp.int32), params=params, model_state=variables, opt_state=tx.init(params),
                   rng=run_key)
     # Committed to the default device, as restored checkpoints are: the step compiled for a fresh
     # state then serves a restored one (jit compiles anew when only the commitment differs).
     arrays = jax.device_put(arrays, jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
-    return TrainState(**arrays, model=model, settings=train_settings(config), tx=tx, learning_rate_fn=schedule)
+    return TrainState(**arrays, model=model, settings=DetectorSettings.from_config(config), tx=tx,
+                      learning_rate_fn=schedule)

@@ -14,9 +14,8 @@ Batches are dicts of arrays as `jaxdet.data.batch` specifies; the step reads its
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -26,45 +25,11 @@ from jaxdet.losses import roi_head_loss, rpn_loss
 from jaxdet.models.detector import FasterRCNN
 from jaxdet.ops.per_image import map_images
 from jaxdet.proposals import rpn_proposals
+from jaxdet.settings import DetectorSettings
 from jaxdet.targets import anchor_targets, proposal_targets
-
-if TYPE_CHECKING:
-    from jaxdet.training.state import TrainState
+from jaxdet.training.state import TrainState
 
 Metrics = Dict[str, jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainSettings:
-    """Static numbers of training target assignment and losses (defaults: the paper's VGG16 recipe).
-
-    RPN (Ren et al. 2015): anchor sampling and labelling, the proposal layer with training
-    sizes, the smooth-L1 sigma. RoI head (Girshick 2015): RoI sampling and labelling, the
-    smooth-L1 sigma (the box coding of the regression targets is the model's `box_stds`).
-    Losses: the box losses are divided by the number of sampled anchors / RoIs ("samples",
-    py-faster-rcnn's normalisation, weight 1) or of positives ("positives", the paper's N_reg,
-    which it weights by lambda = 10), then multiplied by rpn_box_weight / roi_box_weight in the
-    total.
-    """
-
-    rpn_num_samples: int = 256
-    rpn_positive_fraction: float = 0.5
-    rpn_positive_iou: float = 0.7
-    rpn_negative_iou: float = 0.3
-    rpn_allowed_border: float = 0.0
-    rpn_sigma: float = 3.0
-    pre_nms: int = 12000
-    post_nms: int = 2000
-    rpn_nms_iou: float = 0.7
-    min_size: float = 16.0
-    roi_num_samples: int = 128
-    foreground_fraction: float = 0.25
-    foreground_iou: float = 0.5
-    background_iou: Tuple[float, float] = (0.0, 0.5)
-    roi_sigma: float = 1.0
-    box_normalization: str = "samples"
-    rpn_box_weight: float = 1.0
-    roi_box_weight: float = 1.0
 
 
 def _accuracy(logits: jax.Array, labels: jax.Array, weight: jax.Array) -> jax.Array:
@@ -74,7 +39,7 @@ def _accuracy(logits: jax.Array, labels: jax.Array, weight: jax.Array) -> jax.Ar
 
 
 def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, jax.Array], key: jax.Array, *,
-                     settings: TrainSettings, train: bool = True) -> Tuple[jax.Array, Metrics]:
+                     settings: DetectorSettings, train: bool = True) -> Tuple[jax.Array, Metrics]:
     """The training objective of Faster R-CNN (or Fast R-CNN) on one batch.
 
     Args:
@@ -83,7 +48,7 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
       batch: the `jaxdet.data.batch.TRAIN_KEYS` of a batch of N images (the proposal keys
         only for Fast R-CNN).
       key: PRNG key of this step (sampling of anchors and RoIs, dropout).
-      settings: TrainSettings.
+      settings: DetectorSettings (static); training reads its rpn, roi and loss sections.
       train: dropout on (the target sampling is the same either way).
 
     Returns:
@@ -91,7 +56,7 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
       "roi_accuracy" over the sampled anchors / RoIs, and "rpn_positives" and "roi_positives",
       the mean number of positive (foreground) samples per image.
     """
-    s = settings
+    rpn_s, roi_s, loss_s = settings.rpn, settings.roi, settings.loss
     images = batch["images"]
     num_images = images.shape[0]
     image_hw = batch["image_hw"]
@@ -105,35 +70,35 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
         rpn = model.apply(variables, features, method=model.rpn_outputs)
         anchors = model.anchors(features.shape[1:3])
         targets = map_images(functools.partial(
-            anchor_targets, anchors=anchors, num_samples=s.rpn_num_samples,
-            positive_fraction=s.rpn_positive_fraction, positive_iou=s.rpn_positive_iou,
-            negative_iou=s.rpn_negative_iou, allowed_border=s.rpn_allowed_border))(
+            anchor_targets, anchors=anchors, num_samples=rpn_s.num_samples,
+            positive_fraction=rpn_s.positive_fraction, positive_iou=rpn_s.positive_iou,
+            negative_iou=rpn_s.negative_iou, allowed_border=rpn_s.allowed_border))(
             gt_boxes=batch["boxes"], gt_valid=batch["valid"], image_hw=image_hw, key=image_keys(anchor_key))
         cls_loss, box_loss = rpn_loss(logits=rpn.logits, deltas=rpn.deltas, labels=targets.labels,
-                                      target_deltas=targets.deltas, sigma=s.rpn_sigma,
-                                      normalize_by=s.box_normalization)
-        loss = loss + cls_loss + s.rpn_box_weight * box_loss
+                                      target_deltas=targets.deltas, sigma=rpn_s.sigma,
+                                      normalize_by=loss_s.box_normalization)
+        loss = loss + cls_loss + loss_s.rpn_box_weight * box_loss
         metrics.update(rpn_cls_loss=cls_loss, rpn_box_loss=box_loss,
                        rpn_accuracy=_accuracy(rpn.logits, targets.labels, targets.labels >= 0),
                        rpn_positives=jnp.mean(jnp.sum(targets.labels == 1, axis=-1).astype(jnp.float32)))
         proposals = rpn_proposals(rpn, anchors=anchors, image_hw=image_hw, image_scale=batch["scale"],
-                                  pre_nms=s.pre_nms, post_nms=s.post_nms, nms_iou=s.rpn_nms_iou,
-                                  min_size=s.min_size)
+                                  pre_nms=rpn_s.train_pre_nms, post_nms=rpn_s.train_post_nms, nms_iou=rpn_s.nms_iou,
+                                  min_size=rpn_s.min_proposal_size)
         rois, roi_valid = proposals.boxes, proposals.valid
     else:
         rois, roi_valid = batch["proposals"], batch["proposal_valid"]
 
     samples = map_images(functools.partial(
-        proposal_targets, num_samples=s.roi_num_samples, foreground_fraction=s.foreground_fraction,
-        foreground_iou=s.foreground_iou, background_iou=tuple(s.background_iou), stds=tuple(model.box_stds)))(
+        proposal_targets, num_samples=roi_s.num_samples, foreground_fraction=roi_s.foreground_fraction,
+        foreground_iou=roi_s.foreground_iou, background_iou=tuple(roi_s.background_iou), stds=tuple(model.box_stds)))(
         proposals=rois, proposal_valid=roi_valid, gt_boxes=batch["boxes"], gt_labels=batch["labels"],
         gt_valid=batch["valid"], key=image_keys(roi_key))
     head = model.apply(variables, features, samples.rois, train, method=model.classify,
                        rngs={"dropout": dropout_key})
     cls_loss, box_loss = roi_head_loss(logits=head.logits, deltas=head.deltas, labels=samples.labels,
-                                       target_deltas=samples.deltas, valid=samples.valid, sigma=s.roi_sigma,
-                                       normalize_by=s.box_normalization)
-    loss = loss + cls_loss + s.roi_box_weight * box_loss
+                                       target_deltas=samples.deltas, valid=samples.valid, sigma=roi_s.sigma,
+                                       normalize_by=loss_s.box_normalization)
+    loss = loss + cls_loss + loss_s.roi_box_weight * box_loss
     metrics.update(roi_cls_loss=cls_loss, roi_box_loss=box_loss,
                    roi_accuracy=_accuracy(head.logits, samples.labels, samples.valid),
                    roi_positives=jnp.mean(jnp.sum((samples.labels > 0) & samples.valid, axis=-1).astype(jnp.float32)),

@@ -1,0 +1,166 @@
+"""The static numbers of training and detection: one frozen dataclass per config section, with the
+section's field names (`config.rpn.train_pre_nms` is `RPNSettings.train_pre_nms`).
+
+    DetectorSettings.from_config(config)   rpn, roi, loss, test: what the jit-compiled train step
+                                           (`jaxdet.training.step`) and `jaxdet.inference.predict`
+                                           read, as static arguments
+    OptimizerSettings.from_config(config)  the optimizer (`jaxdet.training.optimizer`)
+
+Defaults are the Faster R-CNN paper's VGG16 recipe (Ren et al. 2015; py-faster-rcnn's
+`config.py`), which `jaxdet/configs/base.py` states and explains field by field. Frozen and
+hashable: equal settings are the same static argument, so they compile one program.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Tuple
+
+import ml_collections
+
+
+class InvalidSetting(ValueError):
+    """A config value jaxdet cannot run with; the message names its key (`config.section.field`)."""
+
+
+def _coerce(value, hint, key: str):
+    """`value` as the annotated type `hint` (tuples item by item); InvalidSetting naming `key` if it is not one."""
+    origin = typing.get_origin(hint)
+    try:
+        if origin in (tuple, Tuple):
+            items = typing.get_args(hint)
+            item = items[0]
+            return tuple(_coerce(v, item, key) for v in value)
+        if hint is bool:
+            if not isinstance(value, bool):
+                raise TypeError(f"{value!r} is not a boolean")
+            return value
+        if hint is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(f"{value!r} is not a whole number")
+        return hint(value)
+    except (TypeError, ValueError) as e:
+        raise InvalidSetting(f"config.{key} must be a {getattr(hint, '__name__', hint)}, got {value!r} ({e})") from None
+
+
+class _Section:
+    """Mixin: `from_config` builds the dataclass from the config section named SECTION."""
+
+    SECTION = ""
+    MODEL_KEYS = ()  # keys of the section that `jaxdet.training.state.build_model` reads instead
+
+    @classmethod
+    def from_section(cls, section: ml_collections.ConfigDict):
+        """From the config section of the same field names (a field the section lacks keeps its default).
+
+        Raises:
+          InvalidSetting: a key the settings do not know, or a value of the wrong type (naming it).
+        """
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(section.keys()) - set(names) - set(cls.MODEL_KEYS))
+        if unknown:
+            raise InvalidSetting(f"unknown config key{'s' if len(unknown) > 1 else ''} "
+                                f"{', '.join(f'config.{cls.SECTION}.{k}' for k in unknown)} (the section's keys: "
+                                f"{', '.join(names)})")
+        return cls(**{name: _coerce(section[name], hints[name], f"{cls.SECTION}.{name}")
+                      for name in names if name in section})
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict):
+        """From `config[SECTION]` (see `from_section`)."""
+        return cls.from_section(config[cls.SECTION])
+
+
+@dataclasses.dataclass(frozen=True)
+class RPNSettings(_Section):
+    """`config.rpn`: anchor sampling and labelling, the smooth-L1 sigma of the RPN box loss, and the
+    proposal layer (its sizes in training and at test time, its NMS, the smallest proposal kept,
+    in original-image pixels)."""
+
+    SECTION = "rpn"
+    num_samples: int = 256
+    positive_fraction: float = 0.5
+    positive_iou: float = 0.7
+    negative_iou: float = 0.3
+    allowed_border: float = 0.0
+    sigma: float = 3.0
+    train_pre_nms: int = 12000
+    train_post_nms: int = 2000
+    test_pre_nms: int = 6000
+    test_post_nms: int = 300
+    nms_iou: float = 0.7
+    min_proposal_size: float = 16.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RoISettings(_Section):
+    """`config.roi`: RoI sampling and labelling (Girshick 2015) and the smooth-L1 sigma of the head
+    box loss. Its `box_stds`, the box coding, is the model's (`FastRCNN.box_stds`)."""
+
+    SECTION = "roi"
+    MODEL_KEYS = ("box_stds",)
+    num_samples: int = 128
+    foreground_fraction: float = 0.25
+    foreground_iou: float = 0.5
+    background_iou: Tuple[float, ...] = (0.0, 0.5)
+    sigma: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings(_Section):
+    """`config.loss`: the box losses are divided by the number of sampled anchors / RoIs
+    ("samples", py-faster-rcnn's normalisation, weight 1) or of positives ("positives", the
+    paper's N_reg, which it weights by lambda = 10), then multiplied by rpn_box_weight /
+    roi_box_weight in the total."""
+
+    SECTION = "loss"
+    box_normalization: str = "samples"
+    rpn_box_weight: float = 1.0
+    roi_box_weight: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TestSettings(_Section):
+    """`config.test`: post-processing of each image's detections (score threshold, per-class NMS,
+    how many are kept)."""
+
+    SECTION = "test"
+    score_threshold: float = 0.05
+    nms_iou: float = 0.3
+    max_detections: int = 100
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings(_Section):
+    """`config.optimizer`: name "sgd" | "adam"; learning_rate: base rate; momentum: SGD momentum;
+    weight_decay: L2 on kernels; warmup_steps, warmup_factor: linear warm-up from warmup_factor *
+    learning_rate; decay_steps, decay_factor: rate x decay_factor at each of these steps;
+    clip_norm: global gradient-norm clipping (0: off)."""
+
+    SECTION = "optimizer"
+    name: str = "sgd"
+    learning_rate: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_steps: int = 0
+    warmup_factor: float = 1.0 / 3
+    decay_steps: Tuple[int, ...] = (50000,)
+    decay_factor: float = 0.1
+    clip_norm: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class DetectorSettings:
+    """The sections the detector reads in training (rpn, roi, loss) and detection (rpn, roi, test)."""
+
+    rpn: RPNSettings = RPNSettings()
+    roi: RoISettings = RoISettings()
+    loss: LossSettings = LossSettings()
+    test: TestSettings = TestSettings()
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> "DetectorSettings":
+        """From `config.rpn`, `config.roi`, `config.loss` and `config.test`."""
+        return cls(rpn=RPNSettings.from_config(config), roi=RoISettings.from_config(config),
+                   loss=LossSettings.from_config(config), test=TestSettings.from_config(config))
