@@ -100,9 +100,8 @@ def _read(config: ml_collections.ConfigDict, split: str) -> Dataset:
     if kind == "shapes":
         shapes = _shapes_config(data)
         if not root:
-            count, seed = ((data.num_train, data.train_seed) if split == "train"
-                           else (data.num_test, data.test_seed))
-            return make_shapes(int(count), seed=int(seed), config=shapes)
+            count, seed = shapes_splits(config)[split]
+            return make_shapes(count, seed=seed, config=shapes)
         _require(os.path.join(root, "ImageSets", "Main", f"{split}.txt"), "the split list", kind)
         return read_voc(root, split, class_names=shapes.classes, **checks)
     if not root:

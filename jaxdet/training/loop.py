@@ -125,7 +125,7 @@ def _warn_if_frozen_without_weights(model: ml_collections.ConfigDict) -> None:
         warnings.warn(f"model.frozen_stages={frozen} freezes the first {frozen} backbone stages, but no "
                       "pretrained weights are given (model.pretrained is empty): they stay random for the "
                       "whole run. Set config.model.pretrained=FILE (e.g. an ImageNet VGG16 .pth), or "
-                      "config.model.frozen_stages=0 to train them from scratch.", UserWarning, stacklevel=3)
+                      "config.model.frozen_stages=0 to train them from scratch.", UserWarning, stacklevel=4)
 
 
 def _starting_state(config: ml_collections.ConfigDict, workdir: str, manager, *, resume: bool) -> tuple:
