@@ -14,8 +14,9 @@
 #               on the CUDA kernels (in the background, from here to the benchmarks)
 #   build       the CUDA extension for the GPUs found (JAXDET_CUDA_ARCHS from nvidia-smi's
 #               compute capability, e.g. 90 on H100/H200), in place
-#   gpu-tests   pytest -m gpu over tests/ (a skipped GPU test counts as a failure here)
-#   op-tests    the rest of tests/test_roi_pool.py, on the GPU (the reference too)
+#   tests       pytest -m gpu over tests/ (a skipped GPU test counts as a failure here) and the
+#               rest of tests/test_roi_pool.py on the GPU (the reference too), in 6 processes at
+#               once (their time is mostly XLA compiling, on the CPU): tests-SHARD.log
 #   torchvision whether torch and torchvision are there (without them: the benchmarks below
 #               without their comparisons, and this step failed)
 #   roi-pool    experiments/bench_roi_pool.py --side-by-side --torchvision (roi_pool.md)
@@ -155,6 +156,39 @@ if [ -n "$PYTHON" ]; then
     >>"$OUT/env.log" 2>&1
 fi
 
+# The test shards, at once; each shard's log is tests-SHARD.log. They share the GPU with each
+# other and the sanitizer: no process preallocates most of its memory.
+run_tests() {
+  local shard args pids=() status=0 half="reference or division or products_apart or refuses"
+  for shard in gpu product-float32 product-bfloat16 product-float16 rest-1 rest-2; do
+    case $shard in
+      gpu) args=(-m gpu tests) ;;
+      product-float32) args=(-m "not gpu" tests/test_roi_pool.py -k "over_the_product and float32") ;;
+      product-bfloat16) args=(-m "not gpu" tests/test_roi_pool.py -k "over_the_product and bfloat16") ;;
+      product-float16)
+        args=(-m "not gpu" tests/test_roi_pool.py -k "over_the_product and float16 and not bfloat16") ;;
+      rest-1) args=(-m "not gpu" tests/test_roi_pool.py -k "not over_the_product and ($half)") ;;
+      rest-2) args=(-m "not gpu" tests/test_roi_pool.py -k "not over_the_product and not ($half)") ;;
+    esac
+    XLA_PYTHON_CLIENT_PREALLOCATE=false "$PYTHON" -m pytest -q -rs -p no:cacheprovider "${args[@]}" \
+      >"$OUT/tests-$shard.log" 2>&1 &
+    pids+=("$!:$shard")
+  done
+  for entry in "${pids[@]}"; do
+    shard=${entry#*:}
+    wait "${entry%%:*}" || status=1
+    echo "$shard: $(grep -E '[0-9]+ (passed|failed|skipped|errors?)\b' "$OUT/tests-$shard.log" | tail -n 1 |
+      grep . || echo "no pytest summary (tests-$shard.log)")"
+  done
+  if grep -qE '[0-9]+ skipped' "$OUT/tests-gpu.log"; then
+    echo "gpu: GPU tests were skipped on a GPU machine (reasons in tests-gpu.log)"
+    status=1
+  fi
+  return "$status"
+}
+export -f run_tests
+export OUT
+
 # --- sanitizer (background), build, tests ----------------------------------------------------
 step sanitize 240 bash experiments/sanitize_roi_pool.sh --gpu &
 sanitize_pid=$!
@@ -167,13 +201,7 @@ import jax
 assert jax.default_backend() == "gpu", jax.default_backend()
 assert _native.is_built("cuda"), _native.why_not_built("cuda")
 print("the CUDA extension is built and registered")'
-  # The tests share the GPU with the sanitizer: no preallocation of most of its memory.
-  if XLA_PYTHON_CLIENT_PREALLOCATE=false step gpu-tests 150 "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m gpu tests &&
-    grep -qE '[0-9]+ skipped' "$OUT/gpu-tests.log"; then
-    record gpu-tests "FAILED: GPU tests skipped on a GPU machine (reasons in the log)" 0
-  fi
-  XLA_PYTHON_CLIENT_PREALLOCATE=false step op-tests 200 \
-    "$PYTHON" -m pytest -q -rs -p no:cacheprovider -m "not gpu" tests/test_roi_pool.py
+  step tests 240 bash -c run_tests
 fi
 wait "$sanitize_pid"
 
@@ -214,10 +242,7 @@ failed=0
   done < <(cut -d '|' -f 1 "$STATUS" | awk '!seen[$0]++')
   echo
   echo "## Tests"
-  for name in gpu-tests op-tests; do
-    [ -f "$OUT/$name.log" ] && echo "- $name: $(grep -E '[0-9]+ (passed|failed|skipped|errors?)\b' "$OUT/$name.log" |
-      tail -n 1 | grep . || echo "no pytest summary line (see $name.log)")"
-  done
+  if [ -f "$OUT/tests.log" ]; then sed 's/^/- /' "$OUT/tests.log"; else echo "(not run)"; fi
   echo
   echo "## compute-sanitizer (last lines of sanitize.log)"
   echo
