@@ -26,7 +26,7 @@
 #   train-step  experiments/bench_train.py --preset vgg16 --torchvision, batch 1, 2, 4, float32
 #               and bfloat16, training step only (train_step.md; rows are printed as measured)
 # Environment: OUT (default experiments/results/gpu), PY, JAXDET_WHEELS, GPU_CHECK_BUDGET
-# (seconds, default 470).
+# (seconds, default 460).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 
@@ -39,7 +39,7 @@ fi
 
 OUT=${OUT:-experiments/results/gpu}
 WHEELS=${JAXDET_WHEELS:-wheels}
-BUDGET=${GPU_CHECK_BUDGET:-470}
+BUDGET=${GPU_CHECK_BUDGET:-460}
 START=$(date +%s)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
