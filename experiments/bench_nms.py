@@ -7,7 +7,7 @@ Every block size gives the same kept boxes (checked); only the time changes. The
 are timed in turn in each round (in reverse order every other round, so that they share
 whatever load the machine has), on the default device: the GPU where JAX finds one.
 
-Usage:  python experiments/bench_nms.py [--block-sizes 64 128 256 512 1024 2048] [--repeats 20]
+Usage:  python experiments/bench_nms.py [--block-sizes 32 64 128 256 512 1024 2048] [--repeats 20]
                                         [--boxes 12000] [--out FILE.md]
 """
 
@@ -42,7 +42,7 @@ def proposal_boxes(num_boxes, seed=0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--block-sizes", type=int, nargs="+", default=[64, 128, 256, 512, 1024, 2048])
+    parser.add_argument("--block-sizes", type=int, nargs="+", default=[32, 64, 128, 256, 512, 1024, 2048])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--boxes", type=int, default=12000)
     parser.add_argument("--out", help="append the table to this markdown file")
