@@ -21,6 +21,7 @@ import numpy as np
 
 from jaxdet import reporting, workdir as run_files
 from jaxdet.data import Dataset, boxes_to_original, coco_ground_truth, load_image
+from jaxdet.data.batch import DETECTION_KEYS
 from jaxdet.evaluation.coco import STAT_NAMES, eval_detection_coco
 from jaxdet.evaluation.pictures import draw_detections, picture_grid, plot_pr_curves
 from jaxdet.evaluation.voc import eval_detection_voc
@@ -29,8 +30,6 @@ from jaxdet.settings import DetectorSettings
 from jaxdet.training import distributed, parallel
 from jaxdet.training.inputs import check_num_classes, eval_pipeline
 from jaxdet.training.state import TrainState
-
-PREDICT_INPUTS = ("images", "image_hw", "scale", "proposals", "proposal_valid")
 
 
 def _local_detection_mesh(state: TrainState, batch_size: int) -> jax.sharding.Mesh:
@@ -62,7 +61,7 @@ def detect(config: ml_collections.ConfigDict, state: TrainState, dataset: Datase
     began = time.perf_counter()
     with reporting.detection_bar(len(dataset), show_bar=show_progress and distributed.is_main_process()) as bar:
         for batch in pipeline.epoch():
-            placed = jax.device_put({k: batch[k] for k in PREDICT_INPUTS if k in batch}, parallel.split_batch(mesh))
+            placed = jax.device_put({k: batch[k] for k in DETECTION_KEYS if k in batch}, parallel.split_batch(mesh))
             with jax.set_mesh(mesh):  # each device detects on its own images
                 detections = predict(state.model, variables, placed["images"], placed["image_hw"],
                                      image_scale=placed["scale"], proposals=placed.get("proposals"),
