@@ -1,5 +1,6 @@
-"""Independent numpy versions of RoI max pooling, written from the seed kernels (002_* and the
-Caffe/torchvision kernel), element by element, for the tests."""
+"""Independent numpy versions of RoI max pooling, element by element, for the tests: the
+unrounded CUDA kernel and the Caffe/torchvision one (`seed_roi_pool`), and the per-RoI crop and
+adaptive max pooling of the PyTorch Fast R-CNN tutorials (`slow_roi_pool`)."""
 
 import numpy as np
 
@@ -13,9 +14,9 @@ def _is_valid_index(b, num_images):
 def seed_roi_pool(features, rois, output_size, spatial_scale, rounding="none"):
     """features: [N, H, W, C] float; rois: [K, 5]. Returns (out [K, PH, PW, C], argmax).
 
-    Follows the seed kernel line by line in float32, except that the running max starts at the
-    bin's first element (the seed's `first - 1` start fails for |x| >= 2^24 and NaN), and that
-    invalid RoIs pool to zeros, as DESIGN.md asks: a bad batch index, a non-finite coordinate,
+    Follows the unrounded CUDA kernel line by line in float32, except that the running max
+    starts at the bin's first element (a `first - 1` start fails for |x| >= 2^24 and NaN), and
+    that invalid RoIs pool to zeros: a bad batch index, a non-finite coordinate,
     or a scaled size that is not finite (e.g. x1 = x2 = 3.4e38 at scale 4: inf - inf, whose bins
     would be NaN), the rule of `MapRoi` in xla_ops/csrc/roi_pool_bins.h.
     """
@@ -84,3 +85,61 @@ def scatter_through_argmax(grad_out, rois, argmax, feature_shape):
     np.add.at(grad, (np.asarray(rois)[k, 0].astype(np.int64), argmax[k, i, j, ch], ch),
               grad_out[k, i, j, ch])
     return grad.reshape(n, h, w, c)
+
+
+def _adaptive_window(i, length, count):
+    """aten's adaptive pooling window i of `count` over `length`: [floor(i * length / count),
+    ceil((i + 1) * length / count)), in integers."""
+    return (i * length) // count, -((-(i + 1) * length) // count)
+
+
+def adaptive_max_pool(crop, output_size):
+    """torch.nn.AdaptiveMaxPool2d(output_size, return_indices=True) on one crop [h, w, C]:
+    aten's CPU kernel, whose running max starts at -inf on the window's first element and is
+    replaced by a larger value or by a NaN (`val > maxval || isnan(val)`).
+    Returns (out [PH, PW, C], index [PH, PW, C] into the crop's plane, y * w + x)."""
+    h, w, c = crop.shape
+    ph_n, pw_n = output_size
+    out = np.zeros((ph_n, pw_n, c), crop.dtype)
+    index = np.zeros((ph_n, pw_n, c), np.int64)
+    for ph in range(ph_n):
+        h0, h1 = _adaptive_window(ph, h, ph_n)
+        for pw in range(pw_n):
+            w0, w1 = _adaptive_window(pw, w, pw_n)
+            for ch in range(c):
+                best, best_i = -np.inf, h0 * w + w0
+                for yy in range(h0, h1):
+                    for xx in range(w0, w1):
+                        v = np.float64(crop[yy, xx, ch])
+                        if v > best or np.isnan(v):
+                            best, best_i = v, yy * w + xx
+                out[ph, pw, ch] = crop.reshape(h * w, c)[best_i, ch]
+                index[ph, pw, ch] = best_i
+    return out, index
+
+
+def slow_roi_pool(features, rois, output_size, spatial_scale):
+    """The per-RoI loop of the PyTorch Fast R-CNN tutorials, on NHWC features:
+
+        rois = (rois * spatial_scale).long()                 # float32 product, truncated
+        crop = features[b, y1:y2 + 1, x1:x2 + 1]           # both ends included
+        out = AdaptiveMaxPool2d(output_size)(crop)
+
+    rois: [K, 5] (batch_index, x1, y1, x2, y2) with valid batch indices and coordinates that are
+    not negative once scaled (Python would count negative slice starts from the end). A crop
+    that Python's slicing leaves empty (torch raises for it) pools to zeros with argmax -1.
+    Returns (out [K, PH, PW, C], argmax: the flat index y * W + x in the image's plane)."""
+    n, h, w, c = features.shape
+    ph_n, pw_n = output_size
+    out = np.zeros((len(rois), ph_n, pw_n, c), features.dtype)
+    argmax = np.full((len(rois), ph_n, pw_n, c), -1, np.int32)
+    for k, roi in enumerate(np.asarray(rois, f32)):
+        scaled = roi[1:] * f32(spatial_scale)
+        assert (scaled >= 0).all(), "negative coordinates: Python would slice from the end"
+        x1, y1, x2, y2 = (int(v) for v in scaled)
+        crop = features[int(roi[0]), y1:y2 + 1, x1:x2 + 1]
+        if crop.shape[0] == 0 or crop.shape[1] == 0:
+            continue
+        out[k], index = adaptive_max_pool(crop, output_size)
+        argmax[k] = (y1 + index // crop.shape[1]) * w + x1 + index % crop.shape[1]
+    return out, argmax

@@ -35,7 +35,7 @@ emulated = pytest.importorskip(
     reason="the CUDA emulation is built by `make build` (JAXDET_CUDA_EMULATION=1 setup.py build_ext)")
 pytestmark = pytest.mark.skipif(not _native.is_built("cpu"), reason="CPU extension not built")
 
-ROUNDING = {"none": 0, "round": 1}
+ROUNDING = {"none": 0, "round": 1, "adaptive": 2}
 BLOCK_ORDER_SEEDS = (1, 2)
 
 
@@ -146,7 +146,7 @@ def test_invalid_launch_configurations_are_refused_as_cuda_does(grid, block):
 # The kernels against the CPU extension.
 
 
-@pytest.mark.parametrize("rounding", ["none", "round"])
+@pytest.mark.parametrize("rounding", ROUNDING)
 @pytest.mark.parametrize("scale", PRODUCT_SCALES)
 @pytest.mark.parametrize("output_size", PRODUCT_SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("dtype", PRODUCT_DTYPES, ids=lambda d: np.dtype(d).name)

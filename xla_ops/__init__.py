@@ -8,6 +8,6 @@ See `xla_ops.roi_pool` for the semantics and `xla_ops.reference` for the pure jn
 
 from xla_ops._native import is_built
 from xla_ops.reference import roi_pool_reference
-from xla_ops.ops import roi_pool, roi_pool_with_argmax
+from xla_ops.ops import roi_pool, roi_pool_with_argmax, rois_from_fractions
 
-__all__ = ["roi_pool", "roi_pool_with_argmax", "roi_pool_reference", "is_built"]
+__all__ = ["roi_pool", "roi_pool_with_argmax", "roi_pool_reference", "rois_from_fractions", "is_built"]

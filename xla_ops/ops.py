@@ -1,13 +1,19 @@
 """RoI max pooling: the public API over the native custom calls and the jnp reference.
 
-Semantics (DESIGN.md, seed 002): for every RoI `(batch_index, x1, y1, x2, y2)` in input pixels
+Semantics (RoI max pooling of Fast R-CNN, Girshick 2015): for every RoI `(batch_index, x1, y1, x2, y2)` in input pixels
 and every bin of an `output_size` grid, the max of the feature map over the bin and its argmax,
 the flat index `h * W + w` inside that image's plane.
 
-- rounding="none" (default, the seed kernel): x1 * scale, (x2 + 1) * scale without rounding; bin
+- rounding="none" (default, unrounded): x1 * scale, (x2 + 1) * scale without rounding; bin
   edges floor / ceil; a RoI of non-positive size pools to zeros.
 - rounding="round" (Caffe, torchvision): scaled coordinates rounded half away from zero, size
   max(x2 - x1 + 1, 1).
+- rounding="adaptive" (the `SlowROIPool` of the PyTorch Fast R-CNN tutorials): the crop of
+  feature pixels floor(x1 * scale) to floor(x2 * scale), both included, clipped to the map,
+  then adaptive max pooling (torch.nn.AdaptiveMaxPool2d's windows: bin i of a crop of length L
+  covers [floor(i * L / n), ceil((i + 1) * L / n))). Where those crops slice from negative
+  indices (counted from the end, in Python), this crop starts at 0.
+  `xla_ops.rois_from_fractions` gives the RoIs of boxes in [0, 1] image fractions.
 - Bins are clipped to the map; an empty bin gives 0 with argmax -1.
 - Invalid RoIs (batch index not in [0, N) or not finite, a non-finite coordinate, or a scaled
   width or height that is not finite, as when a coordinate overflows to inf once scaled) give 0
@@ -59,7 +65,8 @@ def roi_pool(features, rois, output_size=(7, 7), spatial_scale=1 / 16, *, data_f
       output_size: int or (PH, PW), positive.
       spatial_scale: feature-map pixels per input pixel (1/16 for VGG16 conv5_3).
       data_format: "NHWC" or "NCHW", for features and output alike.
-      rounding: "none" (seed kernel) or "round" (Caffe/torchvision).
+      rounding: "none" (unrounded edges), "round" (Caffe/torchvision) or "adaptive" (crop, then
+        adaptive max pooling, as the PyTorch tutorials' SlowROIPool).
       impl: "ffi" (the custom call; error if not built for this platform), "reference" (pure
         jnp), "auto" (the custom call where built, else the reference with a warning).
       deterministic: backward summation order. On CPU the backward is always deterministic
@@ -98,6 +105,32 @@ def roi_pool_with_argmax(features, rois, output_size=(7, 7), spatial_scale=1 / 1
         warn_unpartitioned("roi_pool", f"[K, 5] rois hold global batch indices, so they cannot be split "
                                        f"over the {shards} devices of mesh axes {axes} (pass [N, R, 4] boxes)")
     return pool(features, rois)
+
+
+def rois_from_fractions(boxes, batch_index, feature_hw):
+    """RoIs for rounding="adaptive" from boxes given as fractions of the image.
+
+    The `SlowROIPool` of the PyTorch Fast R-CNN tutorials takes boxes (x1, y1, x2, y2) in [0, 1]
+    and crops the feature pixels floor(x1 * W) to ceil(x2 * W), end excluded (and likewise along
+    y with H), computing in float64 with numpy. This does the same arithmetic and returns the
+    RoIs that pool the same crops with rounding="adaptive" and spatial_scale=1.
+
+    Args:
+      boxes: [K, 4] fractions (x1, y1, x2, y2), array-like.
+      batch_index: [K] image of each box (or one int for all).
+      feature_hw: (H, W) of the feature map.
+    Returns:
+      [K, 5] float32 numpy array (batch_index, x1, y1, x2, y2) in feature pixels, x2 and y2
+      included in the crop.
+    """
+    boxes = np.asarray(boxes, np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"rois_from_fractions: boxes must be [K, 4], got shape {boxes.shape}")
+    batch = np.broadcast_to(np.asarray(batch_index, np.float64), boxes.shape[:1])
+    h, w = feature_hw
+    x1, x2 = np.floor(boxes[:, 0] * w), np.ceil(boxes[:, 2] * w) - 1
+    y1, y2 = np.floor(boxes[:, 1] * h), np.ceil(boxes[:, 3] * h) - 1
+    return np.stack([batch, x1, y1, x2, y2], axis=1).astype(np.float32)
 
 
 def _pool(features, rois, *, pooled_hw, spatial_scale, data_format, rounding, deterministic, impl):

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-ROUNDINGS = ("none", "round")
+ROUNDINGS = ("none", "round", "adaptive")  # numbered as roi_pool_bins.h numbers them
 
 
 _FLT_MIN = 1.17549435e-38
@@ -139,6 +139,13 @@ def map_rois(rois, *, spatial_scale, num_images, pooled_hw, rounding):
     b, rx1, ry1, rx2, ry2 = (rois[:, i] for i in range(5))
     b = _flush(b)
     valid = jnp.all(jnp.isfinite(rois), axis=1) & (b >= 0) & (b < num_images)
+    if rounding == "adaptive":
+        # The crop floor(x1 * scale) .. floor(x2 * scale), both ends included: its first pixel
+        # as the start and its exclusive end in place of the bin size, as MapRoi stores them.
+        batch = jnp.where(valid, jnp.where(valid, b, 0).astype(jnp.int32), -1)
+        end = lambda r: _add(jnp.floor(_mul(r, scale)), 1.0)
+        return RoiGeometry(batch, jnp.floor(_mul(ry1, scale)), jnp.floor(_mul(rx1, scale)),
+                           end(ry2), end(rx2))
     if rounding == "none":
         x1, y1 = _mul(rx1, scale), _mul(ry1, scale)
         x2, y2 = _mul(_add(rx2, 1.0), scale), _mul(_add(ry2, 1.0), scale)
@@ -158,8 +165,24 @@ def map_rois(rois, *, spatial_scale, num_images, pooled_hw, rounding):
 def bin_ranges(start, bin_size, num_bins, size, *, rounding):
     """Half-open pixel ranges of the bins along one axis (cf. `BinAlongAxis`).
 
-    start, bin_size: [K] float32. Returns (begin, end): [K, num_bins] int32, clipped to [0, size].
+    start, bin_size: [K] float32 (rounding "adaptive": bin_size is the crop's exclusive end).
+    Returns (begin, end): [K, num_bins] int32, clipped to [0, size].
     """
+    # Clamp in float before the cast so huge or infinite edges cannot overflow (as the kernels
+    # do), and the integer again: above 2^24, float(size) may round up past size.
+    clip = lambda e: jnp.minimum(
+        jnp.clip(jnp.nan_to_num(e, nan=0.0), 0.0, float(size)).astype(jnp.int32), size)
+    if rounding == "adaptive":
+        # torch's adaptive pooling windows over the clipped crop of length L: bin i covers
+        # [floor(i * L / n), ceil((i + 1) * L / n)), with L = q * n + r split so that no
+        # product overflows int32.
+        begin = clip(start)[:, None]
+        length = clip(bin_size)[:, None] - begin
+        q, r = length // num_bins, length % num_bins
+        i = jnp.arange(num_bins, dtype=jnp.int32)
+        lo = begin + i * q + i * r // num_bins
+        hi = begin + (i + 1) * q + ((i + 1) * r + num_bins - 1) // num_bins
+        return jnp.where(length > 0, lo, 0), jnp.where(length > 0, hi, 0)
     index = jnp.arange(num_bins, dtype=jnp.float32)
     lo_offset = _mul(jnp.broadcast_to(index, (start.shape[0], num_bins)), bin_size[:, None])
     hi_offset = _mul(jnp.broadcast_to(index + 1.0, (start.shape[0], num_bins)), bin_size[:, None])
@@ -169,8 +192,6 @@ def bin_ranges(start, bin_size, num_bins, size, *, rounding):
     else:
         lo = _add(jnp.floor(lo_offset), start[:, None])
         hi = _add(jnp.ceil(hi_offset), start[:, None])
-    # Clamp in float before the cast so huge or infinite edges cannot overflow (as the kernels do).
-    clip = lambda e: jnp.clip(jnp.nan_to_num(e, nan=0.0), 0.0, float(size)).astype(jnp.int32)
     return clip(lo), clip(hi)
 
 

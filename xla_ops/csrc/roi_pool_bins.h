@@ -19,10 +19,14 @@
 namespace roi_pool {
 
 enum class Rounding : int32_t {
-  // The seed kernel (002_*): coordinates scaled without rounding, +1 on x2/y2 before scaling.
+  // Unrounded: coordinates scaled without rounding, +1 on x2/y2 (inclusive pixels) before scaling.
   kNone = 0,
   // Caffe / torchvision: scaled coordinates rounded half away from zero, size max(x2-x1+1, 1).
   kRound = 1,
+  // The SlowROIPool of the PyTorch Fast R-CNN tutorials: the crop of feature pixels
+  // floor(x1 * scale) to floor(x2 * scale), both included, clipped to the map, split into bins
+  // as adaptive max pooling (torch.nn.AdaptiveMaxPool2d) splits its input.
+  kAdaptive = 2,
 };
 
 // Subnormal results are flushed to zero (sign kept), as XLA's CPU backend does, so that the
@@ -58,12 +62,14 @@ ROI_HD float Div(float a, float b) {
 ROI_HD bool IsFinite(float x) { return x - x == 0.0f; }  // false for NaN and +-inf
 
 // Clamps a float edge to [0, limit] before the integer conversion, so that huge or infinite
-// coordinates can never overflow the cast (NaN has been rejected before this point).
+// coordinates can never overflow the cast (NaN has been rejected before this point), and the
+// integer again: above 2^24, float(limit) may round up past limit.
 ROI_HD int64_t ClampEdge(float edge, int64_t limit) {
   const float hi = static_cast<float>(limit);
   edge = edge < 0.0f ? 0.0f : edge;
   edge = edge > hi ? hi : edge;
-  return static_cast<int64_t>(edge);
+  const int64_t clamped = static_cast<int64_t>(edge);
+  return clamped < limit ? clamped : limit;
 }
 
 // One RoI mapped onto the feature map: the image it reads and the geometry of its bins.
@@ -71,11 +77,11 @@ struct RoiGeometry {
   int64_t batch;   // image index; -1 when the RoI is invalid (pool nothing)
   float start_h;   // top edge on the feature map
   float start_w;   // left edge
-  float bin_h;     // bin height (feature pixels)
-  float bin_w;     // bin width
+  float bin_h;     // bin height (feature pixels); kAdaptive: the crop's bottom edge, exclusive
+  float bin_w;     // bin width; kAdaptive: the crop's right edge, exclusive
 };
 
-// The image a RoI reads: its batch index (truncated, as the seed does) when finite and in
+// The image a RoI reads: its batch index (truncated toward zero) when finite and in
 // [0, num_images), else -1. The forward and both backward kernels validate through this.
 ROI_HD int64_t RoiImage(const float* roi, int64_t num_images) {
   const float b = Flush(roi[0]);
@@ -86,6 +92,7 @@ ROI_HD int64_t RoiImage(const float* roi, int64_t num_images) {
 // roi: (batch_index, x1, y1, x2, y2) in input pixels. An RoI is invalid, and pools to zeros
 // with argmax -1, when its batch index is not finite or not in [0, num_images), when a
 // coordinate is not finite, or (rounding none) when its scaled size is not positive.
+// (kAdaptive: a crop that is empty once clipped to the map pools to zeros bin by bin.)
 ROI_HD RoiGeometry MapRoi(const float* roi, float spatial_scale, int64_t num_images,
                           int64_t pooled_h, int64_t pooled_w, Rounding rounding) {
   RoiGeometry g{-1, 0.0f, 0.0f, 0.0f, 0.0f};
@@ -95,6 +102,15 @@ ROI_HD RoiGeometry MapRoi(const float* roi, float spatial_scale, int64_t num_ima
     if (!IsFinite(roi[i])) return g;
   }
   float x1, y1, w, h;
+  if (rounding == Rounding::kAdaptive) {
+    // floor(+-inf) stays infinite and is clamped to the map by BinAlongAxis, like any edge.
+    g.batch = image;
+    g.start_w = floorf(Mul(roi[1], spatial_scale));
+    g.start_h = floorf(Mul(roi[2], spatial_scale));
+    g.bin_w = Add(floorf(Mul(roi[3], spatial_scale)), 1.0f);
+    g.bin_h = Add(floorf(Mul(roi[4], spatial_scale)), 1.0f);
+    return g;
+  }
   if (rounding == Rounding::kNone) {
     x1 = Mul(roi[1], spatial_scale);
     y1 = Mul(roi[2], spatial_scale);
@@ -129,8 +145,16 @@ struct BinRange {
   int64_t end;
 };
 
-ROI_HD BinRange BinAlongAxis(int64_t index, float start, float bin_size, int64_t size,
-                             Rounding rounding) {
+ROI_HD BinRange BinAlongAxis(int64_t index, int64_t pooled, float start, float bin_size,
+                             int64_t size, Rounding rounding) {
+  if (rounding == Rounding::kAdaptive) {
+    // bin_size is the crop's exclusive end. Bin i of a crop of length L covers
+    // [floor(i * L / pooled), ceil((i + 1) * L / pooled)), torch's adaptive pooling windows.
+    const int64_t begin = ClampEdge(start, size);
+    const int64_t length = ClampEdge(bin_size, size) - begin;
+    if (length <= 0) return BinRange{0, 0};
+    return BinRange{begin + index * length / pooled, begin + ((index + 1) * length + pooled - 1) / pooled};
+  }
   const float lo_offset = Mul(static_cast<float>(index), bin_size);
   const float hi_offset = Mul(static_cast<float>(index + 1), bin_size);
   float lo, hi;
@@ -142,6 +166,18 @@ ROI_HD BinRange BinAlongAxis(int64_t index, float start, float bin_size, int64_t
     hi = Add(ceilf(hi_offset), start);
   }
   return BinRange{ClampEdge(lo, size), ClampEdge(hi, size)};
+}
+
+// The rows of bin row `ph` and the columns of bin column `pw` of a mapped RoI, empty for an
+// invalid one: what every kernel pools over.
+ROI_HD BinRange BinRows(const RoiGeometry& g, int64_t ph, int64_t pooled_h, int64_t height,
+                        Rounding rounding) {
+  return g.batch < 0 ? BinRange{0, 0} : BinAlongAxis(ph, pooled_h, g.start_h, g.bin_h, height, rounding);
+}
+
+ROI_HD BinRange BinCols(const RoiGeometry& g, int64_t pw, int64_t pooled_w, int64_t width,
+                        Rounding rounding) {
+  return g.batch < 0 ? BinRange{0, 0} : BinAlongAxis(pw, pooled_w, g.start_w, g.bin_w, width, rounding);
 }
 
 // The max-with-argmax update used by every kernel: take `value` when it is larger, or when it

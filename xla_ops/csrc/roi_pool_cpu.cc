@@ -339,12 +339,8 @@ void ForwardRows(const T* features, const float* rois, T* out, int32_t* argmax, 
     const int64_t ph = row % d.ph;
     // The geometry first, under the default floating-point environment.
     const RoiGeometry g = MapRoi(rois + k * 5, spatial_scale, d.n, d.ph, d.pw, rounding);
-    const BinRange rows = g.batch < 0 ? BinRange{0, 0}
-                                      : BinAlongAxis(ph, g.start_h, g.bin_h, d.h, rounding);
-    for (int64_t pw = 0; pw < d.pw; ++pw) {
-      s.cols[pw] = g.batch < 0 ? BinRange{0, 0}
-                               : BinAlongAxis(pw, g.start_w, g.bin_w, d.w, rounding);
-    }
+    const BinRange rows = BinRows(g, ph, d.ph, d.h, rounding);
+    for (int64_t pw = 0; pw < d.pw; ++pw) s.cols[pw] = BinCols(g, pw, d.pw, d.w, rounding);
     const T* plane = features + (g.batch < 0 ? 0 : g.batch) * d.h * d.w * d.c;
     {
       ScopedDenormalsAreZero daz;
@@ -467,8 +463,7 @@ void Backward(ffi::ThreadPool& pool, const T* grad_out, const float* rois, const
     for (int64_t k = begin; k < end; ++k) {
       const RoiGeometry g = MapRoi(rois + k * 5, spatial_scale, d.n, d.ph, d.pw, rounding);
       for (int64_t ph = 0; ph < d.ph; ++ph) {
-        rows[k * d.ph + ph] = g.batch < 0 ? BinRange{0, 0}
-                                          : BinAlongAxis(ph, g.start_h, g.bin_h, d.h, rounding);
+        rows[k * d.ph + ph] = BinRows(g, ph, d.ph, d.h, rounding);
       }
     }
   });
@@ -538,10 +533,9 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, ffi::AnyBuffer grad_out, ffi::Buff
                         ffi::Buffer<ffi::S32> argmax, ffi::Result<ffi::Buffer<ffi::F32>> grad_features,
                         bool /*deterministic*/, float spatial_scale, int32_t rounding) {
   Dims d;
-  if (auto err = CheckBackward(grad_out, rois, argmax, *grad_features, &d); !err.success()) {
+  if (auto err = CheckBackward(grad_out, rois, argmax, *grad_features, rounding, &d); !err.success()) {
     return err;
   }
-  if (rounding != 0 && rounding != 1) return ffi::Error::InvalidArgument("roi_pool: bad rounding");
   const auto mode = static_cast<Rounding>(rounding);
   const float* r = rois.typed_data();
   const int32_t* a = argmax.typed_data();

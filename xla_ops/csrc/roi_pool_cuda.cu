@@ -58,11 +58,8 @@ __global__ void ForwardKernel(const T* __restrict__ features, const float* __res
     const int64_t ph = (i / (d.c * d.pw)) % d.ph;
     const int64_t k = i / (d.c * d.pw * d.ph);
     const RoiGeometry g = MapRoi(rois + k * 5, spatial_scale, d.n, d.ph, d.pw, rounding);
-    BinRange rows{0, 0}, cols{0, 0};
-    if (g.batch >= 0) {
-      rows = BinAlongAxis(ph, g.start_h, g.bin_h, d.h, rounding);
-      cols = BinAlongAxis(pw, g.start_w, g.bin_w, d.w, rounding);
-    }
+    const BinRange rows = BinRows(g, ph, d.ph, d.h, rounding);
+    const BinRange cols = BinCols(g, pw, d.pw, d.w, rounding);
     if (rows.end <= rows.begin || cols.end <= cols.begin) {
       out[i] = T{};  // +0 for every float type
       argmax[i] = -1;
@@ -114,12 +111,12 @@ __global__ void BinTableKernel(const float* __restrict__ rois, int32_t* __restri
     const RoiGeometry g = MapRoi(rois + k * 5, spatial_scale, d.n, d.ph, d.pw, rounding);
     t[0] = static_cast<int32_t>(g.batch);
     for (int64_t ph = 0; ph < d.ph; ++ph) {
-      const BinRange r = g.batch < 0 ? BinRange{0, 0} : BinAlongAxis(ph, g.start_h, g.bin_h, d.h, rounding);
+      const BinRange r = BinRows(g, ph, d.ph, d.h, rounding);
       t[1 + 2 * ph] = static_cast<int32_t>(r.begin);
       t[2 + 2 * ph] = static_cast<int32_t>(r.end);
     }
     for (int64_t pw = 0; pw < d.pw; ++pw) {
-      const BinRange r = g.batch < 0 ? BinRange{0, 0} : BinAlongAxis(pw, g.start_w, g.bin_w, d.w, rounding);
+      const BinRange r = BinCols(g, pw, d.pw, d.w, rounding);
       t[1 + 2 * d.ph + 2 * pw] = static_cast<int32_t>(r.begin);
       t[2 + 2 * d.ph + 2 * pw] = static_cast<int32_t>(r.end);
     }
@@ -262,8 +259,7 @@ ffi::Error BackwardImpl(cudaStream_t stream, ffi::ScratchAllocator scratch, ffi:
                         ffi::Result<ffi::Buffer<ffi::F32>> grad_features, bool deterministic,
                         float spatial_scale, int32_t rounding) {
   Dims d;
-  if (auto err = CheckBackward(grad_out, rois, argmax, *grad_features, &d); !err.success()) return err;
-  if (rounding != 0 && rounding != 1) return ffi::Error::InvalidArgument("roi_pool: bad rounding");
+  if (auto err = CheckBackward(grad_out, rois, argmax, *grad_features, rounding, &d); !err.success()) return err;
   const auto mode = static_cast<Rounding>(rounding);
   const float* r = rois.typed_data();
   const int32_t* a = argmax.typed_data();

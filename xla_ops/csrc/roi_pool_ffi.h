@@ -29,7 +29,7 @@ auto BindForward(Binding binding) {
       .template Attr<int64_t>("pooled_h")
       .template Attr<int64_t>("pooled_w")
       .template Attr<float>("spatial_scale")
-      .template Attr<int32_t>("rounding");               // 0: seed kernel, 1: Caffe/torchvision
+      .template Attr<int32_t>("rounding");               // roi_pool_bins.h's Rounding
 }
 
 template <typename Binding>
@@ -43,6 +43,11 @@ auto BindBackward(Binding binding) {
       .template Attr<bool>("deterministic")
       .template Attr<float>("spatial_scale")             // with rounding: the bins' rows
       .template Attr<int32_t>("rounding");
+}
+
+inline xla::ffi::Error CheckRounding(int32_t rounding) {
+  if (rounding < 0 || rounding > 2) return xla::ffi::Error::InvalidArgument("roi_pool: bad rounding");
+  return xla::ffi::Error::Success();
 }
 
 inline xla::ffi::Error CheckForward(const xla::ffi::AnyBuffer& features,
@@ -63,14 +68,14 @@ inline xla::ffi::Error CheckForward(const xla::ffi::AnyBuffer& features,
   }
   // Argmax is int32: the image plane must be indexable by it.
   if (d->h * d->w > INT32_MAX) return ffi::Error::InvalidArgument("roi_pool: H * W must fit int32");
-  if (rounding != 0 && rounding != 1) return ffi::Error::InvalidArgument("roi_pool: bad rounding");
-  return ffi::Error::Success();
+  return CheckRounding(rounding);
 }
 
 inline xla::ffi::Error CheckBackward(const xla::ffi::AnyBuffer& grad_out,
                                      const xla::ffi::Buffer<xla::ffi::F32>& rois,
                                      const xla::ffi::Buffer<xla::ffi::S32>& argmax,
-                                     const xla::ffi::Buffer<xla::ffi::F32>& grad_features, Dims* d) {
+                                     const xla::ffi::Buffer<xla::ffi::F32>& grad_features,
+                                     int32_t rounding, Dims* d) {
   namespace ffi = xla::ffi;
   const auto gd = grad_features.dimensions();
   const auto od = grad_out.dimensions();
@@ -87,7 +92,7 @@ inline xla::ffi::Error CheckBackward(const xla::ffi::AnyBuffer& grad_out,
   if (od[0] != d->k || od[3] != d->c) {
     return ffi::Error::InvalidArgument("roi_pool backward: grad must be [K, PH, PW, C]");
   }
-  return ffi::Error::Success();
+  return CheckRounding(rounding);
 }
 
 }  // namespace roi_pool

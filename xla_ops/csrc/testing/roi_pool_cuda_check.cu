@@ -205,6 +205,7 @@ int main() {
   RunCase<float>("float32 3x3 round", d3, 1.0f / 16, Rounding::kRound, 2);
   RunCase<Float16>("float16 7x7 round", d7, 0.5f, Rounding::kRound, 3);
   RunCase<BFloat16>("bfloat16 7x7 none", d7, 1.0f, Rounding::kNone, 4);
+  RunCase<float>("float32 7x7 adaptive", d7, 1.0f / 16, Rounding::kAdaptive, 6);
   // A 1x1x1 map under the adversarial RoIs alone.
   RunCase<float>("float32 1x1 map", Dims{1, 1, 1, 1, 19, 2, 2}, 1.0f, Rounding::kNone, 5);
   if (failures > 0) {

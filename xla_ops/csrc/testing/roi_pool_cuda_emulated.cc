@@ -64,9 +64,8 @@ py::tuple Forward(py::array features, const std::string& dtype, py::array_t<floa
   if (rois.ndim() != 2 || rois.shape(1) != 5) throw std::invalid_argument("rois must be [K, 5]");
   CheckShape(rois, {rois.shape(0), 5}, "rois");
   CheckShape(features, {features.shape(0), features.shape(1), features.shape(2), features.shape(3)}, "features");
-  if (pooled_h <= 0 || pooled_w <= 0 || (rounding != 0 && rounding != 1)) {
-    throw std::invalid_argument("bad output size or rounding");
-  }
+  if (pooled_h <= 0 || pooled_w <= 0) throw std::invalid_argument("bad output size");
+  Raise(CheckRounding(rounding));
   const Dims d{features.shape(0), features.shape(1), features.shape(2), features.shape(3), rois.shape(0),
                pooled_h, pooled_w};
   py::array out = NewLike(e, {d.k, d.ph, d.pw, d.c});
@@ -101,9 +100,8 @@ py::array_t<float> Backward(py::array grad_out, const std::string& dtype, py::ar
   CheckShape(grad_out, {d.k, d.ph, d.pw, d.c}, "grad_out");
   CheckShape(argmax, {d.k, d.ph, d.pw, d.c}, "argmax");
   CheckShape(rois, {d.k, 5}, "rois");
-  if (n < 0 || h < 0 || w < 0 || (rounding != 0 && rounding != 1)) {
-    throw std::invalid_argument("bad feature shape or rounding");
-  }
+  if (n < 0 || h < 0 || w < 0) throw std::invalid_argument("bad feature shape");
+  Raise(CheckRounding(rounding));
   py::array_t<float> grad({n, h, w, d.c});
   // The bin table lives in scratch memory on a GPU; an exact-size heap block here.
   std::vector<int32_t> table(deterministic ? d.k * BinTableStride(d) : 0);
