@@ -190,7 +190,9 @@ export -f run_tests
 export OUT
 
 # --- sanitizer (background), build, tests ----------------------------------------------------
-step sanitize 240 bash experiments/sanitize_roi_pool.sh --gpu &
+# Its own logs (memcheck, racecheck) in $OUT/sanitize/; the FFI headers from the Python found.
+step sanitize 240 env PY="${PYTHON:-.venv/bin/python}" OUT="$OUT/sanitize" \
+  bash experiments/sanitize_roi_pool.sh --gpu &
 sanitize_pid=$!
 
 archs=$(printf '%s\n' "$gpus" | sed -E 's/.*, *([0-9]+)\.([0-9]+) *$/\1\2/' | sort -u | paste -sd ';' -)
