@@ -1,4 +1,4 @@
-"""Benchmark of RoI max pooling: the native custom call against the jnp reference, the seed's
+"""Benchmark of RoI max pooling: the native custom call against the jnp reference, the tutorials'
 SlowROIPool (PyTorch AdaptiveMaxPool2d per RoI) and, on GPUs, torchvision.ops.roi_pool, all in
 one run; on CPUs also the forward's bandwidth against a plain memory copy of the same bytes,
 timed in the same loop.
@@ -309,11 +309,11 @@ def jax_fns(features, rois, impl):
 
 
 def torch_fns(features, rois, device):
-    """The seed's SlowROIPool (AdaptiveMaxPool2d per RoI) and, on CUDA, torchvision's kernel."""
+    """The tutorials' SlowROIPool (AdaptiveMaxPool2d per RoI) and, on CUDA, torchvision's kernel."""
     import torch
 
     f = torch.tensor(features.transpose(0, 3, 1, 2), device=device, requires_grad=True)
-    # The seed's crop: floor of the scaled x1/y1, ceil of the scaled x2 + 1, y2 + 1.
+    # SlowROIPool's crop: floor of the scaled x1/y1, ceil of the scaled x2 + 1, y2 + 1.
     scaled = rois[:, 1:] / STRIDE
     x1 = np.floor(scaled[:, 0]).astype(int)
     y1 = np.floor(scaled[:, 1]).astype(int)
@@ -411,7 +411,7 @@ def main():
                                         for fn in jax_fns(features, rois, "reference")]
         if have_torch:
             for name, fns in torch_fns(features, rois, torch_device).items():
-                slow = "torchvision" not in name  # the seed's Python loop: seconds per call
+                slow = "torchvision" not in name  # SlowROIPool's Python loop: seconds per call
                 repeats = max(2, args.repeats // 10) if slow else args.repeats
                 results[name] = [timed(fn, repeats, warmup=1 if slow else 2) for fn in fns]
         ffi_fwd, ffi_both = results["ffi (custom call)"]

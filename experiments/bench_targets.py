@@ -1,4 +1,4 @@
-"""Benchmark: the jitted target pipeline against seed 001's numpy steps, side by side.
+"""Benchmark: the jitted target pipeline against the numpy steps of py-faster-rcnn's target layers, side by side.
 
 One 600x1000 image (VGG16 stride 16: a 37x62 feature map, 20646 anchors), the training
 settings (256 anchors sampled, 12000 boxes into NMS at 0.7, 2000 proposals, 128 RoIs at 25%
@@ -9,7 +9,7 @@ implementations in one loop (shared machines are noisy, so the ratio is the figu
   stages:    each of the three steps alone;
   nms:       greedy NMS of the 12000 top-scoring decoded boxes, jaxdet.ops.nms (max_output
              2000, the proposal layer's setting, and 12000, every kept box) against the
-             seed's numpy loop, and the temporary memory XLA allocates for it;
+             numpy loop, and the temporary memory XLA allocates for it;
   block size: jaxdet.ops.nms per block_size, on one image and vmapped over 2 (wall and
              process CPU time, which shows the cost of XLA:CPU's multi-threaded small ops).
 The numpy side is tests/numpy_reference_detection.py, the reference the tests check against.
@@ -78,7 +78,7 @@ def jax_pipeline(x, key):
             jax_proposal_targets(x, proposals, roi_key))
 
 
-# --- numpy (seed 001's steps) ------------------------------------------------------------
+# --- numpy (py-faster-rcnn's steps) ------------------------------------------------------------
 
 def numpy_anchor_targets(x, rng):
     labels, locs = ref.anchor_labels(x["anchors"], x["gt_boxes"], IMAGE_HW)
@@ -169,14 +169,14 @@ def main():
     batched = jax.jit(jax.vmap(jax_pipeline))
     batch_keys = jax.random.split(key, 2)
     times, _ = side_by_side({
-        "numpy (seed 001 steps)": lambda: numpy_pipeline(x, rng),
+        "numpy (py-faster-rcnn steps)": lambda: numpy_pipeline(x, rng),
         "jaxdet, jit": lambda: pipeline(xj, key),
         "jaxdet, jit + vmap over 2 images (per image)": lambda: batched(batch, batch_keys),
     }, args.repeats)
     times["jaxdet, jit + vmap over 2 images (per image)"] = [
         t / 2 for t in times["jaxdet, jit + vmap over 2 images (per image)"]]
     report("Pipeline: anchor targets + proposals + proposal targets, one image", times,
-           "numpy (seed 001 steps)")
+           "numpy (py-faster-rcnn steps)")
 
     proposals = pipeline(xj, key)[1]
     rois, _ = numpy_propose(x)
@@ -202,12 +202,12 @@ def main():
     nms_all = jax.jit(functools.partial(nms, iou_threshold=0.7, max_output=PRE_NMS))
     boxes_j, scores_j = jnp.asarray(boxes), jnp.asarray(scores)
     times, _ = side_by_side({
-        "numpy greedy loop (seed 001)": lambda: ref.nms(boxes, scores, 0.7),
+        "numpy greedy loop (py-faster-rcnn)": lambda: ref.nms(boxes, scores, 0.7),
         "jaxdet.ops.nms, max_output 2000": lambda: nms_2000(boxes_j, scores_j),
         "jaxdet.ops.nms, max_output 12000": lambda: nms_all(boxes_j, scores_j),
     }, args.repeats)
     report(f"NMS of {PRE_NMS} boxes at IoU 0.7 ({kept} kept by the greedy algorithm)", times,
-           "numpy greedy loop (seed 001)")
+           "numpy greedy loop (py-faster-rcnn)")
     full_matrix = jax.jit(lambda b: jnp.any(box_iou(b, b) > 0.7, axis=1))
     print("\nXLA temporary memory (compiled memory_analysis): "
           f"jaxdet.ops.nms, max_output 12000: {temp_megabytes(nms_all, boxes_j, scores_j):.2f} MB; "

@@ -60,7 +60,7 @@ def assert_same(a, b):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_seed_2x2_pooling_of_a_5x7_region(impl):
-    # 003_*: region (x, y, w, h) = (0, 3, 5, 7), i.e. xyxy (0, 3, 4, 9) in inclusive pixels,
+    # The Fast R-CNN tutorials' worked example: region (x, y, w, h) = (0, 3, 5, 7), i.e. xyxy (0, 3, 4, 9) in inclusive pixels,
     # pooled 2x2. Seed semantics: x in [0, 5) split at 2.5 -> columns [0, 3) and [2, 5);
     # y in [3, 10) split at 6.5 -> rows [3, 7) and [6, 10). With value 10 * y + x the max of
     # each bin is its bottom-right pixel.
@@ -114,7 +114,7 @@ ADVERSARIAL_ROIS = np.array([
     [np.nan, 0, 0, 8, 8],      # NaN batch index
     [np.inf, 0, 0, 8, 8],
     [-0.5, 0, 0, 8, 8],        # truncates to 0 but is below 0: invalid
-    [0.7, 0, 0, 8, 8],         # valid, image 0 (the seed's truncation)
+    [0.7, 0, 0, 8, 8],         # valid, image 0 (truncated toward zero)
     [0, np.nan, 0, 8, 8],      # NaN coordinate
     [0, 0, np.inf, 8, 8],
     [0, 0, 0, -np.inf, 8],
@@ -242,7 +242,7 @@ CASES = [  # (features shape NHWC, output size, spatial scale)
     ((1, 13, 11, 16), (2, 3), 1 / 32),
     ((2, 20, 17, 5), (1, 1), 1 / 8),
     ((1, 9, 10, 4), (7, 7), 0.5),
-    ((2, 64, 80, 3), (64, 64), 1.0),  # R-CNN style on images (004_*)
+    ((2, 64, 80, 3), (64, 64), 1.0),  # R-CNN style, pooling straight on images
 ]
 
 
@@ -441,7 +441,7 @@ def test_nan_features_propagate_and_extreme_values(impl):
     f[0, 1, 2] = np.nan
     f[0, 4, 0] = np.nan  # second NaN in the same bin: argmax stays on the first
     f[0, :3, 3:] = -np.inf  # a bin of only -inf: output -inf, argmax its first element
-    f[0, 3:, 3:] = 1e9  # all equal and >= 2^24: the seed's "first - 1" start would fail
+    f[0, 3:, 3:] = 1e9  # all equal and >= 2^24: a "first - 1" running-max start would fail
     rois = np.array([[0, 0, 0, 5, 5]], np.float32)
     out, argmax = roi_pool_with_argmax(jnp.asarray(f), rois, (2, 2), 1.0, impl=impl)
     out, argmax = np.asarray(out), np.asarray(argmax)
