@@ -14,8 +14,9 @@ stage s holds `conv{s}_*`; for ResNet, stage 1 is the stem (`conv1`) and stage s
 R-CNN recipes) and conv1 + res2 of a ResNet.
 
 Variants are `functools.partial`s of one class: `VGG16`, `TinyVGG`; `ResNet50C4`,
-`ResNet101C4`, `TinyResNetC4` with their RoI-head counterparts `ResNet50C5Head`, ... in
-`jaxdet.models.roi_head`.
+`ResNet101C4`, `TinyResNetC4` (stride 16) with their RoI-head counterparts `ResNet50C5Head`, ...
+in `jaxdet.models.roi_head`; `ResNet34`, `ResNet50` (all four stages, stride 32, for heads that
+pool the last stage's features: `jaxdet.models.roi_classifier`).
 """
 
 import functools
@@ -95,6 +96,7 @@ class BottleneckBlock(nn.Module):
     filters: int
     strides: int = 1
     dtype: Dtype = jnp.float32
+    expansion = 4  # output channels per filter
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -110,46 +112,78 @@ class BottleneckBlock(nn.Module):
         return nn.relu(x + y)
 
 
+class BasicBlock(nn.Module):
+    """ResNet basic block of ResNet-18/34 (two 3x3 convolutions, as torchvision's BasicBlock).
+
+    x: [N, H, W, C] -> [N, H / strides, W / strides, filters].
+    """
+
+    filters: int
+    strides: int = 1
+    dtype: Dtype = jnp.float32
+    expansion = 1  # output channels per filter
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        norm = functools.partial(FrozenBatchNorm, dtype=self.dtype)
+        y = conv(self.filters, (3, 3), strides=self.strides, padding=1, name="conv1")(x)
+        y = nn.relu(norm(name="bn1")(y))
+        y = norm(name="bn2")(conv(self.filters, (3, 3), padding=1, name="conv2")(y))
+        if x.shape[-1] != self.filters or self.strides != 1:
+            x = conv(self.filters, (1, 1), strides=self.strides, name="downsample_conv")(x)
+            x = norm(name="downsample_bn")(x)
+        return nn.relu(x + y)
+
+
 class ResStage(nn.Module):
-    """`num_blocks` bottlenecks, the first one with `strides`: [N, H, W, C] -> [N, H/s, W/s, 4 * filters]."""
+    """`num_blocks` blocks, the first one with `strides`:
+    [N, H, W, C] -> [N, H / strides, W / strides, block.expansion * filters]."""
 
     num_blocks: int
     filters: int
     strides: int
+    block: Any = BottleneckBlock
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for b in range(self.num_blocks):
-            x = BottleneckBlock(self.filters, self.strides if b == 0 else 1, dtype=self.dtype, name=f"block{b + 1}")(x)
+            x = self.block(self.filters, self.strides if b == 0 else 1, dtype=self.dtype, name=f"block{b + 1}")(x)
         return x
 
 
-class ResNetC4(nn.Module):
-    """ResNet trunk up to res4 ("C4"): stride 16, `16 * width` channels (1024 for ResNet-50).
+class ResNet(nn.Module):
+    """ResNet trunk (He et al. 2016) up to its last listed stage: the stem (stride 4), then
+    res2, res3, ... with `stage_sizes` blocks each, every stage after res2 halving the size.
 
-    The res5 stage runs on pooled RoI features in the head (`jaxdet.models.roi_head.ResNetC5Head`),
-    the C4 pattern of the ResNet Faster R-CNN (He et al. 2016; detectron2's Res5ROIHeads).
+    Three stages end at res4 ("C4", stride 16; 1024 channels for ResNet-50): res5 then runs on
+    pooled RoI features in the head (`jaxdet.models.roi_head.ResNetC5Head`), the C4 pattern of
+    the ResNet Faster R-CNN (detectron2's Res5ROIHeads). Four stages end at res5 (stride 32):
+    the whole classification trunk without its pooling and classifier, whose features RoI
+    pooling can read at `spatial_scale = 1 / 32`.
 
     Attributes:
-      stage_sizes: number of bottleneck blocks of res2, res3, res4.
-      width: channels of the stem; stage s has `width * 2 ** (s - 2)` bottleneck channels.
+      stage_sizes: number of blocks of res2, res3, ...
+      block: `BottleneckBlock` (ResNet-50 and deeper) or `BasicBlock` (ResNet-18/34).
+      width: channels of the stem; stage s has `width * 2 ** (s - 2)` filters per block.
       frozen_stages: 1 freezes the stem, 2 the stem and res2, ...
       dtype: computation dtype (parameters stay float32).
     """
 
     stage_sizes: Sequence[int]
+    block: Any = BottleneckBlock
     width: int = 64
     frozen_stages: int = 0
     dtype: Dtype = jnp.float32
 
     @property
     def stride(self) -> int:
-        return 16
+        return 4 * 2 ** (len(self.stage_sizes) - 1)
 
     @property
     def out_channels(self) -> int:
-        return 16 * self.width
+        return self.block.expansion * self.width * 2 ** (len(self.stage_sizes) - 1)
 
     def is_frozen(self, name: str) -> bool:
         stage = 1 if name in ("conv1", "bn1") else int(name[len("res"):])
@@ -157,7 +191,7 @@ class ResNetC4(nn.Module):
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-        """images: [N, H, W, 3] -> features [N, ~H / 16, ~W / 16, 16 * width]."""
+        """images: [N, H, W, 3] -> features [N, ~H / stride, ~W / stride, out_channels]."""
         del train  # normalisation statistics are frozen
         if not 0 <= self.frozen_stages <= 1 + len(self.stage_sizes):
             raise ValueError(f"frozen_stages must be in [0, {1 + len(self.stage_sizes)}], got {self.frozen_stages}")
@@ -169,13 +203,18 @@ class ResNetC4(nn.Module):
             x = jax.lax.stop_gradient(x)
         for i, num_blocks in enumerate(self.stage_sizes):
             stage = i + 2
-            x = ResStage(num_blocks, self.width * 2**i, 1 if i == 0 else 2, dtype=self.dtype, name=f"res{stage}")(x)
+            x = ResStage(num_blocks, self.width * 2**i, 1 if i == 0 else 2, block=self.block, dtype=self.dtype,
+                         name=f"res{stage}")(x)
             if stage == self.frozen_stages:
                 x = jax.lax.stop_gradient(x)
         return x
 
 
-ResNet50C4 = functools.partial(ResNetC4, stage_sizes=(3, 4, 6))
-ResNet101C4 = functools.partial(ResNetC4, stage_sizes=(3, 4, 23))
-ResNet152C4 = functools.partial(ResNetC4, stage_sizes=(3, 8, 36))
-TinyResNetC4 = functools.partial(ResNetC4, stage_sizes=(1, 1, 1), width=8)
+ResNet50C4 = functools.partial(ResNet, stage_sizes=(3, 4, 6))
+ResNet101C4 = functools.partial(ResNet, stage_sizes=(3, 4, 23))
+ResNet152C4 = functools.partial(ResNet, stage_sizes=(3, 8, 36))
+TinyResNetC4 = functools.partial(ResNet, stage_sizes=(1, 1, 1), width=8)
+# Whole trunks, stride 32: 21,284,672 and 23,508,032 parameters (torchvision's resnet34 and
+# resnet50 without their fc layer).
+ResNet34 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3))
