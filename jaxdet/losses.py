@@ -7,9 +7,10 @@ Normalisation (``normalize_by``):
   * classification: mean cross entropy over the sampled entries (RPN: label != -1; RoI head:
     ``valid``), as PyTorch's ``F.cross_entropy(..., ignore_index=-1)``.
   * regression, ``"positives"`` (default): smooth L1 summed over the 4 coordinates of the
-    positive entries, divided by their number, ``N_reg`` of Ren et al. 2015 (eq. 1), which then
-    weights it by ``lambda = 10`` in the total (``cls + 10 / N_reg * loc``); that weight is the
-    caller's.
+    positive entries, divided by their number, as the PyTorch Faster R-CNN notebooks read
+    ``N_reg`` of Ren et al. 2015 (eq. 1; the paper's ``N_reg`` is the number of anchor
+    locations, about 2,400), weighted by ``lambda = 10`` in the total
+    (``cls + 10 / N_reg * loc``); that weight is the caller's.
   * regression, ``"samples"``: the same sum divided by the number of sampled entries (256 or 128
     per image), the normalisation of py-faster-rcnn and simple-faster-rcnn, used with weight 1.
 Smooth L1 with ``sigma`` (3 for the RPN, 1 for the RoI head, as those ports): ``0.5 (sigma x)^2``
