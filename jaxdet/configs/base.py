@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.model = dict(
         kind="faster_rcnn",          # "faster_rcnn" (RPN proposals) or "fast_rcnn" (given proposals)
-        backbone="vgg16",            # vgg16 | tiny_vgg | resnet50_c4 | resnet101_c4 | resnet152_c4 | tiny_resnet_c4
+        backbone="vgg16",            # vgg16 | vgg16_bn | tiny_vgg | resnet50_c4 | resnet101_c4 | resnet152_c4 | tiny_resnet_c4
         frozen_stages=2,             # conv1-conv2 frozen, as the reference recipes
         num_classes=20,              # object classes K; the head predicts K + 1 with background 0
         anchor_scales=(8, 16, 32),   # anchor sizes in units of the stride (16): 128, 256, 512 px

@@ -1,7 +1,7 @@
 """Flax modules: backbones, the RPN head, RoI heads, the FastRCNN / FasterRCNN detectors, and
 RoI classifiers on their own."""
 
-from jaxdet.models.backbones import (VGG, VGG16, BasicBlock, BottleneckBlock, ResNet, ResNet34, ResNet50,
+from jaxdet.models.backbones import (VGG, VGG16, VGG16BN, BasicBlock, BottleneckBlock, ResNet, ResNet34, ResNet50,
                                      ResNet50C4, ResNet101C4, ResNet152C4, TinyResNetC4, TinyVGG)
 from jaxdet.models.detector import FastRCNN, FasterRCNN
 from jaxdet.models.roi_classifier import GlobalPoolHead, RoIClassifier

@@ -35,14 +35,19 @@ class VGG(nn.Module):
     Stage s (1-based) is a 2x2/2 max pool (except for s = 1) followed by 3x3 convolutions
     with padding 1 and ReLU named `conv{s}_{i}`, so `len(stages)` stages subsample by
     `2 ** (len(stages) - 1)`. Pooling floors odd sizes, as torchvision and Caffe do.
+    With `batch_norm`, each convolution is followed by batch normalisation `bn{s}_{i}` before
+    its ReLU (torchvision's vgg16_bn), kept frozen at its ImageNet statistics (`FrozenBatchNorm`:
+    detection batches are too small to estimate them).
 
     Attributes:
       stages: output channels of each convolution, per stage.
+      batch_norm: a frozen batch normalisation after every convolution.
       frozen_stages: stages 1..frozen_stages receive no gradient and no update.
       dtype: computation dtype (parameters stay float32).
     """
 
     stages: Sequence[Sequence[int]]
+    batch_norm: bool = False
     frozen_stages: int = 0
     dtype: Dtype = jnp.float32
 
@@ -55,7 +60,7 @@ class VGG(nn.Module):
         return self.stages[-1][-1]
 
     def is_frozen(self, name: str) -> bool:
-        stage = int(name[len("conv"):].split("_")[0])
+        stage = int(name.split("_")[0].removeprefix("conv").removeprefix("bn"))  # conv{s}_{i}, bn{s}_{i}
         return stage <= self.frozen_stages
 
     @nn.compact
@@ -70,14 +75,18 @@ class VGG(nn.Module):
                 x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
             for i, width in enumerate(widths, start=1):
                 x = nn.Conv(width, (3, 3), padding=1, dtype=self.dtype, name=f"conv{s}_{i}")(x)
+                if self.batch_norm:
+                    x = FrozenBatchNorm(dtype=self.dtype, name=f"bn{s}_{i}")(x)
                 x = nn.relu(x)
             if s == self.frozen_stages:
                 x = jax.lax.stop_gradient(x)
         return x
 
 
-# The 13 convolutions of VGG16 up to conv5_3: stride 16, 512 channels, 14,714,688 parameters.
+# The 13 convolutions of VGG16 up to conv5_3: stride 16, 512 channels, 14,714,688 parameters
+# (and 8,448 more scale and bias parameters of batch normalisation in VGG16BN).
 VGG16 = functools.partial(VGG, stages=((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512)))
+VGG16BN = functools.partial(VGG16, batch_norm=True)
 # The CPU demo and tests: stride 8, 64 channels, about 0.1M parameters.
 TinyVGG = functools.partial(VGG, stages=((16,), (32,), (64, 64), (64, 64)))
 

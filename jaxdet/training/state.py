@@ -25,6 +25,7 @@ from jaxdet.training.weights import load_pretrained
 # name -> (backbone, the res5 head that continues it).
 BACKBONES = {
     "vgg16": (backbones.VGG16, None),
+    "vgg16_bn": (backbones.VGG16BN, None),
     "tiny_vgg": (backbones.TinyVGG, None),
     "resnet50_c4": (backbones.ResNet50C4, roi_head.ResNet50C5Head),
     "resnet101_c4": (backbones.ResNet101C4, roi_head.ResNet50C5Head),
@@ -124,9 +125,10 @@ def create_train_state(config: ml_collections.ConfigDict, key: jax.Array) -> Tra
         # Kept as raw uint32 data: checkpoints then hold a plain array, whichever key style the caller uses.
         run_key = jax.random.key_data(run_key)
     variables = dict(init_variables(model, init_key))
-    params = variables.pop("params")
     if config.model.pretrained:
-        params = load_pretrained(config.model.pretrained, params, include_fc="fc6" in params["box_head"])
+        variables = load_pretrained(config.model.pretrained, variables,
+                                    include_fc="fc6" in variables["params"]["box_head"])
+    params = variables.pop("params")
     tx, schedule = make_optimizer(OptimizerSettings.from_config(config), FrozenStages(model.backbone))
     arrays = dict(step=jnp.zeros((), jnp.int32), params=params, model_state=variables, opt_state=tx.init(params),
                   rng=run_key)
