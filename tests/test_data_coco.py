@@ -164,3 +164,31 @@ def test_box_format_conversions_by_hand_and_round_trip():
     np.testing.assert_array_equal(xywh_to_xyxy(xywh), [[10, 20, 40, 25.5], [0, 0, 1, 1]])
     np.testing.assert_array_equal(xyxy_to_xywh(xywh_to_xyxy(xywh)), xywh)
     assert xyxy_to_xywh(np.zeros((0, 4), np.float32)).shape == (0, 4)
+
+
+def test_string_and_duplicate_image_ids_are_named_when_read(tmp_path):
+    """Found when the file is read, not after training (the evaluation needs integer ids)."""
+    path, image_dir = _write(tmp_path, [_image("img_1", "a.png")], [_ann(1, "img_1", 1, [1, 1, 2, 2])])
+    with pytest.raises(DataError, match=r"images\[0\] \(a\.png\) has id 'img_1': COCO image ids are integers"):
+        read_coco(path, image_dir)
+    path, image_dir = _write(tmp_path, [_image(5, "a.png"), _image(6, "b.png"), _image(5, "c.png")],
+                             [_ann(1, 5, 1, [1, 1, 2, 2])])
+    with pytest.raises(DataError, match=r"images\[2\] \(c\.png\) and images\[0\] \(a\.png\) have the same id 5"):
+        read_coco(path, image_dir)
+
+
+def test_crowd_only_images_left_out_are_explained(tmp_path):
+    path, image_dir = _write(tmp_path, [_image(1, "a.png"), _image(2, "b.png")],
+                             [_ann(1, 1, 1, [5, 5, 4, 4], iscrowd=1), _ann(2, 2, 1, [1, 1, 2, 2])])
+    with pytest.warns(UserWarning, match=r"1 images hold only crowd annotations \(iscrowd=1, e\.g\. a\.png\)"):
+        kept = read_coco(path, image_dir, keep_empty=False)
+    assert [r.source_id for r in kept.records] == [2]
+
+
+def test_json_with_a_byte_order_mark_reads(tmp_path):
+    path, image_dir = _write(tmp_path, [_image(1, "a.png")], [_ann(1, 1, 1, [1, 1, 2, 2])])
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    with open(path, "w", encoding="utf-8-sig") as f:
+        f.write(text)
+    assert len(read_coco(path, image_dir)) == 1

@@ -172,3 +172,45 @@ def test_writer_round_trip(tmp_path):
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_array_equal(np.asarray(Image.open(b.path)), a.image)
         assert (b.height, b.width, b.source_id) == (48, 64, a.source_id)
+
+
+def test_split_list_with_a_byte_order_mark(tmp_path):
+    """A list saved by an editor that starts it with a UTF-8 byte-order mark: the first id is
+    read as itself, not as '\\ufeff000001' (a missing annotation)."""
+    root = str(tmp_path / "VOC2007")
+    _write_tree(root, {"000001": (20, 10, [("dog", 1, 1, 5, 5)]), "000002": (20, 10, [("cat", 2, 2, 9, 9)])})
+    list_file = os.path.join(root, "ImageSets", "Main", "trainval.txt")
+    with open(list_file, encoding="utf-8") as f:
+        text = f.read()
+    with open(list_file, "w", encoding="utf-8-sig") as f:
+        f.write(text)
+    ds = read_voc(root, "trainval")
+    assert [r.source_id for r in ds.records] == ["000001", "000002"]
+
+
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
+    """PIL's own conversion clips 16-bit grayscale and float pixels to 255 (an all-white image)."""
+    from jaxdet.data import load_image
+
+    root = str(tmp_path / "VOC2007")
+    _write_tree(root, {"deep": (16, 8, [("dog", 1, 1, 5, 5)]), "float": (16, 8, [("dog", 1, 1, 5, 5)]),
+                       "hot": (16, 8, [("dog", 1, 1, 5, 5)])})
+    gray16 = (np.arange(128).reshape(8, 16) * 500).astype(np.uint16)  # up to 63500
+    Image.fromarray(gray16).save(os.path.join(root, "JPEGImages", "deep.png"))
+    gray_float = np.linspace(0, 1, 128, dtype=np.float32).reshape(8, 16)
+    Image.fromarray(gray_float).save(os.path.join(root, "JPEGImages", "float.tiff"))
+    Image.fromarray(gray_float * 3).save(os.path.join(root, "JPEGImages", "hot.tiff"))
+    for stem, ext in (("deep", "png"), ("float", "tiff"), ("hot", "tiff")):
+        xml = os.path.join(root, "Annotations", f"{stem}.xml")
+        with open(xml) as f:
+            text = f.read().replace(f"{stem}.jpg", f"{stem}.{ext}")
+        with open(xml, "w") as f:
+            f.write(text)
+    deep, flt, hot = read_voc(root, "trainval").records
+    image = load_image(deep)
+    assert image.shape == (8, 16, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[..., 0], np.round(gray16 * (255 / 65535)).astype(np.uint8))
+    np.testing.assert_array_equal(image[..., 1], image[..., 2])
+    np.testing.assert_array_equal(load_image(flt)[..., 0], np.round(gray_float * 255.0).astype(np.uint8))
+    with pytest.raises(DataError, match=r"hot\.tiff: a F image with values in \[0, 3\]"):
+        load_image(hot)

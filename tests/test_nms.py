@@ -162,3 +162,16 @@ def test_multiclass_nms_matches_per_class_reference():
 def test_bad_static_arguments_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         nms(jnp.zeros((4, 4)), jnp.zeros((4,)), **kwargs)
+
+
+def test_nan_scores_and_boxes_take_no_part_and_lists_are_taken():
+    rng = np.random.default_rng(21)
+    boxes = integer_boxes(rng, 60)
+    scores = rng.permutation(60).astype(np.float32)
+    scores[[3, 17]] = np.nan
+    boxes[[5, 40], 2] = np.nan
+    keep, count = nms(boxes.tolist(), scores.tolist(), iou_threshold=0.5, max_output=60)
+    finite = np.setdiff1d(np.arange(60), [3, 17, 5, 40])
+    expected = finite[ref.nms(boxes[finite], scores[finite], 0.5)]
+    np.testing.assert_array_equal(np.asarray(keep)[:int(count)], expected)
+    assert not np.isin([3, 17, 5, 40], np.asarray(keep)).any()

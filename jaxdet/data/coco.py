@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 
 import numpy as np
 
@@ -62,7 +63,7 @@ def read_coco(
     log = BadDataLog(on_error)
     images, by_image = _images_and_annotations(data, annotation_file, log)
 
-    records = []
+    records, crowd_only = [], []
     for image_id, (file_name, height, width) in images.items():
         path = os.path.join(image_dir, file_name)
         try:
@@ -75,7 +76,13 @@ def read_coco(
             continue
         if keep_empty or np.any(~record.iscrowd):
             records.append(record)
+        elif len(record.iscrowd):
+            crowd_only.append(file_name)
     log.summarise(len(images), annotation_file)
+    if crowd_only:
+        warnings.warn(f"{annotation_file}: {len(crowd_only)} images hold only crowd annotations (iscrowd=1, "
+                      f"e.g. {crowd_only[0]}), which are never training targets: they are left out with the "
+                      "images without annotations", stacklevel=2)
     return make_dataset(records, class_names, category_ids=category_ids, skipped=log.skipped,
                         annotation_file=os.path.abspath(annotation_file))
 
@@ -83,7 +90,7 @@ def read_coco(
 def _load_instances(annotation_file: str) -> dict:
     """The parsed JSON of a COCO instances file, checked to hold its three lists."""
     try:
-        with open(annotation_file) as f:
+        with open(annotation_file, encoding="utf-8-sig") as f:  # a byte-order mark is not JSON
             data = json.load(f)
     except FileNotFoundError:
         raise FileNotFoundError(f"COCO annotation file not found: {annotation_file}") from None
@@ -113,12 +120,21 @@ def _categories(data: dict, annotation_file: str) -> tuple:
 def _images_and_annotations(data: dict, annotation_file: str, log: BadDataLog) -> tuple:
     """({image id: (file_name, height, width)}, {image id: [(index, annotation)]}); an annotation
     of an unknown image is reported to `log`."""
-    images = {}
+    images, index_of = {}, {}
     for i, image in enumerate(data["images"]):
         try:
-            images[image["id"]] = (image["file_name"], int(image["height"]), int(image["width"]))
+            image_id = image["id"]
+            images_entry = (image["file_name"], int(image["height"]), int(image["width"]))
         except (KeyError, TypeError, ValueError) as e:
             raise DataError(f"{annotation_file}: images[{i}] is malformed ({e!r})") from e
+        if not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise DataError(f"{annotation_file}: images[{i}] ({images_entry[0]}) has id {image_id!r}: COCO image "
+                            "ids are integers (the evaluation, pycocotools, needs them); renumber the images")
+        if image_id in images:
+            j = index_of[image_id]
+            raise DataError(f"{annotation_file}: images[{i}] ({images_entry[0]}) and images[{j}] "
+                            f"({images[image_id][0]}) have the same id {image_id}; image ids must be unique")
+        images[image_id], index_of[image_id] = images_entry, i
     by_image = {image_id: [] for image_id in images}
     for i, ann in enumerate(data["annotations"]):
         image_id = ann.get("image_id") if isinstance(ann, dict) else None

@@ -258,6 +258,27 @@ def check_image_file(path: str, *, height: int | None, width: int | None, decode
     return height, width
 
 
+def rgb8(image: Image.Image, path: str) -> np.ndarray:
+    """A decoded image as [H, W, 3] uint8 RGB, deeper pixels scaled rather than clipped.
+
+    16-bit grayscale (PIL modes "I;16*", and "I" as 16-bit values) is scaled by 255 / 65535,
+    float images (mode "F") with values in [0, 1] by 255; PIL's own conversion would clip both
+    to 255, an all-white image. Other modes (palette, RGBA, CMYK, ...) convert as PIL does.
+
+    Raises:
+      DataError naming `path` for an "I" or "F" image whose values lie outside those ranges.
+    """
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        values = np.asarray(image, np.float64)
+        full = 1.0 if image.mode == "F" else 65535.0
+        if values.size and not (np.all(np.isfinite(values)) and values.min() >= 0 and values.max() <= full):
+            raise DataError(f"{path}: a {image.mode} image with values in [{values.min():g}, {values.max():g}]: "
+                            f"jaxdet reads such images as values in [0, {full:g}]; convert it to 8-bit RGB")
+        gray = np.round(values * (255.0 / full)).astype(np.uint8)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"))
+
+
 def load_image(record: Record) -> np.ndarray:
     """The record's image as [H, W, 3] uint8 RGB.
 
@@ -268,7 +289,9 @@ def load_image(record: Record) -> np.ndarray:
         return record.image
     try:
         with Image.open(record.path) as im:
-            image = np.asarray(im.convert("RGB"))
+            image = rgb8(im, record.path)
+    except DataError:
+        raise
     except FileNotFoundError as e:
         raise DataError(f"{record.path}: image file is missing") from e
     except Exception as e:  # PIL raises several unrelated types for a bad file

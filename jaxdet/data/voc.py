@@ -56,7 +56,7 @@ def read_voc(
     list_file = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
     if not os.path.isfile(list_file):
         raise FileNotFoundError(f"VOC split list not found: {list_file}")
-    with open(list_file) as f:
+    with open(list_file, encoding="utf-8-sig") as f:  # editors may start the list with a byte-order mark
         ids = [line.split()[0] for line in f if line.strip()]
     class_index = {name: k for k, name in enumerate(class_names)}
     log = BadDataLog(on_error)

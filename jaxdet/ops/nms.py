@@ -60,10 +60,11 @@ def nms(boxes, scores, *, iou_threshold, max_output, valid=None, block_size=None
 
     A box is suppressed by a kept, higher-ranked box when their IoU is strictly greater than
     ``iou_threshold``. Degenerate (zero-area) boxes overlap nothing, so they are never
-    suppressed and never suppress.
+    suppressed and never suppress. A box with a NaN score or a NaN coordinate takes no part (as
+    if ``valid`` were False for it): it is never kept and suppresses nothing.
 
     Args:
-      boxes: [M, 4] xyxy.
+      boxes: [M, 4] xyxy (an array or anything ``jnp.asarray`` takes, as a list of lists).
       scores: [M] floats; ties are ranked by lower index first.
       iou_threshold: Python float in [0, 1].
       max_output: Python int, the size of the output.
@@ -76,13 +77,14 @@ def nms(boxes, scores, *, iou_threshold, max_output, valid=None, block_size=None
       count: int32 scalar, the number of kept boxes (at most ``max_output``).
     """
     _check_static(iou_threshold, max_output, block_size)
+    boxes, scores = jnp.asarray(boxes), jnp.asarray(scores)
     if boxes.ndim != 2 or boxes.shape[-1] != 4 or scores.shape != boxes.shape[:1]:
         raise ValueError(f"boxes must be [M, 4] and scores [M], got {boxes.shape} and {scores.shape}")
     num_boxes = boxes.shape[0]
     if num_boxes == 0:
         return jnp.full((max_output,), -1, jnp.int32), jnp.zeros((), jnp.int32)
-    if valid is None:
-        valid = jnp.ones((num_boxes,), bool)
+    finite = ~jnp.isnan(scores) & ~jnp.any(jnp.isnan(boxes), axis=-1)
+    valid = finite if valid is None else jnp.asarray(valid, bool) & finite
     greedy = functools.partial(_greedy_nms, iou_threshold=iou_threshold, max_output=max_output)
     if block_size is not None:
         return greedy(boxes, scores, valid, block_size=block_size)
