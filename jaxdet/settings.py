@@ -126,6 +126,7 @@ class TestSettings(_Section):
     how many are kept)."""
 
     SECTION = "test"
+    __test__ = False  # a config section, not a pytest test class (its name starts with "Test")
     score_threshold: float = 0.05
     nms_iou: float = 0.3
     max_detections: int = 100
