@@ -388,7 +388,7 @@ def _run_demo(args) -> int:
     loop.check_train_settings(config)  # before the previous demo's files are removed
     devices = select_devices(args.device, args.num_devices)
     if not args.resume:
-        workdir.clear_training(args.workdir)  # a new demo replaces the previous one's run (not its data)
+        workdir.clear_demo_run(args.workdir)  # a new demo replaces the previous one's run (not its data)
     config.data.root, reused = experiment.demo_data(config, args.workdir)
     print(f"{'using the shapes dataset already in' if reused else 'wrote the shapes dataset to'} {config.data.root}",
           flush=True)
@@ -409,6 +409,7 @@ jaxdet: Fast and Faster R-CNN in JAX, with RoI max pooling as a native XLA custo
 
 Start with the demo: it writes a synthetic shapes dataset, trains a tiny Faster R-CNN on
 the CPU (about 10 minutes on 2 cores), evaluates it on held-out images and writes its
+    workdir.claim_for_demo(args.workdir)  # refuses a directory with files the demo did not write
 mAP, precision-recall curves, a picture of its detections and its loss curve to runs/demo:
 
     python -m jaxdet demo
@@ -478,7 +479,9 @@ def _add_training_commands(commands) -> dict:
                     "sets) to WORKDIR/data, trains the tiny Faster R-CNN of the shapes_demo config "
                     "(about 10 minutes on 2 CPU cores; a GPU is used when JAX finds one), evaluates it on the "
                     "held-out images (VOC07 mAP@0.5 and COCO AP), and writes metrics.json, pr_curves.png, "
-                    "detections.png and loss_curve.png to WORKDIR. Each run starts afresh unless --resume.")
+                    "detections.png and loss_curve.png to WORKDIR. Each run starts afresh unless --resume. WORKDIR "
+                    "must be new, empty or a previous demo's (stamped demo.json): the demo refuses any other "
+                    "directory, and replaces only files it wrote.")
     _common(demo, workdir_default=DEMO_WORKDIR, workdir_help=f"where everything goes (default {DEMO_WORKDIR})")
     demo.add_argument("--resume", action="store_true", help="continue an interrupted demo from its last checkpoint")
     train = _command(
@@ -591,7 +594,7 @@ def explain(error: BaseException) -> tuple:
 
     if isinstance(error, (UsageError, InvalidSetting, ConfigNotFound, ImageFilesError)):
         return 2, f"config or command-line error: {error}"
-    if isinstance(error, (DeviceError, DatasetNotFound, CheckpointsExist)):
+    if isinstance(error, (DeviceError, DatasetNotFound, CheckpointsExist, WorkdirInUse)):
         return 1, str(error)
     if isinstance(error, DataError):
         return 1, (f"bad data: {error}. Fix or remove that file, or set --config.data.on_error=skip to drop "
@@ -631,6 +634,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    from jaxdet.workdir import WorkdirInUse
     traceback = "--traceback" in argv
     formatwarning, warnings.formatwarning = warnings.formatwarning, format_warning
     try:

@@ -7,7 +7,6 @@ data (`demo_data`). The layers it ties together, each crossed once: `jaxdet.trai
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Any, Sequence
 
 import ml_collections
@@ -58,17 +57,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
 
 def demo_data(config: ml_collections.ConfigDict, workdir: str) -> tuple:
     """The demo's shapes sets (`config.data`) under `workdir/data`, written unless the same ones are
-    already there (`jaxdet.workdir.data_is_stamped`).
+    already there; `workdir` must be the demo's (`jaxdet.workdir.claim_for_demo`), and only files the
+    demo wrote are ever replaced (`jaxdet.workdir.write_demo_data`).
 
     Returns:
       (the dataset's root, whether it was already there).
     """
     root = os.path.join(workdir, run_files.DATA)
-    stamp = {"shapes": dict(config.data.shapes.to_dict()), "splits": shapes_splits(config)}
-    if run_files.data_is_stamped(workdir, stamp):
+    description = {"shapes": dict(config.data.shapes.to_dict()), "splits": shapes_splits(config)}
+    if run_files.demo_data_is(workdir, description):
         return root, True
-    if os.path.isdir(root):
-        shutil.rmtree(root)
-    write_shapes_dataset(config, root)
-    run_files.stamp_data(workdir, stamp)
+    run_files.write_demo_data(workdir, description, lambda out: write_shapes_dataset(config, out))
     return root, False

@@ -10,7 +10,9 @@
     pr_curves.png, detections.png, detections_coco.json
                           the evaluation's (`jaxdet.evaluation.run`)
     predictions/          `jaxdet predict`'s pictures and detections.json (`jaxdet.inference_files`)
-    data/                 the demo's shapes dataset, data/shapes.json saying which one it is
+    data/                 the demo's shapes dataset
+    demo.json             the demo's stamp: this directory is the demo's, and which files under data/ it
+                          wrote (`claim_for_demo`); the demo deletes nothing else
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ DETECTIONS_PICTURE = "detections.png"
 COCO_RESULTS = "detections_coco.json"
 PREDICTIONS = "predictions"
 DATA = "data"
-DATA_STAMP = "shapes.json"  # inside DATA
+DEMO_STAMP = "demo.json"
 
 # What each file is, in the order a run's results are listed.
 DESCRIPTIONS = {
@@ -49,7 +51,7 @@ DESCRIPTIONS = {
     CHECKPOINTS: "checkpoints (resume with --resume)",
     DATA: "the shapes dataset (VOC layout)",
 }
-TRAINING_FILES = (CHECKPOINTS, TENSORBOARD, TRAIN_LOG, METRICS)  # what a new run in the directory replaces
+DEMO_RUN_FILES = (CHECKPOINTS, TENSORBOARD, TRAIN_LOG, METRICS)  # what a new demo replaces in its own directory
 EVALUATION_FILES = (METRICS, DETECTIONS_PICTURE, PR_CURVES, COCO_RESULTS)
 
 
@@ -81,15 +83,6 @@ def read_class_names(workdir: str) -> tuple:
     with open(os.path.join(workdir, CLASS_NAMES)) as f:
         return tuple(json.load(f))
 
-
-def clear_training(workdir: str) -> None:
-    """Removes a previous run's TRAINING_FILES from `workdir` (not its data)."""
-    for name in TRAINING_FILES:
-        path = os.path.join(workdir, name)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
 
 
 def read_train_log(workdir: str) -> list:
@@ -132,16 +125,115 @@ def update_metrics_file(workdir: str, values: Mapping) -> dict:
     return metrics
 
 
-def data_is_stamped(workdir: str, stamp: Mapping) -> bool:
-    """Whether `workdir/data` holds the dataset `stamp` describes (written by `stamp_data`)."""
-    path = os.path.join(workdir, DATA, DATA_STAMP)
-    if not os.path.isfile(path):
-        return False
-    with open(path) as f:
-        return json.load(f) == json.loads(json.dumps(stamp))
+class WorkdirInUse(RuntimeError):
+    """`jaxdet demo` was given a directory that holds files it did not write."""
 
 
-def stamp_data(workdir: str, stamp: Mapping) -> None:
-    """Records what `workdir/data` holds, once it is completely written."""
-    with open(os.path.join(workdir, DATA, DATA_STAMP), "w") as f:
-        json.dump(stamp, f)
+_MADE_BY = "jaxdet demo"
+
+
+def _demo_stamp(workdir: str) -> dict | None:
+    """The demo's stamp in `workdir`; None when there is none (or it is not one the demo wrote)."""
+    try:
+        with open(os.path.join(workdir, DEMO_STAMP)) as f:
+            stamp = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) and stamp.get("made_by") == _MADE_BY else None
+
+
+def _write_demo_stamp(workdir: str, stamp: Mapping) -> None:
+    path = os.path.join(workdir, DEMO_STAMP)
+    with open(path + ".tmp", "w") as f:
+        json.dump(stamp, f, indent=1)
+    os.replace(path + ".tmp", path)  # never a half-written stamp
+
+
+def _not_the_demos(workdir: str, found: Sequence[str]) -> WorkdirInUse:
+    steps = sorted(int(name) for name in (os.listdir(os.path.join(workdir, CHECKPOINTS))
+                                          if os.path.isdir(os.path.join(workdir, CHECKPOINTS)) else ())
+                   if name.isdigit())
+    if steps:
+        return WorkdirInUse(
+            f"{workdir} already holds the checkpoints of a run (the latest at step {steps[-1]}) that `jaxdet demo` "
+            f"did not make, and the demo deletes nothing it did not write. Continue that run with `jaxdet train "
+            f"--workdir {workdir} --resume`, or give the demo a new or empty --workdir (default runs/demo).")
+    shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+    return WorkdirInUse(
+        f"{workdir} holds files `jaxdet demo` did not write ({shown}), and the demo deletes nothing it did not "
+        f"write: give it a new or empty --workdir (default runs/demo).")
+
+
+def claim_for_demo(workdir: str) -> None:
+    """Makes `workdir` the demo's: a directory that does not exist or is empty is created and stamped
+    (`demo.json`, before anything else is written); one the demo stamped before is the demo's already.
+
+    Raises:
+      WorkdirInUse: `workdir` holds files and no demo stamp (another run, the user's files), naming
+        them; nothing is touched.
+    """
+    if _demo_stamp(workdir) is not None:
+        return
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise WorkdirInUse(f"--workdir {workdir} is a file, not a directory: give the demo a new or empty "
+                           "directory (default runs/demo)")
+    found = sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []
+    if found:
+        raise _not_the_demos(workdir, found)
+    os.makedirs(workdir, exist_ok=True)
+    _write_demo_stamp(workdir, {"made_by": _MADE_BY, "data": None, "data_files": []})
+
+
+def _claimed(workdir: str) -> dict:
+    stamp = _demo_stamp(workdir)
+    if stamp is None:
+        raise _not_the_demos(workdir, sorted(os.listdir(workdir)) if os.path.isdir(workdir) else [])
+    return stamp
+
+
+def clear_demo_run(workdir: str) -> None:
+    """Removes the previous demo run's DEMO_RUN_FILES from a directory the demo claimed
+    (`claim_for_demo`; WorkdirInUse otherwise): not its data, nor files of other names."""
+    _claimed(workdir)
+    for name in DEMO_RUN_FILES:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def demo_data_is(workdir: str, description: Mapping) -> bool:
+    """Whether the demo's `workdir/data` holds, completely written, the dataset `description` describes."""
+    stamp = _demo_stamp(workdir)
+    return stamp is not None and stamp["data"] == json.loads(json.dumps(description))
+
+
+def _files_under(root: str) -> dict:
+    """{path relative to root: modification time} of every file under `root`."""
+    found = {}
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(folder, name)
+            found[os.path.relpath(path, root)] = os.stat(path).st_mtime_ns
+    return found
+
+
+def write_demo_data(workdir: str, description: Mapping, write) -> None:
+    """Replaces the demo's dataset in `workdir/data` by `write(root)`'s: deletes the files the demo
+    wrote there before (those its stamp lists; a file of the user's is never touched), writes, and
+    stamps the files `write` made or rewrote together with `description` (`demo_data_is`)."""
+    stamp = _claimed(workdir)
+    root = os.path.join(workdir, DATA)
+    for name in stamp["data_files"]:
+        path = os.path.join(root, name)
+        if os.path.isfile(path):
+            os.remove(path)
+    for folder, _, _ in sorted(os.walk(root), reverse=True):  # the folders left empty, deepest first
+        if not os.listdir(folder):
+            os.rmdir(folder)
+    _write_demo_stamp(workdir, {**stamp, "data": None, "data_files": []})
+    before = _files_under(root)
+    write(root)
+    written = sorted(name for name, mtime in _files_under(root).items() if before.get(name) != mtime)
+    _write_demo_stamp(workdir, {**stamp, "data": json.loads(json.dumps(description)), "data_files": written})
