@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 from typing import Mapping, Sequence
 
 import ml_collections
@@ -85,13 +86,46 @@ def read_class_names(workdir: str) -> tuple:
 
 
 
+def _log_rows(path: str) -> tuple:
+    """(the rows of a train log, the numbers of its lines that are not one: e.g. the partial last
+    line a failed write leaves)."""
+    rows, bad = [], []
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+            else:
+                bad.append(number)
+    return rows, bad
+
+
 def read_train_log(workdir: str) -> list:
-    """The rows of `train_log.jsonl` (empty if there is none)."""
+    """The rows of `train_log.jsonl` (empty if there is none), leaving out any line that is not a
+    whole row (what a failed write leaves)."""
+    path = os.path.join(workdir, TRAIN_LOG)
+    return _log_rows(path)[0] if os.path.exists(path) else []
+
+
+def cut_train_log(workdir: str, step: int) -> None:
+    """Keeps only the rows of `train_log.jsonl` up to `step`, where a resumed run continues (it logs
+    the later steps again: the loss curve would go back in time), and only whole rows; warns naming
+    the lines that were not (a partial last line a failed write left). Rewritten atomically."""
     path = os.path.join(workdir, TRAIN_LOG)
     if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        return
+    rows, bad = _log_rows(path)
+    if bad:
+        warnings.warn(f"{path}: line{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} not a whole JSON row "
+                      "(a write cut short), left out; the other rows are kept", UserWarning, stacklevel=2)
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in rows if row["step"] <= step)
+    os.replace(path + ".tmp", path)
 
 
 def json_safe(value):

@@ -95,3 +95,26 @@ def test_demo_replaces_only_its_own_files_in_its_own_directory(tmp_path, capsys)
     assert "mine.txt" not in stamp["data_files"] and "JPEGImages/my_photo.png" not in stamp["data_files"]
     # The second demo's own run replaced the first's.
     assert (workdir / "checkpoints" / "4").is_dir() and os.path.isfile(workdir / "metrics.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. A broken train log
+
+
+def test_resume_after_a_partial_log_line_cuts_the_log_back_to_the_checkpoint(run_copy, capsys):
+    # The run logged step 4 and died writing the next row, before checkpoint 4 was complete.
+    shutil.rmtree(run_copy / "checkpoints" / "4")
+    log = run_copy / "train_log.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    with open(log, "a") as f:
+        f.write('{"step": 6, "loss": 0.')
+    with pytest.warns(UserWarning, match=r"train_log.jsonl: line 3 not a whole JSON row"):
+        status, out, err = run(capsys, "train", "--workdir", run_copy, "--config.train.num_steps=6", "--resume",
+                               "--no-progress")
+    assert status == 0, err
+    resumed = [json.loads(line) for line in log.read_text().splitlines()]
+    # Resumed from step 2: its rows from step 4 on are new, once each, in order (no zig-zag).
+    assert [r["step"] for r in resumed] == [2, 4, 6]
+    assert resumed[0] == rows[0] and resumed[1]["loss"] == rows[1]["loss"]  # the same batches, the same loss
+    assert (run_copy / "loss_curve.png").is_file() and "VOC07 mAP@0.5" in out
+    assert json.loads((run_copy / "metrics.json").read_text())["start_step"] == 2

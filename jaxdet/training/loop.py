@@ -254,6 +254,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     main = distributed.is_main_process()
     if main:
         run_files.save_run_files(config, workdir, dataset.class_names)
+        if start > 0:
+            run_files.cut_train_log(workdir, start)  # rows past the checkpoint are logged again
     reporter = reporting.TrainingReporter(
         workdir, start_step=start, total_steps=num_steps, images_per_step=global_batch,
         log_every=int(config.train.log_every), show_bar=show_progress, append=start > 0, enabled=main)
