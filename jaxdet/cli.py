@@ -1,9 +1,10 @@
-"""The `jaxdet` command (also `python -m jaxdet`): demo, train, eval, predict, make-shapes.
+"""The `jaxdet` command (also `python -m jaxdet`): demo, train, eval, predict, proposals, make-shapes.
 
     jaxdet demo                                    the main job: shapes -> train -> eval -> pictures
     jaxdet train --config vgg16_voc07 --config.data.root=/data/VOCdevkit --workdir runs/voc07
     jaxdet eval --workdir runs/demo
     jaxdet predict --workdir runs/demo photo.jpg more_photos/
+    jaxdet proposals --workdir runs/demo --out runs/proposals.npz
     jaxdet make-shapes --out data/shapes
 
 This module parses the command line, dispatches to the library (`jaxdet.experiment`,
@@ -350,6 +351,27 @@ def _run_predict(args) -> int:
     return 0
 
 
+def _run_proposals(args) -> int:
+    from jaxdet import inference_proposals
+    from jaxdet.training.inputs import SPLITS
+
+    _require_run_dir(args.workdir)
+    config = _config_for(args)
+    select_devices(args.device, None)
+    summary = inference_proposals.write_run_proposals(config, args.workdir, args.out, splits=args.split or SPLITS,
+                                                      step=args.step, show_progress=not args.no_progress)
+    splits = ", ".join(f"{split} {count}" for split, count in summary.images.items())
+    path = os.path.abspath(summary.path)
+    print(textwrap.fill(
+        f"wrote the RPN proposals of {len(summary.counts)} images ({splits}) of the run in {args.workdir} (step "
+        f"{summary.step}) to {path}: {summary.counts.mean():.1f} per image on average (min {summary.counts.min()}, "
+        f"max {summary.counts.max()}; at most rpn.test_post_nms = {summary.post_nms}), in original-image pixels. "
+        f"Train a Fast R-CNN on them with a fast_rcnn config and --config.data.proposals={path}, on the same "
+        f"data (e.g. jaxdet train --config fast_rcnn_vgg16 --config.data.proposals={path} --config.data.root=...).",
+        width=100, break_on_hyphens=False, break_long_words=False))
+    return 0
+
+
 def _run_make_shapes(args) -> int:
     from jaxdet.training.inputs import shapes_splits, write_shapes_dataset
 
@@ -528,7 +550,27 @@ def _add_run_commands(commands) -> dict:
     predict.add_argument("--score-threshold", type=float, default=0.5,
                          help="keep detections scoring at least this (default 0.5)")
     predict.add_argument("--step", type=int, help="the checkpoint's step (default: the latest)")
-    return {"eval": evaluate, "predict": predict}
+    proposals = _command(
+        commands, "proposals", run=_run_proposals,
+        example="jaxdet proposals --workdir runs/demo --out runs/demo_proposals.npz",
+        help="save a trained Faster R-CNN's RPN proposals for every image: the file a Fast R-CNN trains on",
+        description="Runs the RPN and test-time proposal layer of the Faster R-CNN run in WORKDIR (its checkpoint, "
+                    "the latest unless --step) over every image of the train and test splits of the run's dataset "
+                    "(or of another one, given with --config.data.* overrides), and saves the proposals in "
+                    "original-image pixels, keyed by image file stem (COCO: image id), as the .npz a fast_rcnn "
+                    "config's data.proposals reads. Each image keeps at most rpn.test_post_nms proposals "
+                    "(py-faster-rcnn gives its Fast R-CNN 2000: --config.rpn.test_post_nms=2000).")
+    proposals.add_argument("--config", metavar="NAME[:VARIANT]",
+                           help="a config instead of the run's own config.json (see below)")
+    proposals.add_argument("--workdir", required=True, help="the trained Faster R-CNN run's directory (required)")
+    proposals.add_argument("--out", required=True, help="the .npz file to write (its folder must exist)")
+    proposals.add_argument("--split", choices=("train", "test"), action="append",
+                           help="a split to propose on; repeat for both (default: train and test, one file)")
+    proposals.add_argument("--step", type=int, help="the checkpoint's step (default: the latest)")
+    proposals.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                           help="where to run: auto (a GPU when JAX finds one, else the CPU), cpu, or gpu; default auto")
+    proposals.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    return {"eval": evaluate, "predict": predict, "proposals": proposals}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -587,12 +629,13 @@ def explain(error: BaseException) -> tuple:
     from jaxdet.configs import ConfigNotFound
     from jaxdet.data import DataError
     from jaxdet.inference_files import ImageFilesError
+    from jaxdet.inference_proposals import ProposalsError
     from jaxdet.training.inputs import DatasetNotFound
     from jaxdet.settings import InvalidSetting
     from jaxdet.training.loop import CheckpointsExist, TrainingDiverged
     from jaxdet.training.weights import WeightsError
 
-    if isinstance(error, (UsageError, InvalidSetting, ConfigNotFound, ImageFilesError)):
+    if isinstance(error, (UsageError, InvalidSetting, ConfigNotFound, ImageFilesError, ProposalsError)):
         return 2, f"config or command-line error: {error}"
     if isinstance(error, (DeviceError, DatasetNotFound, CheckpointsExist, WorkdirInUse)):
         return 1, str(error)

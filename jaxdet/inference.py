@@ -18,8 +18,8 @@ from jaxdet.models.detector import FasterRCNN
 from jaxdet.ops.boxes import clip_boxes, decode_boxes
 from jaxdet.ops.nms import Detections, multiclass_nms
 from jaxdet.ops.per_image import map_images
-from jaxdet.proposals import rpn_proposals
-from jaxdet.settings import DetectorSettings
+from jaxdet.proposals import Proposals, rpn_proposals
+from jaxdet.settings import DetectorSettings, RPNSettings
 
 
 @functools.partial(jax.jit, static_argnames=("model", "settings"))
@@ -50,11 +50,8 @@ def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: ja
         image_scale = jnp.ones((num_images,), jnp.float32)
     features = model.apply(variables, images, method=model.extract)
     if isinstance(model, FasterRCNN):
-        rpn = model.apply(variables, features, method=model.rpn_outputs)
-        found = rpn_proposals(rpn, anchors=model.anchors(features.shape[1:3]), image_hw=image_hw,
-                              image_scale=image_scale, pre_nms=settings.rpn.test_pre_nms,
-                              post_nms=settings.rpn.test_post_nms, nms_iou=settings.rpn.nms_iou,
-                              min_size=settings.rpn.min_proposal_size)
+        found = detection_proposals(model, variables, features, image_hw=image_hw, image_scale=image_scale,
+                                    settings=settings.rpn)
         rois, roi_valid = found.boxes, found.valid
     elif proposals is None:
         raise ValueError("predict: a FastRCNN model needs `proposals` [N, P, 4]")
@@ -72,6 +69,29 @@ def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: ja
     return map_images(functools.partial(multiclass_nms, iou_threshold=settings.test.nms_iou,
                                       score_threshold=settings.test.score_threshold,
                                       max_output=settings.test.max_detections))(boxes, scores)
+
+
+def detection_proposals(model: FasterRCNN, variables: Mapping[str, Any], features: jax.Array, *,
+                        image_hw: jax.Array, image_scale: jax.Array, settings: RPNSettings) -> Proposals:
+    """The RPN's proposals at test time (`jaxdet.proposals.rpn_proposals` with the test sizes), what
+    `predict` classifies and `jaxdet.inference_proposals` saves for a Fast R-CNN.
+
+    Args:
+      model: a `FasterRCNN`.
+      variables: {"params": ..., ...} of the model.
+      features: [N, h, w, C] the backbone's features of a padded batch (`model.extract`).
+      image_hw: [N, 2] (height, width) of each image's content, in input pixels.
+      image_scale: [N] resize factor of each image (scales `settings.min_proposal_size`).
+      settings: RPNSettings; reads test_pre_nms, test_post_nms, nms_iou and min_proposal_size.
+
+    Returns:
+      Proposals in input pixels: boxes [N, P, 4] xyxy, scores [N, P], valid [N, P], with
+      P = settings.test_post_nms, valid rows first, best first.
+    """
+    rpn = model.apply(variables, features, method=model.rpn_outputs)
+    return rpn_proposals(rpn, anchors=model.anchors(features.shape[1:3]), image_hw=image_hw,
+                         image_scale=image_scale, pre_nms=settings.test_pre_nms, post_nms=settings.test_post_nms,
+                         nms_iou=settings.nms_iou, min_size=settings.min_proposal_size)
 
 
 def detections_to_lists(detections: Detections, *, orig_hw: np.ndarray, image_hw: Optional[np.ndarray] = None,
