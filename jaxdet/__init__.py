@@ -9,7 +9,8 @@ Subpackages, one topic each:
   jaxdet.data        VOC, COCO, synthetic shapes, transforms, input pipeline
   jaxdet.training    config -> datasets and pipelines, train state, train step, the training loop,
                      checkpoints, data parallelism, pretrained weights
-  jaxdet.inference   predict on a padded batch; jaxdet.inference_files: detection on image files
+  jaxdet.inference   predict on a padded batch; jaxdet.inference_files: detection on image files;
+                     jaxdet.inference_proposals: a trained RPN's proposals over a dataset, for Fast R-CNN
   jaxdet.evaluation  VOC and COCO metrics, pictures, evaluation over a dataset (run)
   jaxdet.configs     the named experiment configs (a base and its variants) and loading them
   jaxdet.settings    the static numbers of training and detection, one dataclass per config section
