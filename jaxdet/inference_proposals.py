@@ -192,14 +192,18 @@ def write_run_proposals(config: ml_collections.ConfigDict, workdir: str, out: st
     check_rpn_run(config, workdir)
     check_output(out)
     datasets = {split: load_dataset(config, split) for split in dict.fromkeys(splits)}
+    names = {}
+    for record in (r for dataset in datasets.values() for r in dataset.records):
+        key = str(record.source_id)
+        if names.setdefault(key, record.name) != record.name:
+            raise ProposalsError(
+                f"two images have the source id {key!r}, which keys the proposals file: {names[key]} and "
+                f"{record.name} (COCO files of different splits may number their images alike). Write one file "
+                f"per split (on the command line: --split train, then --split test) and evaluate with the test "
+                f"split's file as data.proposals")
     state = restore_trained(config, workdir, step=step)
-    found, names = {}, {}
+    found = {}
     for split, dataset in datasets.items():
-        for record in dataset.records:
-            key = str(record.source_id)
-            if names.setdefault(key, record.name) != record.name:
-                raise ProposalsError(f"two images have the source id {key!r}, which keys the proposals file: "
-                                     f"{names[key]} and {record.name}")
         found.update(dataset_proposals(config, state, dataset, show_progress=show_progress,
                                        label=f"propose {split}"))
     write_proposals(out, found)

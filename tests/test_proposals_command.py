@@ -171,6 +171,21 @@ def test_a_folder_that_is_not_writable_is_named(rpn_run, tmp_path, capsys, monke
     assert not os.listdir(tmp_path)
 
 
+def test_another_dataset_in_coco_format(rpn_run, tmp_path, capsys):
+    coco = tmp_path / "coco"
+    assert cli.main(["make-shapes", "--out", str(coco), "--config", SMOKE, "--format", "coco"]) == 0
+    on_coco = ["proposals", "--workdir", rpn_run, "--config.data.dataset=coco", f"--config.data.root={coco}",
+               "--no-progress"]
+    # Its train and test JSON number their images alike: one file cannot hold both.
+    status, _, err = run(capsys, *on_coco, "--out", tmp_path / "both.npz")
+    assert_one_paragraph(status, err, "two images have the source id '0'", "--split train, then --split test")
+    assert not (tmp_path / "both.npz").exists()
+    status, _, err = run(capsys, *on_coco, "--out", tmp_path / "test.npz", "--split", "test")
+    assert status == 0, err
+    with np.load(tmp_path / "test.npz") as archive:
+        assert sorted(archive.files) == [str(i) for i in range(8)]  # keyed by COCO image id
+
+
 def test_help(capsys):
     with pytest.raises(SystemExit) as stop:
         cli.main(["proposals", "--help"])
