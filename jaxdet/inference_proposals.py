@@ -1,7 +1,7 @@
 """A trained RPN's proposals over a whole dataset, saved as the proposals file a Fast R-CNN reads.
 
-Fast R-CNN (Girshick 2015) trains and detects on region proposals computed ahead of it. Ren et
-al. 2015 (sec. 3.2, 4-step alternating training) give it the proposals of a trained RPN, as
+Fast R-CNN (Girshick 2015) trains and detects on region proposals computed ahead of it; in the
+4-step alternating training of Ren et al. 2015 (sec. 3.2) they are a trained RPN's, as in
 py-faster-rcnn's `tools/train_faster_rcnn_alt_opt.py` (`rpn_generate`) does. `write_run_proposals`
 does that for the run in a work directory: it restores the run's Faster R-CNN, runs its RPN and
 test-time proposal layer (`jaxdet.inference.detection_proposals`: `config.rpn.test_pre_nms` boxes
@@ -13,8 +13,8 @@ this (`--config.rpn.test_post_nms=2000`); the run's own test sizes are the defau
 
 Images go through the evaluation's input pipeline (`eval.batch_size` per batch, each padded to
 its size bucket: an image's proposals do not depend on its batch mates), on the default device.
-A problem the command line can name (a run without an RPN, an output
-path that cannot be written) is a `ProposalsError`, raised before anything is computed or written.
+A problem the command line can name (a run without an RPN, an output path that cannot be written,
+two images of one source id) is a `ProposalsError`, raised before anything is computed or written.
 """
 
 from __future__ import annotations
