@@ -336,14 +336,16 @@ def _run_eval(args) -> int:
 def _run_predict(args) -> int:
     from jaxdet import inference_files, workdir
     from jaxdet.training.checkpoints import restore_trained
+    from jaxdet.training.inputs import with_class_names
 
     _require_run_dir(args.workdir)
-    config = _config_for(args)
+    class_names = workdir.read_class_names(args.workdir)
+    config = with_class_names(_config_for(args), class_names)
     select_devices(args.device, args.num_devices)
     files = inference_files.image_files(args.images)
     out = args.out or os.path.join(args.workdir, workdir.PREDICTIONS)
     found = inference_files.predict_files(
-        config, restore_trained(config, args.workdir, step=args.step), files, workdir.read_class_names(args.workdir),
+        config, restore_trained(config, args.workdir, step=args.step), files, class_names,
         out, score_threshold=args.score_threshold, show_progress=not args.no_progress)
     total = sum(len(e["detections"]) for e in found["images"])
     print(f"{total} detections (score >= {args.score_threshold}) on {len(found['images'])} images: pictures and "

@@ -15,7 +15,7 @@ from jaxdet import reporting, workdir as run_files
 from jaxdet.evaluation import run as evaluation
 from jaxdet.training import distributed, loop, parallel
 from jaxdet.training.checkpoints import restore_trained
-from jaxdet.training.inputs import load_dataset, shapes_splits, write_shapes_dataset
+from jaxdet.training.inputs import load_dataset, shapes_splits, with_class_names, write_shapes_dataset
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
@@ -27,7 +27,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
       metrics.json's content: the evaluation's figures plus train_seconds, first_step_seconds,
       train_images_per_second, steps, start_step, batch_size, batch_layout and devices.
     """
-    result = loop.train(config, workdir, resume=resume, devices=devices, show_progress=show_progress)
+    dataset = load_dataset(config, "train")
+    config = with_class_names(config, dataset.class_names)  # the test split is read with the same labels
+    result = loop.train(config, workdir, resume=resume, devices=devices, show_progress=show_progress,
+                        dataset=dataset)
     figures = {
         "train_seconds": result.train_seconds,
         "first_step_seconds": result.first_step_seconds,
@@ -50,7 +53,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
                         split: str = "test", devices: Sequence[Any] | None = None,
                         show_progress: bool = True) -> dict:
     """Evaluates a run's checkpoint (the latest unless `step`) on the config's `split`, replicated
-    over `devices` (default all), writing the evaluation's files into `workdir` again."""
+    over `devices` (default all), writing the evaluation's files into `workdir` again. The labels are
+    the run's (its class_names.json), whatever classes the split's annotations hold."""
+    config = with_class_names(config, run_files.read_class_names(workdir))
     state = parallel.replicate(restore_trained(config, workdir, step=step), parallel.make_mesh(devices=devices))
     return evaluation.evaluate(config, state, load_dataset(config, split), workdir, show_progress=show_progress)
 

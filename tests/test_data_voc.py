@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdet.data import DataError, InputPipeline, concat_datasets, make_shapes, read_voc, write_voc
+from jaxdet.data import (DataError, InputPipeline, concat_datasets, find_voc_split, make_shapes, read_voc,
+                         read_voc_class_names, write_voc)
 from jaxdet.data.shapes import ShapesConfig
 
 CLASSES = ("cat", "dog", "person")
@@ -214,3 +215,38 @@ def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path):
     np.testing.assert_array_equal(load_image(flt)[..., 0], np.round(gray_float * 255.0).astype(np.uint8))
     with pytest.raises(DataError, match=r"hot\.tiff: a F image with values in \[0, 3\]"):
         load_image(hot)
+
+
+def test_find_voc_split_reads_either_layout_by_what_is_on_disk(tmp_path):
+    devkit, plain = str(tmp_path / "VOCdevkit"), str(tmp_path / "my_photos")
+    _write_tree(os.path.join(devkit, "VOC2007"), {"000001": (20, 20, [("cat", 1, 1, 5, 5)])})
+    _write_tree(plain, {"IMG_1": (20, 20, [("dog", 1, 1, 5, 5)])}, split="train")
+    assert find_voc_split(devkit, "VOC2007/trainval") == (os.path.join(devkit, "VOC2007"), "trainval")
+    assert find_voc_split(plain, "train") == (plain, "train")
+    # A year folder is itself a plain tree.
+    assert find_voc_split(os.path.join(devkit, "VOC2007"), "trainval") == (os.path.join(devkit, "VOC2007"),
+                                                                          "trainval")
+    with pytest.raises(FileNotFoundError) as info:
+        find_voc_split(plain, "test")
+    assert (os.path.join(plain, "YEAR", "ImageSets", "Main", "test.txt") in str(info.value)
+            and os.path.join(plain, "ImageSets", "Main", "test.txt") in str(info.value))
+    with pytest.raises(FileNotFoundError) as info:
+        find_voc_split(devkit, "VOC2012/trainval")
+    assert (os.path.join(devkit, "VOC2012", "ImageSets", "Main", "trainval.txt") in str(info.value)
+            and os.path.join(devkit, "ImageSets", "Main", "VOC2012", "trainval.txt") in str(info.value))
+    # A devkit split given without its year: the year folders that hold it are named.
+    with pytest.raises(FileNotFoundError, match="name the split with its year, e.g. VOC2007/trainval"):
+        find_voc_split(devkit, "trainval")
+
+
+def test_class_names_found_in_the_annotations_sorted_once(tmp_path):
+    root = str(tmp_path / "my_photos")
+    _write_tree(root, {"a": (20, 20, [("zebra", 1, 1, 5, 5), (" apple ", 1, 1, 5, 5)]),
+                       "b": (20, 20, [("zebra", 2, 2, 6, 6), ("", 2, 2, 6, 6)]),
+                       "c": (20, 20, "<annotation><size>"),
+                       "d": (20, 20, [])}, split="train")
+    # Unreadable files and unnamed objects are left for read_voc to report.
+    assert read_voc_class_names(root, "train") == ("apple", "zebra")
+    with pytest.raises(DataError, match=r"object 1 \(''\) has an unknown class name, not one of the dataset's 2 "
+                                        r"classes \(apple, zebra\)"):
+        read_voc(root, "train", class_names=("apple", "zebra"))

@@ -20,7 +20,8 @@ def get_config() -> ml_collections.ConfigDict:
         kind="faster_rcnn",          # "faster_rcnn" (RPN proposals) or "fast_rcnn" (given proposals)
         backbone="vgg16",            # vgg16 | vgg16_bn | tiny_vgg | resnet50_c4 | resnet101_c4 | resnet152_c4 | tiny_resnet_c4
         frozen_stages=2,             # conv1-conv2 frozen, as the reference recipes
-        num_classes=20,              # object classes K; the head predicts K + 1 with background 0
+        num_classes=0,               # object classes K (the head predicts K + 1, background 0); 0: as many
+                                     # as the class list (data.classes), here VOC's 20
         anchor_scales=(8, 16, 32),   # anchor sizes in units of the stride (16): 128, 256, 512 px
         anchor_ratios=(0.5, 1.0, 2.0),  # height / width
         rpn_channels=512,            # width of the RPN's 3x3 conv
@@ -83,9 +84,14 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data = dict(
         dataset="voc",               # "voc", "coco" or "shapes"
-        root="",                     # VOCdevkit directory (COCO: annotations/ and the image folders)
-        train_splits=("VOC2007/trainval",),  # splits joined for training (VOC: year/image set)
+        root="",                     # VOCdevkit, or a folder with Annotations/, JPEGImages/, ImageSets/Main/
+                                     # (COCO: annotations/ and the image folders)
+        train_splits=("VOC2007/trainval",),  # splits joined for training (VOCdevkit: year/image set; a plain
+                                     # VOC folder: the list's name, "train" for ImageSets/Main/train.txt)
         test_split="VOC2007/test",
+        classes=(),                  # class names, label k the k-th (--config.data.classes=face,coin); ():
+                                     # VOC's 20 for a VOCdevkit, else those in the training annotations, sorted
+                                     # (COCO: its categories); the run stores them in class_names.json
         min_size=600,                # resize: short side to this ...
         max_size=1000,               # ... long side at most this
         flip=True,                   # random horizontal flip in training

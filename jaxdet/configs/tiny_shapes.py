@@ -18,7 +18,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
     config.model.backbone = "tiny_vgg"          # 4 stages (16, 32, 64x2, 64x2 channels), stride 8
     config.model.frozen_stages = 0              # trained from scratch: nothing frozen
-    config.model.num_classes = 3                # circle, square, triangle
+    config.model.num_classes = 0                # the class list's: the 3 shapes, or another dataset's own
     config.model.anchor_scales = (2, 4, 8)      # x stride 8: anchors of 16, 32, 64 px
     config.model.rpn_channels = 128
     config.model.head_hidden = (256, 256)

@@ -19,9 +19,8 @@ from jaxdet.configs import base
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = base.get_config()
-    config.model.num_classes = 80
     config.model.anchor_scales = (4, 8, 16, 32)   # 64, 128, 256, 512 px at stride 16
-    config.data.dataset = "coco"
+    config.data.dataset = "coco"                  # num_classes 0 (base): the JSON's 80 categories
     config.data.train_splits = ("train2017",)
     config.data.test_split = "val2017"
     config.data.max_boxes = 100                   # COCO images hold up to ~90 non-crowd objects

@@ -26,4 +26,4 @@ from jaxdet.data.transforms import (
     scale_boxes,
     size_buckets,
 )
-from jaxdet.data.voc import VOC_CLASSES, read_voc, write_voc
+from jaxdet.data.voc import VOC_CLASSES, find_voc_split, read_voc, read_voc_class_names, write_voc

@@ -1,5 +1,10 @@
 """Pascal VOC format: `Annotations/*.xml`, `ImageSets/Main/{split}.txt`, `JPEGImages/`.
 
+A VOC tree is one directory holding those three. It is found in two layouts (`find_voc_split`): a
+VOCdevkit, whose year folders are trees (`VOCdevkit/VOC2007/Annotations`, splits named
+"VOC2007/trainval"), and a plain folder that is a tree itself, as labelImg, CVAT and Label Studio
+export (`my_data/Annotations`, splits named "train").
+
 VOC boxes are 1-based inclusive pixel indices; records hold the project's continuous xyxy
 (`x1 = xmin - 1, x2 = xmax`, see `jaxdet.data.records`), and the writer maps back.
 """
@@ -30,6 +35,64 @@ VOC_CLASSES = (
 )
 
 
+def find_voc_split(root: str, split: str) -> tuple:
+    """The VOC tree and list of `split` under `root`, by what is on disk: a split "YEAR/SET"
+    ("VOC2007/trainval") is looked for in the VOCdevkit layout first (`root/YEAR/ImageSets/Main/SET.txt`),
+    then, like a split "SET", in the plain layout (`root/ImageSets/Main/{split}.txt`).
+
+    Returns:
+      (tree, image_set): the directory holding Annotations/, JPEGImages/ and ImageSets/, and the name
+      of its list in ImageSets/Main/; `read_voc(tree, image_set)` reads the split.
+    Raises:
+      FileNotFoundError: neither list exists; the message names both paths (and the year folders
+        under `root` that hold the list, when `split` names no year).
+    """
+    year, _, image_set = split.rpartition("/")
+    candidates = ([(os.path.join(root, year), image_set)] if year else []) + [(root, split)]
+    for tree, name in candidates:
+        if os.path.isfile(_list_file(tree, name)):
+            return tree, name
+    devkit = _list_file(os.path.join(root, year or "YEAR"), image_set)
+    message = (f"VOC split {split!r} not found: neither the VOCdevkit layout's list {devkit} nor the plain "
+               f"layout's {_list_file(root, split)} exists")
+    years = [] if year or not os.path.isdir(root) else sorted(
+        d for d in os.listdir(root) if os.path.isfile(_list_file(os.path.join(root, d), split)))
+    if years:
+        message += f"; {root} is a VOCdevkit: name the split with its year, e.g. {years[0]}/{split}"
+    raise FileNotFoundError(message)
+
+
+def _list_file(tree: str, image_set: str) -> str:
+    return os.path.join(tree, "ImageSets", "Main", f"{image_set}.txt")
+
+
+def _image_stems(list_file: str) -> list:
+    with open(list_file, encoding="utf-8-sig") as f:  # editors may start the list with a byte-order mark
+        return [line.split()[0] for line in f if line.strip()]
+
+
+def read_voc_class_names(root: str, split: str) -> tuple:
+    """The object class names in the annotations of `split` of the VOC tree `root`, sorted, each once:
+    the class list of a dataset that does not give one. Annotations that are missing or malformed, and
+    objects without a name, are left for `read_voc` to report.
+
+    Raises:
+      FileNotFoundError: the split's list is missing.
+    """
+    list_file = _list_file(root, split)
+    if not os.path.isfile(list_file):
+        raise FileNotFoundError(f"VOC split list not found: {list_file}")
+    names = set()
+    for image_stem in _image_stems(list_file):
+        try:
+            tree = ET.parse(os.path.join(root, "Annotations", f"{image_stem}.xml"))
+        except (OSError, ET.ParseError):
+            continue
+        names.update(name for name in ((obj.findtext("name") or "").strip()
+                                       for obj in tree.getroot().findall("object")) if name)
+    return tuple(sorted(names))
+
+
 def read_voc(
     root: str,
     split: str = "trainval",
@@ -42,7 +105,8 @@ def read_voc(
     """Reads one split of a VOC tree (join years with `concat_datasets`).
 
     Args:
-      root: the year's directory, e.g. `VOCdevkit/VOC2007`.
+      root: the tree: a VOCdevkit's year directory (`VOCdevkit/VOC2007`) or a plain folder with
+        Annotations/, JPEGImages/ and ImageSets/ (`find_voc_split` finds it).
       split: name of the list in `ImageSets/Main/` ("train", "val", "trainval", "test").
       class_names: the classes, label k = class_names[k]; an object of another class is bad data.
       on_error: "raise" stops at the first bad file or object; "skip" warns naming it, drops the
@@ -53,11 +117,10 @@ def read_voc(
     Returns:
       Dataset with `difficult` kept per object.
     """
-    list_file = os.path.join(root, "ImageSets", "Main", f"{split}.txt")
+    list_file = _list_file(root, split)
     if not os.path.isfile(list_file):
         raise FileNotFoundError(f"VOC split list not found: {list_file}")
-    with open(list_file, encoding="utf-8-sig") as f:  # editors may start the list with a byte-order mark
-        ids = [line.split()[0] for line in f if line.strip()]
+    ids = _image_stems(list_file)
     class_index = {name: k for k, name in enumerate(class_names)}
     log = BadDataLog(on_error)
     records = []
@@ -98,7 +161,8 @@ def _read_annotation(xml_file, root, image_stem, class_index, *, check_images) -
         name = (obj.findtext("name") or "").strip()
         what = f"object {i} ({name!r})"
         if name not in class_index:
-            raise DataError(f"{xml_file}: {what} has an unknown class name")
+            raise DataError(f"{xml_file}: {what} has an unknown class name, not one of the dataset's "
+                            f"{len(class_index)} classes ({', '.join(class_index)})")
         bndbox = obj.find("bndbox")
         if bndbox is None:
             raise DataError(f"{xml_file}: {what} has no <bndbox>")

@@ -31,7 +31,7 @@ from jaxdet.data.batch import TRAIN_KEYS
 from jaxdet.settings import InvalidSetting
 from jaxdet.training import distributed, parallel
 from jaxdet.training.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
-from jaxdet.training.inputs import check_num_classes, load_dataset, train_pipeline
+from jaxdet.training.inputs import load_dataset, train_pipeline, with_class_names
 from jaxdet.training.state import TrainState, create_train_state
 from jaxdet.training.step import step_key, train_step
 
@@ -241,7 +241,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     shard = distributed.process_shard(global_batch)
     if dataset is None:
         dataset = load_dataset(config, "train")
-    check_num_classes(config, dataset)
+    config = with_class_names(config, dataset.class_names)  # what the run stores; num_classes 0 settled
     pipeline = train_pipeline(config, dataset, num_shards=shard.num_shards, shard_index=shard.shard_index)
     num_steps, every = int(config.train.num_steps), int(config.train.checkpoint_every)
     checkpoint_dir = run_files.checkpoint_dir(workdir)

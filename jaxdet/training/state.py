@@ -19,6 +19,7 @@ from flax import struct
 from jaxdet.models import backbones, roi_head
 from jaxdet.models.detector import FastRCNN, FasterRCNN
 from jaxdet.settings import DetectorSettings, OptimizerSettings
+from jaxdet.training.inputs import model_num_classes
 from jaxdet.training.optimizer import make_optimizer
 from jaxdet.training.weights import load_pretrained
 
@@ -70,8 +71,9 @@ def _choice(name: str, value: str, choices) -> Any:
 
 
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
-    """The detector of `config.model`: kind, backbone, frozen_stages, num_classes, anchor_scales,
-    anchor_ratios, rpn_channels, pooled_size, roi_rounding, head_hidden, dropout_rate, compute_dtype."""
+    """The detector of `config.model`: kind, backbone, frozen_stages, num_classes (0: as many as the
+    config's class list, `jaxdet.training.inputs.model_num_classes`), anchor_scales, anchor_ratios,
+    rpn_channels, pooled_size, roi_rounding, head_hidden, dropout_rate, compute_dtype."""
     m = config.model
     dtype = _choice("model.compute_dtype", m.compute_dtype, DTYPES)
     backbone_cls, res5_cls = _choice("model.backbone", m.backbone, BACKBONES)
@@ -81,7 +83,7 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     else:
         # Detectron's C4: res5 halves 14x14 pooled RoIs to 7x7; with 7x7 pooling it keeps stride 1.
         box_head = res5_cls(strides=2 if min(m.pooled_size) >= 14 else 1, dtype=dtype)
-    common = dict(backbone=backbone, box_head=box_head, num_classes=m.num_classes,
+    common = dict(backbone=backbone, box_head=box_head, num_classes=model_num_classes(config),
                   pooled_size=tuple(m.pooled_size), roi_rounding=m.roi_rounding,
                   box_stds=tuple(config.roi.box_stds), dtype=dtype)
     kind = _choice("model.kind", m.kind, DETECTORS)
