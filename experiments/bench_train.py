@@ -34,6 +34,7 @@ from jaxdet.configs import load_config
 from jaxdet.inference import predict
 from jaxdet.settings import DetectorSettings
 from jaxdet.training import create_train_state
+from jaxdet.training.inputs import model_num_classes
 from jaxdet.training.step import step_key, train_step
 from xla_ops import roi_pool
 
@@ -155,7 +156,7 @@ def bench_torchvision(config, batch, steps, dtype, with_predict=True):
         rpn_pre_nms_top_n_test=rpn.test_pre_nms, rpn_post_nms_top_n_test=rpn.test_post_nms,
         rpn_nms_thresh=rpn.nms_iou, rpn_batch_size_per_image=rpn.num_samples,
         rpn_positive_fraction=rpn.positive_fraction,
-        box_head=TwoMLPHead(512 * 7 * 7, 4096), box_predictor=FastRCNNPredictor(4096, config.model.num_classes + 1),
+        box_head=TwoMLPHead(512 * 7 * 7, 4096), box_predictor=FastRCNNPredictor(4096, model_num_classes(config) + 1),
         box_batch_size_per_image=roi.num_samples, box_positive_fraction=roi.foreground_fraction,
         box_score_thresh=config.test.score_threshold, box_nms_thresh=config.test.nms_iou,
         box_detections_per_img=config.test.max_detections)
@@ -218,7 +219,7 @@ def main(argv=None):
     config = load_config(file_name)
     device = jax.devices()[0]
     header = ["batch", "dtype", "RoI pool", "train compile s", "train img/s", "predict compile s", "predict img/s"]
-    batches = {b: synthetic_batch(b, image_hw, max_boxes, config.model.num_classes) for b in args.batch_sizes}
+    batches = {b: synthetic_batch(b, image_hw, max_boxes, model_num_classes(config)) for b in args.batch_sizes}
     variants = [(b, dtype) for b in args.batch_sizes for dtype in args.dtypes]
     rows = {}
 
