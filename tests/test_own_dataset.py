@@ -11,7 +11,7 @@ from PIL import Image
 
 from jaxdet import cli
 from jaxdet.configs import load_config
-from jaxdet.data import DataError, ShapesConfig, find_voc_split, make_dataset, make_shapes, write_voc
+from jaxdet.data import DataError, ShapesConfig, find_voc_split, make_dataset, make_shapes, write_coco, write_voc
 from jaxdet.training.inputs import DatasetNotFound, load_dataset, model_num_classes, with_class_names
 
 CLASSES = ("coin", "face")  # the shapes' circle and square, renamed: sorted, as discovery finds them
@@ -133,3 +133,37 @@ def test_neither_layout_names_both_paths(photos):
     message = str(caught.value)
     assert os.path.join(str(photos), "ImageSets", "Main", "trainval.txt") in message
     assert os.path.join(str(photos), "YEAR", "ImageSets", "Main", "trainval.txt") in message
+
+
+def test_a_coco_folder_takes_its_classes_from_the_json(photos, tmp_path):
+    root = tmp_path / "my_coco"
+    for split in SIZES:
+        voc = load_dataset(_config(photos), split)
+        write_coco(voc, str(root / "annotations" / f"instances_{split}.json"), str(root / split))
+    config = _config(root, dataset="coco")
+    train = load_dataset(config, "train")
+    assert train.class_names == CLASSES
+    assert with_class_names(config, train.class_names).model.num_classes == 2
+    with pytest.raises(ValueError, match=r"instances_train\.json: its categories \(in id order\) \('coin', 'face'\) "
+                                         r"are not config\.data\.classes \('face', 'coin'\)"):
+        load_dataset(_config(root, dataset="coco", classes=("face", "coin")), "train")
+
+
+def test_the_readme_commands_config_reads_the_folder(photos):
+    """The flags of the issue and README as given (tiny_shapes, 224-320 px), short of training."""
+    from jaxdet.training.inputs import train_pipeline
+
+    _, overrides = cli.split_overrides(["--config.data.dataset=voc", f"--config.data.root={photos}",
+                                        "--config.data.train_splits=train", "--config.data.test_split=test",
+                                        "--config.data.min_size=224", "--config.data.max_size=320"])
+    config = load_config("tiny_shapes")
+    for key, text in overrides:
+        cli.apply_override(config, key, text)
+    config.train.batch_size = 4
+    train = load_dataset(config, "train")
+    config = with_class_names(config, train.class_names)
+    assert config.data.classes == CLASSES and model_num_classes(config) == 2
+    batch = train_pipeline(config, train).build_batch(0)
+    # Each image's short side 224 (its long side at most 320), padded into one landscape bucket.
+    assert batch["images"].shape[0] == 4 and batch["images"].shape[1] < batch["images"].shape[2] <= 320
+    assert all(min(hw) == 224 or max(hw) == 320 for hw in batch["image_hw"].tolist())
