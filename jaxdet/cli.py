@@ -411,6 +411,7 @@ def _run_demo(args) -> int:
     config = _config_for(args, DEMO_CONFIG)
     loop.check_train_settings(config)  # before the previous demo's files are removed
     devices = select_devices(args.device, args.num_devices)
+    workdir.claim_for_demo(args.workdir)  # refuses a directory with files the demo did not write
     if not args.resume:
         workdir.clear_demo_run(args.workdir)  # a new demo replaces the previous one's run (not its data)
     config.data.root, reused = experiment.demo_data(config, args.workdir)
@@ -433,7 +434,6 @@ jaxdet: Fast and Faster R-CNN in JAX, with RoI max pooling as a native XLA custo
 
 Start with the demo: it writes a synthetic shapes dataset, trains a tiny Faster R-CNN on
 the CPU (about 10 minutes on 2 cores), evaluates it on held-out images and writes its
-    workdir.claim_for_demo(args.workdir)  # refuses a directory with files the demo did not write
 mAP, precision-recall curves, a picture of its detections and its loss curve to runs/demo:
 
     python -m jaxdet demo
@@ -634,13 +634,17 @@ def explain(error: BaseException) -> tuple:
     from jaxdet.inference_proposals import ProposalsError
     from jaxdet.training.inputs import DatasetNotFound
     from jaxdet.settings import InvalidSetting
+    from jaxdet.training.checkpoints import CheckpointMismatch
     from jaxdet.training.loop import CheckpointsExist, TrainingDiverged
     from jaxdet.training.weights import WeightsError
+    from jaxdet.workdir import WorkdirInUse
 
     if isinstance(error, (UsageError, InvalidSetting, ConfigNotFound, ImageFilesError, ProposalsError)):
         return 2, f"config or command-line error: {error}"
     if isinstance(error, (DeviceError, DatasetNotFound, CheckpointsExist, WorkdirInUse)):
         return 1, str(error)
+    if isinstance(error, CheckpointMismatch):
+        return 2, str(error)
     if isinstance(error, DataError):
         return 1, (f"bad data: {error}. Fix or remove that file, or set --config.data.on_error=skip to drop "
                    "the bad images (they are counted and named in a warning); add "
@@ -679,7 +683,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    from jaxdet.workdir import WorkdirInUse
     traceback = "--traceback" in argv
     formatwarning, warnings.formatwarning = warnings.formatwarning, format_warning
     try:

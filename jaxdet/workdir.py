@@ -1,7 +1,10 @@
 """A run's work directory: the name of each file, what it holds, and reading and writing the small ones.
 
     checkpoints/          orbax checkpoints (`jaxdet.training.checkpoints`)
-    config.json           the run's resolved config (what `jaxdet eval` and `predict` read back)
+    config.json           the run's resolved config (what `jaxdet eval` and `predict` read back), as
+                          it started: `--resume` never rewrites it
+    config_changes.jsonl  one line per resume that changed a setting: {"step", "changes": {key: [the
+                          run's value, the new one]}}
     class_names.json      the class names, label k the k-th
     train_log.jsonl       one line per logging window (`jaxdet.reporting.TrainingReporter`)
     tensorboard/          TensorBoard event files
@@ -30,6 +33,7 @@ import numpy as np
 CHECKPOINTS = "checkpoints"
 CONFIG = "config.json"
 CLASS_NAMES = "class_names.json"
+CONFIG_CHANGES = "config_changes.jsonl"
 TRAIN_LOG = "train_log.jsonl"
 TENSORBOARD = "tensorboard"
 LOSS_CURVE = "loss_curve.png"
@@ -71,12 +75,50 @@ def save_run_files(config: ml_collections.ConfigDict, workdir: str, class_names:
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict | None:
-    """The config a run in `workdir` was trained with; None when it has no config.json."""
+    """The config of the run in `workdir` as it now is: config.json (as the run started) with the
+    changes of each resume in config_changes.jsonl applied; None when it has no config.json."""
     path = os.path.join(workdir, CONFIG)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        config = json.load(f)
+    changes = os.path.join(workdir, CONFIG_CHANGES)
+    for record in (_log_rows(changes)[0] if os.path.isfile(changes) else ()):
+        for key, (_, now) in record["changes"].items():
+            *sections, name = key.split(".")
+            section = config
+            for part in sections:
+                section = section.setdefault(part, {})
+            if now is None:
+                section.pop(name, None)
+            else:
+                section[name] = now
+    return ml_collections.ConfigDict(config)
+
+
+def _leaves(tree: Mapping, prefix: str = "") -> dict:
+    found = {}
+    for name, value in tree.items():
+        if isinstance(value, Mapping):
+            found.update(_leaves(value, f"{prefix}{name}."))
+        else:
+            found[f"{prefix}{name}"] = value
+    return found
+
+
+def config_differences(run: ml_collections.ConfigDict, config: ml_collections.ConfigDict) -> dict:
+    """{dotted key: (the run's value, `config`'s)} for each field that differs (as JSON holds them:
+    a tuple equals the list it was saved as; a field one of them lacks is None there)."""
+    ours, theirs = (_leaves(json.loads(c.to_json())) for c in (run, config))
+    return {key: (ours.get(key), theirs.get(key)) for key in sorted(set(ours) | set(theirs))
+            if ours.get(key) != theirs.get(key)}
+
+
+def record_config_changes(workdir: str, step: int, changes: Mapping) -> None:
+    """Appends a resume's `changes` (`config_differences`) from `step` on to `config_changes.jsonl`
+    (`read_config` applies them)."""
+    with open(os.path.join(workdir, CONFIG_CHANGES), "a") as f:
+        f.write(json.dumps({"step": int(step), "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
 
 
 def read_class_names(workdir: str) -> tuple:

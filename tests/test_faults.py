@@ -118,3 +118,71 @@ def test_resume_after_a_partial_log_line_cuts_the_log_back_to_the_checkpoint(run
     assert resumed[0] == rows[0] and resumed[1]["loss"] == rows[1]["loss"]  # the same batches, the same loss
     assert (run_copy / "loss_curve.png").is_file() and "VOC07 mAP@0.5" in out
     assert json.loads((run_copy / "metrics.json").read_text())["start_step"] == 2
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. A run trained with another config
+
+
+def assert_clean(err: str) -> None:
+    """Nothing follows the message: no traceback, no orbax thread's or coroutine's report."""
+    assert "Traceback" not in err and "Exception ignored" not in err and "absl" not in err, err
+
+
+def test_eval_with_another_model_names_the_differing_keys(trained, capsys):
+    before = snapshot(trained)
+    status, _, err = run(capsys, "eval", "--workdir", trained, "--config.model.head_hidden=64",
+                         "--config.model.anchor_scales=2,4,8,16", "--no-progress")
+    assert status == 2
+    text = assert_one_paragraph(err, "this run was trained with a different model config",
+                                "--config.model.head_hidden=[64] given, [256, 256] in the run",
+                                "--config.model.anchor_scales=[2, 4, 8, 16] given, [2, 4, 8] in the run",
+                                str(trained / "config.json"))
+    assert len(text) < 600 and "opt_state" not in text  # not orbax's tree
+    assert_clean(err)
+    assert snapshot(trained) == before
+
+
+def test_resume_with_another_model_or_optimizer_is_refused_naming_the_keys(run_copy, capsys):
+    before = snapshot(run_copy)
+    status, _, err = run(capsys, "train", "--workdir", run_copy, "--resume", "--config.train.num_steps=6",
+                         "--config.model.head_hidden=64", "--no-progress")
+    assert status == 2
+    assert_one_paragraph(err, "this run was trained with a different model config",
+                         "--config.model.head_hidden=[64] given, [256, 256] in the run")
+    assert_clean(err)
+    run_config = json.loads((run_copy / "config.json").read_text())
+    other = "sgd" if run_config["optimizer"]["name"] == "adam" else "adam"
+    status, _, err = run(capsys, "train", "--workdir", run_copy, "--resume", "--config.train.num_steps=6",
+                         f"--config.optimizer.name={other}", "--no-progress")
+    assert status == 2
+    text = assert_one_paragraph(err, "this run was trained with a different optimizer config",
+                                f"--config.optimizer.name='{other}' given")
+    assert "num_steps" not in text  # only what makes the checkpoint not fit
+    assert_clean(err)
+    assert snapshot(run_copy) == before
+
+
+def test_resume_with_another_learning_rate_keeps_config_json_and_records_the_change(run_copy, capsys):
+    original = (run_copy / "config.json").read_bytes()
+    rate = json.loads(original)["optimizer"]["learning_rate"]
+    with pytest.warns(UserWarning, match=rf"config.optimizer.learning_rate: {rate!r} -> 0.0005.*"
+                                         r"config_changes.jsonl records the change"):
+        status, _, err = run(capsys, "train", "--workdir", run_copy, "--resume", "--config.train.num_steps=6",
+                             "--config.optimizer.learning_rate=0.0005", "--no-eval", "--no-progress")
+    assert status == 0, err
+    assert (run_copy / "config.json").read_bytes() == original
+    changes = [json.loads(line) for line in (run_copy / "config_changes.jsonl").read_text().splitlines()]
+    assert changes == [{"step": 4, "changes": {"optimizer.learning_rate": [rate, 0.0005],
+                                               "train.num_steps": [4, 6]}}]
+    # The run's config is now the changed one: resuming again without the override keeps the new
+    # rate, and neither warns nor records anything new.
+    from jaxdet import workdir
+    assert workdir.read_config(str(run_copy)).optimizer.learning_rate == 0.0005
+    rows = [json.loads(line) for line in (run_copy / "train_log.jsonl").read_text().splitlines()]
+    # Steps 5 and 6 ran at half the rate: lower than steps 3 and 4 although warm-up raises it each step.
+    assert rows[-1]["step"] == 6 and rows[-1]["learning_rate"] < rows[-2]["learning_rate"]
+    status, _, err = run(capsys, "train", "--workdir", run_copy, "--resume", "--config.train.num_steps=6",
+                         "--no-eval", "--no-progress")
+    assert status == 0 and "UserWarning" not in err, err
+    assert len((run_copy / "config_changes.jsonl").read_text().splitlines()) == 1

@@ -10,6 +10,9 @@ when complete, so a process killed while saving leaves the previous checkpoints 
 `latest_step` never sees the partial one (which the next manager deletes in the background).
 
 `restore_trained(config, workdir)` is the state of a run's checkpoint, for evaluation and prediction.
+Before restoring, the checkpoint's array shapes (orbax's metadata) are compared with the config's
+(`check_fits`): a checkpoint of another model or optimizer is named by the config keys that differ
+from the run's `config.json` (`CheckpointMismatch`), not by orbax's tree dump.
 """
 
 import os
@@ -24,6 +27,10 @@ from jaxdet import workdir as run_files
 from jaxdet.training.state import TrainState, create_train_state
 
 STATE, DATA = "state", "data"
+
+
+class CheckpointMismatch(RuntimeError):
+    """A run's checkpoint does not fit the train state of the config given (another model or optimizer)."""
 
 
 def checkpoint_manager(directory: str, *, save_every: int = 1000, keep: int = 3,
@@ -43,7 +50,9 @@ def checkpoint_manager(directory: str, *, save_every: int = 1000, keep: int = 3,
     options = ocp.CheckpointManagerOptions(should_save_fn=lambda step, _: step % save_every == 0, max_to_keep=keep,
                                            create=True, cleanup_tmp_directories=True,
                                            enable_async_checkpointing=async_save)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=(STATE, DATA))
+    # Handlers named up front: item_metadata can then read a checkpoint's shapes without restoring it.
+    handlers = {STATE: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
 
 
 def _arrays(state: TrainState) -> dict:
@@ -69,6 +78,42 @@ def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, *,
         STATE: ocp.args.StandardSave(_arrays(state)),
         DATA: ocp.args.JsonSave(dict(data_state or {})),
     }), force=force)
+
+
+def _shapes(tree) -> dict:
+    return {jax.tree_util.keystr(path, simple=True, separator="."): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def check_fits(manager: ocp.CheckpointManager, step: int, state: TrainState, config: ml_collections.ConfigDict,
+               workdir: str) -> None:
+    """Raises CheckpointMismatch unless checkpoint `step` holds every array of `state` with its shape,
+    naming the keys in which `config` differs from the run's `config.json` (the model's when any)."""
+    stored, wanted = _shapes(manager.item_metadata(step)[STATE]), _shapes(_arrays(state))
+    if stored == wanted:
+        return
+    run = run_files.read_config(workdir)
+    changed = run_files.config_differences(run, config) if run is not None else {}
+    changed.pop("model.pretrained", None)  # initial weights: the checkpoint replaces them
+    # The sections that shape the arrays: the model's first, then the optimizer's (its state).
+    model, optimizer = ({k: v for k, v in changed.items() if k.startswith(section)} for section in ("model.", "optimizer."))
+    shown = model or optimizer or changed
+    if shown:
+        sections = sorted({key.split(".")[0] for key in shown})
+        keys = "; ".join(f"config.{key}={now!r} given, {was!r} in the run" for key, (was, now) in shown.items())
+        raise CheckpointMismatch(
+            f"this run was trained with a different {' and '.join(sections)} config: {keys} (the run's own "
+            f"config is {os.path.join(workdir, run_files.CONFIG)}, which eval and --resume read when no --config "
+            f"is given). Leave those settings out to use the run's, or train a new run with them in another "
+            f"--workdir.")
+    differ = sorted(name for name in set(stored) | set(wanted) if stored.get(name) != wanted.get(name))
+    arrays = ", ".join(f"{name} {stored.get(name, 'missing')} in it, {wanted.get(name, 'missing')} here"
+                       for name in differ[:3])
+    raise CheckpointMismatch(
+        f"the checkpoint of step {step} in {manager.directory} does not fit the model of this config ({arrays}"
+        f"{'; ' + str(len(differ) - 3) + ' more' if len(differ) > 3 else ''}): this run was trained with a "
+        f"different model config, and {workdir} has no {run_files.CONFIG} to say which. Give the config it was "
+        f"trained with (--config and its overrides).")
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState, *,
@@ -122,7 +167,9 @@ def restore_trained(config: ml_collections.ConfigDict, workdir: str, *, step: Op
                 f"no checkpoint of step {step} in {directory}; the run's checkpoints are of step"
                 f"{'s' if len(steps) > 1 else ''} {', '.join(str(s) for s in steps)} (a run keeps only its last "
                 f"config.train.keep_checkpoints): pass --step with one of them, or no --step for the latest")
-        state, _ = restore_checkpoint(manager, create_train_state(config, jax.random.key(0)), step=step)
+        state = create_train_state(config, jax.random.key(0))
+        check_fits(manager, steps[-1] if step is None else step, state, config, workdir)
+        state, _ = restore_checkpoint(manager, state, step=step)
     finally:
         manager.close()
     return state

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 import time
 import warnings
 from typing import Any, Mapping, Sequence
@@ -30,7 +31,7 @@ from jaxdet.data import Dataset
 from jaxdet.data.batch import TRAIN_KEYS
 from jaxdet.settings import InvalidSetting
 from jaxdet.training import distributed, parallel
-from jaxdet.training.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
+from jaxdet.training.checkpoints import check_fits, checkpoint_manager, restore_checkpoint, save_checkpoint
 from jaxdet.training.inputs import load_dataset, train_pipeline, with_class_names
 from jaxdet.training.state import TrainState, create_train_state
 from jaxdet.training.step import step_key, train_step
@@ -134,6 +135,7 @@ def _starting_state(config: ml_collections.ConfigDict, workdir: str, manager, *,
     Raises:
       CheckpointsExist: `manager` has checkpoints and `resume` is False.
       InvalidSetting: the checkpoint is past `train.num_steps`.
+      CheckpointMismatch: the checkpoint does not fit the config's model or optimizer.
     """
     latest = manager.latest_step()
     if latest is not None and not resume:
@@ -144,6 +146,7 @@ def _starting_state(config: ml_collections.ConfigDict, workdir: str, manager, *,
     if latest is None:
         _warn_if_frozen_without_weights(config.model)
         return state, 0
+    check_fits(manager, latest, state, config, workdir)
     state, data_state = restore_checkpoint(manager, state)
     start, num_steps = int(data_state.get("next_step", int(state.step))), int(config.train.num_steps)
     if start > num_steps:
@@ -152,6 +155,29 @@ def _starting_state(config: ml_collections.ConfigDict, workdir: str, manager, *,
             f"nothing to train. Raise config.train.num_steps above {start} to continue it, or "
             f"evaluate its checkpoint with `jaxdet eval --workdir {workdir}`.")
     return state, start
+
+
+def _save_run_files(config: ml_collections.ConfigDict, workdir: str, class_names: Sequence[str], start: int) -> None:
+    """config.json and class_names.json for a new run. A resumed run keeps its config.json as it
+    started, records the settings different from its config now (`jaxdet.workdir.read_config`) in
+    config_changes.jsonl and warns of them (a longer train.num_steps, the way to continue a run, only
+    recorded), and cuts its log back to `start`."""
+    if start == 0 or not os.path.isfile(os.path.join(workdir, run_files.CONFIG)):
+        run_files.save_run_files(config, workdir, class_names)
+        if start == 0:
+            return
+    run = run_files.read_config(workdir)
+    run_files.cut_train_log(workdir, start)  # rows past the checkpoint are logged again
+    changes = run_files.config_differences(run, config)
+    if changes:
+        run_files.record_config_changes(workdir, start, changes)
+    shown = {key: v for key, v in changes.items() if key != "train.num_steps"}
+    if shown:
+        listed = "; ".join(f"config.{key}: {was!r} -> {now!r}" for key, (was, now) in shown.items())
+        warnings.warn(f"resuming from step {start} with settings that differ from the run's: {listed}. They hold "
+                      f"from step {start} on; {os.path.join(workdir, run_files.CONFIG)} keeps the run's original "
+                      f"config and {os.path.join(workdir, run_files.CONFIG_CHANGES)} records the change.",
+                      UserWarning, stacklevel=3)
 
 
 class _Guard:
@@ -232,6 +258,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
       InvalidSetting: a step count, interval or batch size below 1 (`check_train_settings`), or
         a resumed run already past num_steps.
       CheckpointsExist: workdir has checkpoints and `resume` is False.
+      CheckpointMismatch: resuming with a model or optimizer the checkpoint does not fit.
       TrainingDiverged: a non-finite loss or gradient (nothing after the last good checkpoint saved).
     """
     check_train_settings(config)
@@ -246,25 +273,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     num_steps, every = int(config.train.num_steps), int(config.train.checkpoint_every)
     checkpoint_dir = run_files.checkpoint_dir(workdir)
     manager = checkpoint_manager(checkpoint_dir, save_every=every, keep=int(config.train.keep_checkpoints))
-    try:
+    reporter = None
+    try:  # the manager is closed whatever happens: its threads would otherwise print after the error
         state, start = _starting_state(config, workdir, manager, resume=resume)
-    except Exception:
-        manager.close()
-        raise
-    main = distributed.is_main_process()
-    if main:
-        run_files.save_run_files(config, workdir, dataset.class_names)
-        if start > 0:
-            run_files.cut_train_log(workdir, start)  # rows past the checkpoint are logged again
-    reporter = reporting.TrainingReporter(
-        workdir, start_step=start, total_steps=num_steps, images_per_step=global_batch,
-        log_every=int(config.train.log_every), show_bar=show_progress, append=start > 0, enabled=main)
-    try:
+        main = distributed.is_main_process()
+        if main:
+            _save_run_files(config, workdir, dataset.class_names, start)
+        reporter = reporting.TrainingReporter(
+            workdir, start_step=start, total_steps=num_steps, images_per_step=global_batch,
+            log_every=int(config.train.log_every), show_bar=show_progress, append=start > 0, enabled=main)
         state, step, first_step_seconds, train_seconds = _run_steps(
             parallel.replicate(state, mesh), pipeline, mesh, start=start, num_steps=num_steps, every=every,
             manager=manager, guard=_Guard(manager, checkpoint_dir, reporter))
     finally:
-        reporter.close()
+        if reporter is not None:
+            reporter.close()
         manager.wait_until_finished()
         manager.close()
     timed = step - start - 1
