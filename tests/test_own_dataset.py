@@ -11,7 +11,8 @@ from PIL import Image
 
 from jaxdet import cli
 from jaxdet.configs import load_config
-from jaxdet.data import DataError, ShapesConfig, find_voc_split, make_dataset, make_shapes, write_coco, write_voc
+from jaxdet.data import (VOC_CLASSES, DataError, ShapesConfig, find_voc_split, make_dataset, make_shapes, write_coco,
+                         write_voc)
 from jaxdet.training.inputs import DatasetNotFound, load_dataset, model_num_classes, with_class_names
 
 CLASSES = ("coin", "face")  # the shapes' circle and square, renamed: sorted, as discovery finds them
@@ -167,3 +168,17 @@ def test_the_readme_commands_config_reads_the_folder(photos):
     # Each image's short side 224 (its long side at most 320), padded into one landscape bucket.
     assert batch["images"].shape[0] == 4 and batch["images"].shape[1] < batch["images"].shape[2] <= 320
     assert all(min(hw) == 224 or max(hw) == 320 for hw in batch["image_hw"].tolist())
+
+
+def test_a_vocdevkit_keeps_the_20_voc_classes(tmp_path):
+    devkit = tmp_path / "VOCdevkit"
+    records = make_shapes(2, seed=5, config=ShapesConfig(image_size=(40, 56), classes=("circle", "square"),
+                                                         max_object_size=28)).records
+    write_voc(make_dataset(records, ("dog", "cat")), str(devkit / "VOC2007"), "trainval", image_format="jpg")
+    config = load_config("vgg16_voc07")
+    config.data.root = str(devkit)
+    assert model_num_classes(config) == 20  # the model needs no data to know it
+    train = load_dataset(config, "train")
+    assert train.class_names == VOC_CLASSES
+    names = [VOC_CLASSES[label] for r in train.records for label in r.labels]
+    assert set(names) <= {"dog", "cat"} and names
