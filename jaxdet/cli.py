@@ -11,10 +11,11 @@ This module parses the command line, dispatches to the library (`jaxdet.experime
 `jaxdet.inference_files`, `jaxdet.training.inputs`) and renders its results and errors. A config
 is one of jaxdet's by name or a Python file (`jaxdet.configs.load_config`); any field is
 overridden with `--config.section.field=value`, parsed as ml_collections' config flags parse
-them. Errors a user can fix (a typo in a key, a missing dataset, no GPU, out of memory, a
-diverged loss) are printed as one paragraph saying what to do, the config keys the library names
-(`config.train.num_steps`) shown as the flags that set them (`--config.train.num_steps`);
-`--traceback` shows the Python trace.
+them. Errors a user can fix (a typo in a key, a missing dataset, no GPU, out of memory, a full
+disk or a read-only directory, a run trained with another config, a diverged loss) are printed
+as one paragraph saying what to do, the config keys the library names (`config.train.num_steps`)
+shown as the flags that set them (`--config.train.num_steps`); `--traceback` shows the Python
+trace.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import ast
 import difflib
+import errno
 import os
 import re
 import shlex
@@ -325,11 +327,12 @@ def _run_eval(args) -> int:
     config = _config_for(args)
     join_processes(args)
     devices = select_devices(args.device, args.num_devices)
+    out = args.out or args.workdir
     metrics = experiment.evaluate_checkpoint(config, args.workdir, step=args.step, split=args.split,
-                                             devices=devices, show_progress=not args.no_progress)
+                                             devices=devices, show_progress=not args.no_progress, out=out)
     if distributed.is_main_process():
         _print_summary(metrics, f"jaxdet eval ({args.split} split, step {metrics['checkpoint_step']})")
-        _print_files(args.workdir, workdir.EVALUATION_FILES)
+        _print_files(out, workdir.EVALUATION_FILES)
     return 0
 
 
@@ -536,6 +539,9 @@ def _add_run_commands(commands) -> dict:
                     "to it (e.g. --config.data.root to evaluate on data elsewhere).")
     _common(evaluate, workdir_default=None, workdir_help="the trained run's directory (required)")
     evaluate.add_argument("--step", type=int, help="the checkpoint's step (default: the latest)")
+    evaluate.add_argument("--out", metavar="DIR",
+                          help="where the evaluation's files go (created; default WORKDIR): e.g. when WORKDIR is "
+                               "read-only")
     evaluate.add_argument("--split", choices=("test", "train"), default="test",
                           help="which split of the config's dataset (default test)")
     distributed.add_arguments(evaluate)
@@ -621,6 +627,33 @@ def as_flags(text: str) -> str:
     return _CONFIG_KEY.sub(OVERRIDE_PREFIX, text)
 
 
+# errno -> (what it means, what to do): writes that failed for want of space or permission.
+_DISK_FAULTS = {
+    errno.ENOSPC: ("no space is left on its disk", "free space there or give a --workdir on another disk"),
+    errno.EDQUOT: ("the disk quota is used up", "free space there or give a --workdir on another disk"),
+    errno.EROFS: ("its file system is read-only", "give a --workdir on a writable disk"),
+    errno.EACCES: ("permission denied", "make it writable for this user or give another --workdir"),
+    errno.EPERM: ("operation not permitted", "make it writable for this user or give another --workdir"),
+}
+# How orbax's TensorStore reports an OS error: its code, and the paths it was writing in quotes.
+_OS_ERROR_CODE = re.compile(r"os_error_code='(\d+)'")
+_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
+
+
+def _disk_fault(error: BaseException) -> tuple | None:
+    """(errno, the path) of a write that failed for want of space or permission: an OSError, or the
+    text of orbax's RESOURCE_EXHAUSTED error, in `error` or what caused it; None otherwise."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in _DISK_FAULTS:
+            return error.errno, error.filename
+        code = _OS_ERROR_CODE.search(str(error))
+        if code and int(code.group(1)) in _DISK_FAULTS:
+            paths = _QUOTED_PATH.findall(str(error))
+            return int(code.group(1)), paths[-1] if paths else None
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def _out_of_memory(error: BaseException) -> bool:
     text = str(error)
     return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
@@ -654,6 +687,13 @@ def explain(error: BaseException) -> tuple:
         return 3, str(error)
     if isinstance(error, WeightsError):
         return 1, f"pretrained weights do not fit the model: {error}"
+    fault = _disk_fault(error)
+    if fault is not None:
+        code, path = fault
+        what, fix = _DISK_FAULTS[code]
+        return 1, (f"cannot write {path or 'a file'}: {what} ({errno.errorcode[code]}). To fix it, {fix} (eval: "
+                   "--out DIR puts its files elsewhere; predict: --out DIR). Files written before, checkpoints "
+                   "included, are intact: a training run continues with --resume.")
     if _out_of_memory(error):
         return 1, ("out of memory: the model and a batch do not fit in the device's memory "
                    f"({str(error).splitlines()[0][:200]}). Lower --config.train.batch_size (and the learning rate "

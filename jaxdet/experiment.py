@@ -51,13 +51,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None,
                         split: str = "test", devices: Sequence[Any] | None = None,
-                        show_progress: bool = True) -> dict:
+                        show_progress: bool = True, out: str | None = None) -> dict:
     """Evaluates a run's checkpoint (the latest unless `step`) on the config's `split`, replicated
-    over `devices` (default all), writing the evaluation's files into `workdir` again. The labels are
-    the run's (its class_names.json), whatever classes the split's annotations hold."""
+    over `devices` (default all), writing the evaluation's files into `out` (default `workdir`), whose
+    writability is checked first (`jaxdet.workdir.check_writable`). The labels are the run's (its
+    class_names.json), whatever classes the split's annotations hold."""
+    out = workdir if out is None else out
+    run_files.check_writable(out)  # before the work, not after it
     config = with_class_names(config, run_files.read_class_names(workdir))
     state = parallel.replicate(restore_trained(config, workdir, step=step), parallel.make_mesh(devices=devices))
-    return evaluation.evaluate(config, state, load_dataset(config, split), workdir, show_progress=show_progress)
+    return evaluation.evaluate(config, state, load_dataset(config, split), out, show_progress=show_progress)
 
 
 def demo_data(config: ml_collections.ConfigDict, workdir: str) -> tuple:

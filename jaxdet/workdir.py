@@ -24,6 +24,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 import warnings
 from typing import Mapping, Sequence
 
@@ -63,6 +64,18 @@ EVALUATION_FILES = (METRICS, DETECTIONS_PICTURE, PR_CURVES, COCO_RESULTS)
 def checkpoint_dir(workdir: str) -> str:
     """The absolute path of the run's checkpoints (orbax wants an absolute one)."""
     return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+
+
+def check_writable(directory: str) -> None:
+    """Creates `directory` if absent and a file in it, removed at once: raises the OSError (a
+    read-only file system, no permission) that writing there would meet, naming `directory`, before
+    any work is done."""
+    os.makedirs(directory, exist_ok=True)
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".jaxdet-write-check-"):
+            pass
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, directory) from None  # the directory, not the test file's name
 
 
 def save_run_files(config: ml_collections.ConfigDict, workdir: str, class_names: Sequence[str]) -> None:

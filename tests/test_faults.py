@@ -186,3 +186,77 @@ def test_resume_with_another_learning_rate_keeps_config_json_and_records_the_cha
                          "--no-eval", "--no-progress")
     assert status == 0 and "UserWarning" not in err, err
     assert len((run_copy / "config_changes.jsonl").read_text().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Disk and permission faults
+
+
+def refuse_writes(monkeypatch, directory, code: int) -> None:
+    """Every file opened for writing under `directory` fails with OSError `code` (a full disk, a
+    read-only file system; as root, permissions cannot be taken away with chmod)."""
+    import builtins
+    import io
+
+    def refused(path):
+        return OSError(code, os.strerror(code), str(path))
+
+    real_open, real_os_open = builtins.open, os.open
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        if str(path).startswith(str(directory)) and any(c in mode for c in "wax+"):
+            raise refused(path)
+        return real_open(path, mode, *args, **kwargs)
+
+    def fake_os_open(path, flags, *args, **kwargs):
+        if str(path).startswith(str(directory)) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise refused(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_open)
+    monkeypatch.setattr(os, "open", fake_os_open)
+
+
+def test_eval_of_a_read_only_run_fails_before_any_work_and_out_writes_elsewhere(trained, tmp_path, capsys,
+                                                                                monkeypatch):
+    import errno
+
+    from jaxdet import experiment
+
+    before = snapshot(trained)
+    with monkeypatch.context() as patch:
+        refuse_writes(patch, trained, errno.EROFS)
+        patch.setattr(experiment, "restore_trained", lambda *a, **k: pytest.fail("restored before the check"))
+        status, _, err = run(capsys, "eval", "--workdir", trained, "--no-progress")
+    assert status == 1
+    assert_one_paragraph(err, f"cannot write {trained}: its file system is read-only (EROFS)", "--out DIR")
+    assert_clean(err)
+    status, out, err = run(capsys, "eval", "--workdir", trained, "--out", tmp_path / "eval", "--no-progress")
+    assert status == 0, err
+    assert str(tmp_path / "eval" / "metrics.json") in out and (tmp_path / "eval" / "pr_curves.png").is_file()
+    assert snapshot(trained) == before
+
+
+def test_a_full_disk_during_training_is_named_not_out_of_memory(shapes_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    workdir = tmp_path / "w"
+    refuse_writes(monkeypatch, workdir / "train_log.jsonl", errno.ENOSPC)
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir",
+                         workdir, "--no-eval", "--no-progress")
+    assert status == 1
+    text = assert_one_paragraph(err, f"cannot write {workdir}/train_log.jsonl: no space is left on its disk (ENOSPC)",
+                                "--resume")
+    assert "memory" not in text
+
+
+def test_orbax_s_full_disk_error_is_named_not_out_of_memory():
+    # As orbax raised it when a checkpoint filled a 300 kB tmpfs (TensorStore's RESOURCE_EXHAUSTED).
+    path = "/data/run/checkpoints/2.orbax-checkpoint-tmp/state.orbax-checkpoint-tmp/ocdbt.process_0/d/724e359a"
+    error = ValueError(f'RESOURCE_EXHAUSTED: Error writing "opt_state.2.0.count/0" in OCDBT database at local file '
+                       f'"/data/run/checkpoints/2.orbax-checkpoint-tmp/": Failed writing: "{path}": Failed to write '
+                       f"8146944 bytes to file 7: No space left on device [os_error_code='28']")
+    status, message = cli.explain(error)
+    assert status == 1 and message.startswith(f"cannot write {path}: no space is left on its disk (ENOSPC)")
+    assert "memory" not in message
