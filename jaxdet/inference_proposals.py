@@ -37,8 +37,9 @@ from jaxdet.models.detector import FasterRCNN
 from jaxdet.proposals import Proposals
 from jaxdet.settings import RPNSettings
 from jaxdet.training.checkpoints import restore_trained
-from jaxdet.training.inputs import SPLITS, eval_pipeline, load_dataset
+from jaxdet.training.inputs import SPLITS, eval_pipeline, load_dataset, with_class_names
 from jaxdet.training.state import TrainState
+from jaxdet.workdir import read_class_names
 
 
 class ProposalsError(ValueError):
@@ -191,6 +192,7 @@ def write_run_proposals(config: ml_collections.ConfigDict, workdir: str, out: st
     """
     check_rpn_run(config, workdir)
     check_output(out)
+    config = with_class_names(config, read_class_names(workdir))  # the run's labels, whatever the data
     datasets = {split: load_dataset(config, split) for split in dict.fromkeys(splits)}
     names = {}
     for record in (r for dataset in datasets.values() for r in dataset.records):
