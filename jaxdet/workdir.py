@@ -219,6 +219,7 @@ class WorkdirInUse(RuntimeError):
 
 
 _MADE_BY = "jaxdet demo"
+_OLD_DATA_STAMP = os.path.join(DATA, "shapes.json")  # what the demo of jaxdet before demo.json stamped
 
 
 def _demo_stamp(workdir: str) -> dict | None:
@@ -255,7 +256,9 @@ def _not_the_demos(workdir: str, found: Sequence[str]) -> WorkdirInUse:
 
 def claim_for_demo(workdir: str) -> None:
     """Makes `workdir` the demo's: a directory that does not exist or is empty is created and stamped
-    (`demo.json`, before anything else is written); one the demo stamped before is the demo's already.
+    (`demo.json`, before anything else is written); one the demo stamped before is the demo's already,
+    and so is the directory of an older jaxdet's demo (its data/shapes.json), whose data files are
+    then never deleted, only rewritten.
 
     Raises:
       WorkdirInUse: `workdir` holds files and no demo stamp (another run, the user's files), naming
@@ -267,7 +270,7 @@ def claim_for_demo(workdir: str) -> None:
         raise WorkdirInUse(f"--workdir {workdir} is a file, not a directory: give the demo a new or empty "
                            "directory (default runs/demo)")
     found = sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []
-    if found:
+    if found and not os.path.isfile(os.path.join(workdir, _OLD_DATA_STAMP)):
         raise _not_the_demos(workdir, found)
     os.makedirs(workdir, exist_ok=True)
     _write_demo_stamp(workdir, {"made_by": _MADE_BY, "data": None, "data_files": []})
@@ -318,9 +321,6 @@ def write_demo_data(workdir: str, description: Mapping, write) -> None:
         path = os.path.join(root, name)
         if os.path.isfile(path):
             os.remove(path)
-    for folder, _, _ in sorted(os.walk(root), reverse=True):  # the folders left empty, deepest first
-        if not os.listdir(folder):
-            os.rmdir(folder)
     _write_demo_stamp(workdir, {**stamp, "data": None, "data_files": []})
     before = _files_under(root)
     write(root)

@@ -260,3 +260,16 @@ def test_orbax_s_full_disk_error_is_named_not_out_of_memory():
     status, message = cli.explain(error)
     assert status == 1 and message.startswith(f"cannot write {path}: no space is left on its disk (ENOSPC)")
     assert "memory" not in message
+
+
+def test_an_older_demo_s_directory_is_still_the_demo_s(tmp_path):
+    from jaxdet import workdir
+
+    old = tmp_path / "demo"
+    (old / "data").mkdir(parents=True)
+    (old / "data" / "shapes.json").write_text("{}")  # what the demo stamped before demo.json
+    (old / "checkpoints" / "2").mkdir(parents=True)
+    workdir.claim_for_demo(str(old))
+    workdir.clear_demo_run(str(old))
+    assert not (old / "checkpoints").exists() and (old / "data" / "shapes.json").is_file()
+    assert json.loads((old / "demo.json").read_text())["data_files"] == []  # its data: rewritten, never deleted
