@@ -47,10 +47,8 @@ def run(capsys, *argv):
 
 
 @pytest.fixture(scope="module")
-def shapes_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("shapes")
-    assert cli.main(["make-shapes", "--out", str(out), "--config", SMOKE]) == 0
-    return out
+def shapes_dir(shapes_dir_of):
+    return shapes_dir_of(SMOKE)
 
 
 @pytest.fixture(scope="module")
