@@ -78,8 +78,10 @@ def test_crowd_only_image_counts_as_empty(tmp_path):
     path, image_dir = _write(tmp_path, [_image(1, "a.png")],
                              [_ann(1, 1, 1, [5, 5, 4, 4], iscrowd=1)])
     assert len(read_coco(path, image_dir, keep_empty=True)) == 1
+    with pytest.warns(UserWarning, match="only crowd annotations"):
+        empty = read_coco(path, image_dir, keep_empty=False)
     with pytest.raises(ValueError):  # nothing left: an empty dataset cannot make a pipeline
-        InputPipeline(read_coco(path, image_dir, keep_empty=False), batch_size=1)
+        InputPipeline(empty, batch_size=1)
 
 
 BAD_ANNOTATIONS = {
