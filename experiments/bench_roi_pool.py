@@ -81,16 +81,7 @@ def timed(fn, repeats, warmup=2):
 def timed_together(fns, repeats, warmup=2):
     """Median seconds of each fn of `fns` (name -> fn), all run in one loop, one after the other
     (in reverse order every other round), so that they share whatever load the machine has."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for i in range(repeats):
-        for name in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) for name, t in in_rounds(fns, repeats, warmup).items()}
 
 
 def unique_bytes(features, num_rois):
