@@ -152,8 +152,29 @@ def test_too_many_boxes_names_the_image_and_ignored_boxes_make_room():
     batch = InputPipeline(ds, max_boxes=2, **kwargs).build_batch(0)
     np.testing.assert_array_equal(batch["labels"][0], [0, 2])
     assert batch["valid"][0].all()
-    with pytest.raises(DataError, match="image 'crowded': 2 boxes to train on but max_boxes is 1"):
-        InputPipeline(ds, max_boxes=1, **kwargs).build_batch(0)
+    # Found when the pipeline is made, not when the image's batch is built.
+    with pytest.raises(DataError, match=r"image 'crowded': 2 boxes to train on, more than config.data.max_boxes=1.*"
+                                        r"set config.data.max_boxes=2"):
+        InputPipeline(ds, max_boxes=1, **kwargs)
+
+
+def test_an_unreadable_image_is_a_blank_slot_under_skip(tmp_path):
+    ds = make_shapes(4, seed=0, config=SMALL)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a PNG")
+    records = list(ds.records)
+    records[1] = Record(image_id=1, height=32, width=40, boxes=records[1].boxes, labels=records[1].labels,
+                        difficult=records[1].difficult, iscrowd=records[1].iscrowd, path=str(broken))
+    ds = make_dataset(records, ds.class_names)
+    kwargs = dict(batch_size=4, min_size=None, max_size=None, shuffle=False, flip=False)
+    with pytest.raises(DataError, match="broken.png: image cannot be decoded"):
+        InputPipeline(ds, **kwargs).build_batch(0)
+    pipeline = InputPipeline(ds, on_error="skip", **kwargs)
+    with pytest.warns(UserWarning, match=r"skipping: .*broken.png: image cannot be decoded.*\(1 unreadable image so"):
+        batch = pipeline.build_batch(0)
+    assert not batch["images"][1].any() and not batch["valid"][1].any()
+    assert batch["image_hw"][1].tolist() == [32, 40] and batch["image_id"][1] == 1
+    assert batch["valid"][0].any() and list(pipeline.unreadable) == [str(broken)]
 
 
 def test_stopping_early_leaves_no_worker_threads():

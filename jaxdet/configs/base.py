@@ -99,7 +99,8 @@ def get_config() -> ml_collections.ConfigDict:
         max_boxes=64,                # ground-truth boxes padded to this per image
         use_difficult=False,         # VOC "difficult" boxes are not training targets
         on_error="raise",            # a bad image or annotation: "raise" stops, naming it; "skip" drops
-                                     # the image and names it in a warning with the count
+                                     # the image and names it in a warning with the count (an image found
+                                     # unreadable only when its batch is built: a blank one, no objects)
         check_images=False,          # decode every image while reading the dataset (slow), so that a
                                      # corrupt one is found (and skipped) before training, not during it
     )

@@ -21,12 +21,13 @@ import collections
 import concurrent.futures
 import itertools
 import threading
+import warnings
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from jaxdet.data.batch import empty_batch
-from jaxdet.data.records import DataError, Dataset, Record, load_image
+from jaxdet.data.records import DataError, Dataset, Record, check_on_error, limit_boxes, load_image
 from jaxdet.data.transforms import (
     check_normalization,
     flip_boxes,
@@ -38,6 +39,10 @@ from jaxdet.data.transforms import (
     size_buckets,
 )
 
+# Padded images (float32) a batch holds beyond this cannot be trained or detected on: a backbone's
+# activations are many times its input (VGG16's conv1 alone has 64 channels a pixel against 3).
+MAX_BATCH_BYTES = 4 << 30
+
 
 class InputPipeline:
     """Fixed-shape batches of a Dataset.
@@ -46,12 +51,14 @@ class InputPipeline:
       dataset: the Dataset.
       batch_size: images per batch on this shard.
       max_boxes: ground-truth slots per image; an image with more boxes that count (`valid`)
-        is a DataError naming the file (ignored boxes beyond the slots are dropped).
+        is a DataError naming the file, raised here (`records.limit_boxes`; ignored boxes beyond
+        the slots are dropped).
       min_size, max_size: resize limits (see `transforms.resized_hw`); both None keeps images
         at their native size (e.g. tiny synthetic images).
       buckets: padded (H, W) sizes, tried smallest area first; None derives them: the two
         orientations of `size_buckets(min_size, max_size)`, or with no resize the largest image
-        size in the dataset.
+        size in the dataset (a ValueError naming the largest images when a batch of that size
+        would exceed MAX_BATCH_BYTES).
       normalization: "torchvision" or "caffe" (see `transforms.normalize`).
       shuffle: permute the images every epoch (False: dataset order, for evaluation).
       flip: mirror each image with probability 1/2 (training augmentation).
@@ -65,6 +72,9 @@ class InputPipeline:
         between processes; all shards see the same bucket at each step.
       max_proposals: if set, batches carry each record's `proposals` (the first
         `max_proposals`, resized and flipped with the image) as "proposals"/"proposal_valid".
+      on_error: an image that cannot be read when its batch is built (missing, corrupt, not its
+        annotated size): "raise" a DataError naming it; "skip" warns once naming it, with the
+        count so far (`unreadable`), and its slot stays blank: zero pixels, no valid box.
     """
 
     def __init__(
@@ -87,6 +97,7 @@ class InputPipeline:
         num_shards: int = 1,
         shard_index: int = 0,
         max_proposals: int | None = None,
+        on_error: str = "raise",
     ):
         counts = {"batch_size": batch_size, "max_boxes": max_boxes, "num_workers": num_workers,
                   "prefetch": prefetch, "num_shards": num_shards, "max_proposals": max_proposals}
@@ -96,8 +107,10 @@ class InputPipeline:
         if not 0 <= shard_index < num_shards:
             raise ValueError(f"shard_index must be in [0, {num_shards}), got {shard_index}")
         check_normalization(normalization)
+        check_on_error(on_error)
         if len(dataset) == 0:
             raise ValueError("dataset is empty")
+        limit_boxes(dataset, max_boxes=int(max_boxes), keep_difficult=keep_difficult)
         if max_proposals is not None:
             lacking = [r.name for r in dataset.records if r.proposals is None]
             if lacking:
@@ -117,6 +130,8 @@ class InputPipeline:
         self.seed = int(seed)
         self.num_workers, self.prefetch = int(num_workers), int(prefetch)
         self.num_shards, self.shard_index = int(num_shards), int(shard_index)
+        self.on_error = on_error
+        self.unreadable: dict[str, str] = {}  # image -> why it could not be read (on_error "skip")
 
         sizes = np.array(
             [resized_hw(r.height, r.width, min_size=min_size, max_size=max_size)[:2]
@@ -126,6 +141,7 @@ class InputPipeline:
         if buckets is None:
             if min_size is None and max_size is None:
                 buckets = (tuple(int(s) for s in sizes.max(axis=0)),)
+                self._check_canvas(sizes)
             else:
                 buckets = size_buckets(min_size or max_size, max_size or min_size)
         self.buckets = tuple(sorted((tuple(int(s) for s in b) for b in buckets),
@@ -138,12 +154,28 @@ class InputPipeline:
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"no full batch of {global_batch} images in any bucket "
-                f"(images per bucket {counts.tolist()}); lower batch_size or set "
-                "drop_remainder=False"
+                f"(images per bucket {counts.tolist()}): lower the batch size "
+                "(config.train.batch_size) or give more images"
             )
-        # Two epochs can be in flight at an epoch boundary; workers share the plans.
+        # Two epochs can be in flight at an epoch boundary; workers share the plans (and `unreadable`).
         self._plans: dict[int, list] = {}
-        self._plans_lock = threading.Lock()
+        self._lock = threading.Lock()
+
+    def _check_canvas(self, sizes: np.ndarray) -> None:
+        """ValueError naming the tallest and widest images when a batch padded to their size ([N, 2]
+        `sizes`, native) would hold more than MAX_BATCH_BYTES."""
+        height, width = (int(s) for s in sizes.max(axis=0))
+        nbytes = self.batch_size * height * width * 3 * np.dtype(np.float32).itemsize
+        if nbytes <= MAX_BATCH_BYTES:
+            return
+        largest = dict.fromkeys(int(np.argmax(sizes[:, axis])) for axis in (0, 1))  # tallest, widest
+        named = " and ".join(f"{self.dataset.records[i].name} ({sizes[i, 1]}x{sizes[i, 0]} pixels)" for i in largest)
+        raise ValueError(
+            f"{named}: with no resize (config.data.min_size and config.data.max_size unset) every batch is "
+            f"padded to the largest image, here {width}x{height}, so each batch of {self.batch_size} images would "
+            f"hold {nbytes / 1e9:.1f} GB of pixels. Resize the images as they are read (e.g. "
+            f"config.data.min_size=600 and config.data.max_size=1000, the paper's), or leave "
+            f"{'that image' if len(largest) == 1 else 'those images'} out of the split")
 
     def _assign_buckets(self, sizes: np.ndarray) -> np.ndarray:
         fits = np.stack([(sizes[:, 0] <= h) & (sizes[:, 1] <= w) for h, w in self.buckets], 1)
@@ -157,7 +189,7 @@ class InputPipeline:
 
     def plan(self, epoch: int) -> list:
         """The global batches of one epoch: a list of ([G] int64 image indices, bucket index)."""
-        with self._plans_lock:
+        with self._lock:
             if epoch not in self._plans:
                 self._plans = {e: p for e, p in self._plans.items() if e >= epoch - 1}
                 self._plans[epoch] = self._make_plan(epoch)
@@ -205,33 +237,28 @@ class InputPipeline:
         return batch
 
     def _fill(self, batch: dict, slot: int, record: Record, epoch: int) -> None:
-        image = load_image(record)
-        image, boxes, scale = resize(
-            image, record.boxes, min_size=self.min_size, max_size=self.max_size
-        )
-        coin = np.random.default_rng([self.seed, epoch, record.image_id]).random()
-        flip = self.flip and coin < 0.5
-        if flip:
-            image, boxes = hflip(image, boxes)
-        if self.max_proposals is not None:
-            self._fill_proposals(batch, slot, record, image.shape[:2], flip)
-        valid = ~record.iscrowd
-        if not self.keep_difficult:
-            valid &= ~record.difficult
-        if len(valid) > self.max_boxes:
-            if valid.sum() > self.max_boxes:
-                raise DataError(
-                    f"{record.name}: {int(valid.sum())} boxes to train on but max_boxes is "
-                    f"{self.max_boxes}; raise max_boxes"
-                )
-            # Ignored boxes carry nothing a padded slot would not, so they make room first.
-            keep = np.argsort(~valid, kind="stable")[: self.max_boxes]
-            boxes, valid, labels = boxes[keep], valid[keep], record.labels[keep]
+        image = self._load(record)
+        if image is None:  # unreadable and skipped: blank pixels, nothing to learn or find
+            h, w, scale = resized_hw(record.height, record.width, min_size=self.min_size, max_size=self.max_size)
+            flip, boxes, valid, labels = False, np.zeros((0, 4), np.float32), np.zeros(0, bool), np.zeros(0, np.int32)
         else:
-            labels = record.labels
-        h, w = image.shape[:2]
+            image, boxes, scale = resize(
+                image, record.boxes, min_size=self.min_size, max_size=self.max_size
+            )
+            coin = np.random.default_rng([self.seed, epoch, record.image_id]).random()
+            flip = self.flip and coin < 0.5
+            if flip:
+                image, boxes = hflip(image, boxes)
+            h, w = image.shape[:2]
+            normalize(image, self.normalization, out=batch["images"][slot, :h, :w])
+            valid, labels = record.targets(self.keep_difficult), record.labels
+            if len(valid) > self.max_boxes:  # only ignored boxes are past the slots (`limit_boxes`)
+                # Ignored boxes carry nothing a padded slot would not, so they make room first.
+                keep = np.argsort(~valid, kind="stable")[: self.max_boxes]
+                boxes, valid, labels = boxes[keep], valid[keep], labels[keep]
+        if self.max_proposals is not None:
+            self._fill_proposals(batch, slot, record, (h, w), flip)
         k = len(labels)
-        normalize(image, self.normalization, out=batch["images"][slot, :h, :w])
         batch["boxes"][slot, :k] = boxes
         batch["labels"][slot, :k] = labels
         batch["valid"][slot, :k] = valid
@@ -239,6 +266,23 @@ class InputPipeline:
         batch["scale"][slot] = scale
         batch["orig_hw"][slot] = (record.height, record.width)
         batch["image_id"][slot] = record.image_id
+
+    def _load(self, record: Record) -> np.ndarray | None:
+        """The record's image ([H, W, 3] uint8), or None when it cannot be read and `on_error` is "skip"."""
+        try:
+            return load_image(record)
+        except DataError as error:
+            if self.on_error == "raise":
+                raise
+            with self._lock:
+                first = record.name not in self.unreadable
+                self.unreadable.setdefault(record.name, str(error))
+                count = len(self.unreadable)
+            if first:
+                warnings.warn(f"skipping: {error}. With config.data.on_error=skip its place in each batch is a blank "
+                              f"image with no objects ({count} unreadable image{'s' if count > 1 else ''} so far)",
+                              stacklevel=2)
+            return None
 
     def _fill_proposals(self, batch, slot, record, image_hw, flip) -> None:
         proposals = scale_boxes(record.proposals[: self.max_proposals],

@@ -82,6 +82,10 @@ class Record:
         """How messages refer to this image: its file, else its source id."""
         return self.path if self.path is not None else f"image {self.source_id!r}"
 
+    def targets(self, keep_difficult: bool = False) -> np.ndarray:
+        """[M] bool: the boxes training learns from (not crowd, and not difficult unless `keep_difficult`)."""
+        return ~self.iscrowd & (keep_difficult | ~self.difficult)
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
@@ -159,7 +163,7 @@ def concat_datasets(*datasets: Dataset) -> Dataset:
 
 def check_on_error(on_error: str) -> None:
     if on_error not in ON_ERROR_CHOICES:
-        raise ValueError(f"on_error must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
+        raise ValueError(f"on_error (config.data.on_error) must be one of {ON_ERROR_CHOICES}, got {on_error!r}")
 
 
 class BadDataLog:
@@ -192,6 +196,33 @@ class BadDataLog:
                 "with bad data",
                 stacklevel=3,
             )
+
+
+def limit_boxes(dataset: Dataset, *, max_boxes: int, keep_difficult: bool = False, on_error: str = "raise",
+                source: str = "the dataset") -> Dataset:
+    """`dataset` for training with `max_boxes` ground-truth slots per image: an image with more boxes to
+    train on (`Record.targets`) is bad data under `on_error` ("skip": left out, named in a warning and
+    counted as coming from `source`).
+
+    Raises:
+      DataError (on_error "raise"): the first such image, named with its count, how many there are,
+        and the `config.data.max_boxes` that holds every image.
+    """
+    counts = np.array([int(r.targets(keep_difficult).sum()) for r in dataset.records], np.int64)  # [N]
+    over = np.flatnonzero(counts > max_boxes)
+    if not len(over):
+        return dataset
+    log = BadDataLog(on_error)
+    for i in over:
+        record = dataset.records[i]
+        log.report(DataError(
+            f"{record.name}: {counts[i]} boxes to train on, more than config.data.max_boxes={max_boxes}, the "
+            f"ground-truth slots per image ({len(over)} of the {len(dataset)} training images have more, at most "
+            f"{counts.max()}): set config.data.max_boxes={counts.max()} to train on them all"), record.name)
+    log.summarise(len(dataset), source)
+    kept = [r for i, r in enumerate(dataset.records) if counts[i] <= max_boxes]
+    return make_dataset(kept, dataset.class_names, category_ids=dataset.category_ids,
+                        skipped=dataset.skipped + tuple(log.skipped), annotation_file=dataset.annotation_file)
 
 
 def check_boxes(boxes: np.ndarray, *, height: int, width: int, file: str, objects: Sequence[str]):

@@ -27,6 +27,7 @@ its batches then carry "proposals" and "proposal_valid".
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Sequence
 
 import ml_collections
@@ -34,6 +35,7 @@ import ml_collections
 from jaxdet.data import (DataError, Dataset, InputPipeline, ShapesConfig, VOC_CLASSES, attach_proposals,
                          concat_datasets, find_voc_split, make_shapes, read_coco, read_voc, read_voc_class_names,
                          write_shapes)
+from jaxdet.data.records import limit_boxes
 
 DATASETS = ("shapes", "voc", "coco")
 SPLITS = ("train", "test")
@@ -252,18 +254,40 @@ def _max_proposals(config: ml_collections.ConfigDict) -> int | None:
     return int(config.data.max_proposals) if config.model.kind == "fast_rcnn" else None
 
 
+def _training_images(config: ml_collections.ConfigDict, dataset: Dataset) -> Dataset:
+    """`dataset` less the images with more boxes to train on than `data.max_boxes`, under `data.on_error`
+    (`jaxdet.data.records.limit_boxes`: an error naming the first, or each skipped and counted); warns
+    when no image is left with a box to train on."""
+    data = config.data
+    names, keep_difficult = _split_names(data, "train"), bool(_get(data, "use_difficult", False))
+    where = f"the training split {', '.join(names)} of {_get(data, 'root', '') or 'shapes generated in memory'}"
+    dataset = limit_boxes(dataset, max_boxes=int(data.max_boxes), keep_difficult=keep_difficult,
+                          on_error=_get(data, "on_error", "raise"), source=where)
+    if not any(record.targets(keep_difficult).any() for record in dataset.records):
+        difficult = not keep_difficult and any(record.difficult.any() for record in dataset.records)
+        warnings.warn(f"{where} has no object to train on: none of its {len(dataset)} images has a box that is not "
+                      f"crowd{'' if keep_difficult else ' or difficult'}, so the detector would learn only "
+                      "background. Check that its annotations hold objects and that config.data.train_splits "
+                      "names the right lists"
+                      + (", or set config.data.use_difficult=true to train on the difficult ones" if difficult else ""),
+                      UserWarning, stacklevel=3)
+    return dataset
+
+
 def train_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, *, num_shards: int = 1,
                    shard_index: int = 0) -> InputPipeline:
-    """Shuffled, flipped, full batches of `config.train.batch_size` (global) images."""
+    """Shuffled, flipped, full batches of `config.train.batch_size` (global) images of `dataset`, checked
+    for training first (`_training_images`); an image that cannot be read is handled by `data.on_error`."""
     data = config.data
     batch_size = int(config.train.batch_size)
     if batch_size % num_shards:
         raise ValueError(f"train.batch_size {batch_size} is not divisible by the {num_shards} shards")
-    return InputPipeline(dataset, batch_size=batch_size // num_shards, max_boxes=data.max_boxes,
-                         min_size=data.min_size, max_size=data.max_size, normalization=data.normalization,
-                         shuffle=True, flip=data.flip, drop_remainder=True,
+    return InputPipeline(_training_images(config, dataset), batch_size=batch_size // num_shards,
+                         max_boxes=data.max_boxes, min_size=data.min_size, max_size=data.max_size,
+                         normalization=data.normalization, shuffle=True, flip=data.flip, drop_remainder=True,
                          keep_difficult=_get(data, "use_difficult", False), seed=config.train.seed,
-                         num_shards=num_shards, shard_index=shard_index, max_proposals=_max_proposals(config))
+                         num_shards=num_shards, shard_index=shard_index, max_proposals=_max_proposals(config),
+                         on_error=_get(data, "on_error", "raise"))
 
 
 def eval_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, *, batch_size: int | None = None,
@@ -278,4 +302,4 @@ def eval_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, *, batch_
     return InputPipeline(dataset, batch_size=batch_size, max_boxes=max(1, most), min_size=data.min_size,
                          max_size=data.max_size, normalization=data.normalization, shuffle=False, flip=False,
                          drop_remainder=False, num_shards=num_shards, shard_index=shard_index,
-                         max_proposals=_max_proposals(config))
+                         max_proposals=_max_proposals(config), on_error=_get(data, "on_error", "raise"))
