@@ -31,7 +31,7 @@ import sys
 import textwrap
 from typing import Any, Sequence
 
-from jaxdet import configs
+from jaxdet import configs, settings
 
 PROG = "jaxdet"
 DEMO_CONFIG = "shapes_demo"
@@ -120,11 +120,25 @@ def _parse_value(text: str, field_type: type, current: Any) -> Any:
         return text  # a field that is None accepts a plain string
 
 
+def _base_value(key: str) -> Any:
+    """The value of `key` in jaxdet/configs/base.py, or None where it has none."""
+    from jaxdet.configs import base
+    from ml_collections.config_flags import config_path
+
+    try:
+        return config_path.get_value(key, base.get_config())
+    except (AttributeError, KeyError, IndexError, ValueError):
+        return None
+
+
 def apply_override(config, key: str, text: str, *, config_name: str = "the config") -> None:
-    """Sets `config[key]` (dotted) from its command-line text, typed like the current value.
+    """Sets `config[key]` (dotted) from its command-line text, typed like the current value (a field
+    that is None, like tiny_shapes' data.min_size, like its value in the base config, or "None"); a
+    pair-valued field (`jaxdet.settings.PAIRS`) given one number of a size is its square.
 
     Raises:
       UsageError: the key is not in the config (naming close matches) or the text does not parse.
+      InvalidSetting: a pair-valued field given another number of items.
     """
     from ml_collections.config_flags import config_path
 
@@ -135,11 +149,18 @@ def apply_override(config, key: str, text: str, *, config_name: str = "the confi
     if hasattr(current, "keys"):
         raise UsageError(f"config key {key!r} is a section, not a field; set one of its fields, e.g. "
                          f"--config.{key}.{next(iter(current.keys()), 'FIELD')}=...")
+    field_type, like = config_path.get_type(key, config), f"like the field's current value {current!r}"
+    known = _base_value(key) if current is None and text.strip() != "None" else None
+    if known is not None:
+        field_type, like = type(known), f"(or None) like the field's value {known!r} in jaxdet/configs/base.py"
     try:
-        value = _parse_value(text, config_path.get_type(key, config), current)
+        value = _parse_value(text, field_type, current)
     except (ValueError, SyntaxError) as e:
-        raise UsageError(f"--config.{key}={text}: cannot read {text!r} as a {type(current).__name__} like the "
-                         f"field's current value {current!r} ({e})") from None
+        name = field_type.__name__
+        raise UsageError(f"--config.{key}={text}: cannot read {text!r} as a{'n' if name[0] in 'aeiou' else ''} "
+                         f"{name} {like} ({e})") from None
+    if key in settings.PAIRS and isinstance(value, tuple):
+        value = settings.as_pair(key, value)
     try:
         config_path.set_value(key, config, value)
     except (TypeError, ValueError) as e:
@@ -348,12 +369,28 @@ def _run_predict(args) -> int:
     files = inference_files.image_files(args.images)
     out = args.out or os.path.join(args.workdir, workdir.PREDICTIONS)
     found = inference_files.predict_files(
-        config, restore_trained(config, args.workdir, step=args.step), files, class_names,
+        config, restore_trained(config, args.workdir, step=args.step), files.images, class_names,
         out, score_threshold=args.score_threshold, show_progress=not args.no_progress)
     total = sum(len(e["detections"]) for e in found["images"])
     print(f"{total} detections (score >= {args.score_threshold}) on {len(found['images'])} images: pictures and "
           f"{inference_files.DETECTIONS_FILE} in {os.path.abspath(out)}")
+    skipped = [entry["reason"] for entry in found["skipped"]]
+    if skipped:
+        print(textwrap.fill(f"skipped {len(skipped)} image file{'s' if len(skipped) > 1 else ''} that cannot be "
+                            f"read: {_a_few(skipped, '; ')}", width=100, break_on_hyphens=False,
+                            break_long_words=False))
+    if files.others:
+        print(textwrap.fill(f"left out {len(files.others)} file{'s' if len(files.others) > 1 else ''} that are not "
+                            f"images ({', '.join(inference_files.IMAGE_EXTENSIONS)}): "
+                            f"{_a_few([os.path.basename(p) for p in files.others], ', ')}", width=100,
+                            break_on_hyphens=False, break_long_words=False))
     return 0
+
+
+def _a_few(items: Sequence[str], separator: str, shown: int = 5) -> str:
+    """The first `shown` of `items` joined by `separator`, and how many more there are."""
+    more = f"{separator}and {len(items) - shown} more" if len(items) > shown else ""
+    return separator.join(items[:shown]) + more
 
 
 def _run_proposals(args) -> int:
@@ -627,7 +664,8 @@ def as_flags(text: str) -> str:
     return _CONFIG_KEY.sub(OVERRIDE_PREFIX, text)
 
 
-# errno -> (what it means, what to do): writes that failed for want of space or permission.
+# errno -> (what it means, what to do): writes that failed for want of space or permission
+# (`jaxdet.workdir.WRITE_FAULTS`).
 _DISK_FAULTS = {
     errno.ENOSPC: ("no space is left on its disk", "free space there or give a --workdir on another disk"),
     errno.EDQUOT: ("the disk quota is used up", "free space there or give a --workdir on another disk"),
@@ -635,23 +673,6 @@ _DISK_FAULTS = {
     errno.EACCES: ("permission denied", "make it writable for this user or give another --workdir"),
     errno.EPERM: ("operation not permitted", "make it writable for this user or give another --workdir"),
 }
-# How orbax's TensorStore reports an OS error: its code, and the paths it was writing in quotes.
-_OS_ERROR_CODE = re.compile(r"os_error_code='(\d+)'")
-_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
-
-
-def _disk_fault(error: BaseException) -> tuple | None:
-    """(errno, the path) of a write that failed for want of space or permission: an OSError, or the
-    text of orbax's RESOURCE_EXHAUSTED error, in `error` or what caused it; None otherwise."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno in _DISK_FAULTS:
-            return error.errno, error.filename
-        code = _OS_ERROR_CODE.search(str(error))
-        if code and int(code.group(1)) in _DISK_FAULTS:
-            paths = _QUOTED_PATH.findall(str(error))
-            return int(code.group(1)), paths[-1] if paths else None
-        error = error.__cause__ or error.__context__
-    return None
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -670,7 +691,7 @@ def explain(error: BaseException) -> tuple:
     from jaxdet.training.checkpoints import CheckpointMismatch
     from jaxdet.training.loop import CheckpointsExist, TrainingDiverged
     from jaxdet.training.weights import WeightsError
-    from jaxdet.workdir import WorkdirInUse
+    from jaxdet.workdir import WorkdirInUse, write_fault
 
     if isinstance(error, (UsageError, InvalidSetting, ConfigNotFound, ImageFilesError, ProposalsError)):
         return 2, f"config or command-line error: {error}"
@@ -679,15 +700,15 @@ def explain(error: BaseException) -> tuple:
     if isinstance(error, CheckpointMismatch):
         return 2, str(error)
     if isinstance(error, DataError):
-        return 1, (f"bad data: {error}. Fix or remove that file, or set --config.data.on_error=skip to drop "
-                   "the bad images (they are counted and named in a warning); add "
-                   "--config.data.check_images=true to decode every image first, so that corrupt ones are "
-                   "dropped before training rather than stopping it.")
+        return 1, (f"bad data: {error}. Fix or remove that file, or set --config.data.on_error=skip to leave out "
+                   "the images with bad data (each is named in a warning, and counted); "
+                   "--config.data.check_images=true also decodes every image while the dataset is read, to find "
+                   "all the corrupt ones before training.")
     if isinstance(error, TrainingDiverged):
         return 3, str(error)
     if isinstance(error, WeightsError):
         return 1, f"pretrained weights do not fit the model: {error}"
-    fault = _disk_fault(error)
+    fault = write_fault(error)
     if fault is not None:
         code, path = fault
         what, fix = _DISK_FAULTS[code]

@@ -1,6 +1,8 @@
 """Detection on image files: `predict_files(config, state, files, class_names, out)` writes, for each
 image, a PNG with its detections drawn (class colour, name and score), and `detections.json` with
-every image's boxes (xyxy, original pixels), scores, labels and class names.
+every image's boxes (xyxy, original pixels), scores, labels and class names. An image that cannot be
+decoded is skipped (named in `detections.json`'s "skipped"), not the end of the run; the files of a
+folder that are not images are left out (`image_files`).
 
 The images go through the evaluation's input pipeline and batched detection
 (`jaxdet.evaluation.run.detect`): the same resizing and normalisation, so an image of the test
@@ -12,13 +14,13 @@ from __future__ import annotations
 import glob
 import json
 import os
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import ml_collections
 import numpy as np
-from PIL import Image
 
-from jaxdet.data import Dataset, Record, attach_proposals, load_image, make_dataset
+from jaxdet.data import DataError, Dataset, Record, attach_proposals, load_image, make_dataset
+from jaxdet.data.records import check_image_file
 from jaxdet.evaluation.pictures import draw_detections
 from jaxdet.evaluation.run import detect
 from jaxdet.training.state import TrainState
@@ -28,53 +30,69 @@ DETECTIONS_FILE = "detections.json"
 
 
 class ImageFilesError(ValueError):
-    """A folder without images, or a file that is not an image; the message names it."""
+    """A folder without images, no image that can be read, or a Fast R-CNN run without proposals; the
+    message names them."""
 
 
-def image_files(inputs: Sequence[str]) -> list:
-    """The image files of `inputs`: files as given, folders as their images (IMAGE_EXTENSIONS) sorted by name.
+class ImageFiles(NamedTuple):
+    """What `image_files` found: the files to detect on, and the files of the folders left out."""
+
+    images: list
+    others: list  # not images by their extension (IMAGE_EXTENSIONS)
+
+
+def image_files(inputs: Sequence[str]) -> ImageFiles:
+    """The image files of `inputs`: files as given, folders as their images (IMAGE_EXTENSIONS) sorted by
+    name, the folders' other files left out.
 
     Raises:
       FileNotFoundError: an input does not exist.
       ImageFilesError: a folder holds no images.
     """
-    files = []
+    files, others = [], []
     for item in inputs:
         if os.path.isdir(item):
-            found = sorted(p for p in glob.glob(os.path.join(item, "*")) if p.lower().endswith(IMAGE_EXTENSIONS))
+            inside = sorted(p for p in glob.glob(os.path.join(item, "*")) if os.path.isfile(p))
+            found = [p for p in inside if p.lower().endswith(IMAGE_EXTENSIONS)]
             if not found:
                 raise ImageFilesError(f"folder {item!r} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             files += found
+            others += [p for p in inside if p not in found]
         elif os.path.isfile(item):
             files.append(item)
         else:
             raise FileNotFoundError(f"image {item!r} not found: give image files or folders of images")
-    return files
+    return ImageFiles(files, others)
 
 
-def image_dataset(config: ml_collections.ConfigDict, files: Sequence[str], class_names: Sequence[str]) -> Dataset:
-    """A Dataset of `files` without ground truth (Fast R-CNN: with `config.data.proposals`' boxes).
+def image_dataset(config: ml_collections.ConfigDict, files: Sequence[str], class_names: Sequence[str]) -> tuple:
+    """A Dataset of the `files` that decode, without ground truth (Fast R-CNN: with `config.data.proposals`'
+    boxes), and the others.
 
+    Returns:
+      (Dataset, [(file, why it cannot be read)]).
     Raises:
-      ImageFilesError: a file PIL cannot read, or a Fast R-CNN config without proposals.
+      ImageFilesError: no file can be read, or a Fast R-CNN config without proposals.
     """
-    records = []
+    records, skipped = [], []
     for path in files:
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except Exception as e:  # PIL raises several unrelated types for a bad file
-            raise ImageFilesError(f"{path}: not an image PIL can read ({type(e).__name__}: {e})") from None
+        try:  # decoded now: a corrupt file is left out here rather than failing its batch
+            height, width = check_image_file(path, height=None, width=None, decode=True)
+        except DataError as e:
+            skipped.append((path, str(e)))
+            continue
         records.append(Record(image_id=0, height=height, width=width, boxes=np.zeros((0, 4), np.float32),
                               labels=np.zeros(0, np.int32), difficult=np.zeros(0, bool), iscrowd=np.zeros(0, bool),
                               path=path, source_id=os.path.splitext(os.path.basename(path))[0]))
+    if not records:
+        raise ImageFilesError(f"none of the {len(files)} image files can be read, e.g. {skipped[0][1]}")
     dataset = make_dataset(records, class_names)
     if config.model.kind == "fast_rcnn":
         if not config.data.get("proposals"):
             raise ImageFilesError("a Fast R-CNN run detects on given proposals: set config.data.proposals=FILE with "
                                   "boxes for each image's file stem (jaxdet.data.save_proposals)")
         dataset = attach_proposals(dataset, config.data.proposals)
-    return dataset
+    return dataset, skipped
 
 
 def _picture_names(paths: Sequence[str]) -> list:
@@ -93,14 +111,15 @@ def _picture_names(paths: Sequence[str]) -> list:
 def predict_files(config: ml_collections.ConfigDict, state: TrainState, files: Sequence[str],
                   class_names: Sequence[str], out: str, *, score_threshold: float = 0.5,
                   show_progress: bool = True) -> dict:
-    """Detects on `files`, keeps detections scoring at least `score_threshold`, and writes a PNG per
-    image and `detections.json` into `out` (created).
+    """Detects on the `files` that can be read (`image_dataset`), keeps detections scoring at least
+    `score_threshold`, and writes a PNG per image and `detections.json` into `out` (created).
 
     Returns:
       detections.json's content: {"score_threshold", "box_format", "images": [{"file", "picture",
-      "height", "width", "detections": [{"box" [4] xyxy original pixels, "score", "label", "class"}]}]}.
+      "height", "width", "detections": [{"box" [4] xyxy original pixels, "score", "label", "class"}]}],
+      "skipped": [{"file", "reason"}] for the files that cannot be read}.
     """
-    dataset = image_dataset(config, files, class_names)
+    dataset, skipped = image_dataset(config, files, class_names)
     detections, _ = detect(config, state, dataset, show_progress=show_progress)
     os.makedirs(out, exist_ok=True)
     entries = []
@@ -114,7 +133,8 @@ def predict_files(config: ml_collections.ConfigDict, state: TrainState, files: S
             "detections": [{"box": [float(v) for v in box], "score": float(s), "label": int(label),
                             "class": class_names[int(label)]} for box, s, label in zip(boxes, scores, labels)],
         })
-    result = {"score_threshold": score_threshold, "box_format": "xyxy, original pixels", "images": entries}
+    result = {"score_threshold": score_threshold, "box_format": "xyxy, original pixels", "images": entries,
+              "skipped": [{"file": path, "reason": reason} for path, reason in skipped]}
     with open(os.path.join(out, DETECTIONS_FILE), "w") as f:
         json.dump(result, f, indent=1)
     return result

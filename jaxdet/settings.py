@@ -6,6 +6,8 @@ section's field names (`config.rpn.train_pre_nms` is `RPNSettings.train_pre_nms`
                                            read, as static arguments
     OptimizerSettings.from_config(config)  the optimizer (`jaxdet.training.optimizer`)
 
+    as_pair(key, value)                    a pair-valued field's (PAIRS) two items
+
 Defaults are the Faster R-CNN paper's VGG16 recipe (Ren et al. 2015; py-faster-rcnn's
 `config.py`), which `jaxdet/configs/base.py` states and explains field by field. Frozen and
 hashable: equal settings are the same static argument, so they compile one program.
@@ -24,13 +26,35 @@ class InvalidSetting(ValueError):
     """A config value jaxdet cannot run with; the message names its key (`config.section.field`)."""
 
 
+SIZE = "(height, width)"
+# The config's fields that hold a pair, by key: what the two numbers are.
+PAIRS = {"model.pooled_size": SIZE, "data.shapes.image_size": SIZE, "roi.background_iou": "(lo, hi)"}
+
+
+def as_pair(key: str, value: tuple) -> tuple:
+    """The two items of `value`, the value of the pair-valued field `key` (PAIRS): one number n for a
+    size is the square (n, n), as torchvision's RoIPool reads `output_size=7`.
+
+    Raises:
+      InvalidSetting: naming the key, for any other number of items.
+    """
+    value = tuple(value)
+    if len(value) == 1 and PAIRS[key] == SIZE:
+        return value * 2
+    if len(value) != 2:
+        raise InvalidSetting(f"config.{key} is a pair {PAIRS[key]}, got {value!r}: give both numbers, e.g. "
+                             f"config.{key}=a,b")
+    return value
+
+
 def _coerce(value, hint, key: str):
     """`value` as the annotated type `hint` (tuples item by item); InvalidSetting naming `key` if it is not one."""
     origin = typing.get_origin(hint)
+    if origin in (tuple, Tuple) and key in PAIRS and isinstance(value, (tuple, list)):
+        value = as_pair(key, value)
     try:
         if origin in (tuple, Tuple):
-            items = typing.get_args(hint)
-            item = items[0]
+            item = typing.get_args(hint)[0]
             return tuple(_coerce(v, item, key) for v in value)
         if hint is bool:
             if not isinstance(value, bool):

@@ -20,9 +20,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -64,6 +66,27 @@ EVALUATION_FILES = (METRICS, DETECTIONS_PICTURE, PR_CURVES, COCO_RESULTS)
 def checkpoint_dir(workdir: str) -> str:
     """The absolute path of the run's checkpoints (orbax wants an absolute one)."""
     return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
+
+
+# errno of the writes that fail for want of space or permission.
+WRITE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+# How orbax's TensorStore reports an OS error: its code, and the paths it was writing in quotes.
+_OS_ERROR_CODE = re.compile(r"os_error_code='(\d+)'")
+_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
+
+
+def write_fault(error: BaseException | None) -> tuple | None:
+    """(errno, the path) of a write that failed for want of space or permission (WRITE_FAULTS): an
+    OSError, or the text of orbax's RESOURCE_EXHAUSTED error, in `error` or what caused it; None otherwise."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in WRITE_FAULTS:
+            return error.errno, error.filename
+        code = _OS_ERROR_CODE.search(str(error))
+        if code and int(code.group(1)) in WRITE_FAULTS:
+            paths = _QUOTED_PATH.findall(str(error))
+            return int(code.group(1)), paths[-1] if paths else None
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def check_writable(directory: str) -> None:

@@ -271,3 +271,228 @@ def test_an_older_demo_s_directory_is_still_the_demo_s(tmp_path):
     workdir.clear_demo_run(str(old))
     assert not (old / "checkpoints").exists() and (old / "data" / "shapes.json").is_file()
     assert json.loads((old / "demo.json").read_text())["data_files"] == []  # its data: rewritten, never deleted
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Found when the dataset is read, not mid-run; every piece of advice names a key that exists
+
+
+def copy_data(shapes_dir, tmp_path):
+    """A copy of the shapes dataset to spoil (the session's stays as it is)."""
+    return shutil.copytree(shapes_dir, tmp_path / "data")
+
+
+def train_objects(data) -> dict:
+    """{image file name: its objects} of the training split of a shapes dataset on disk."""
+    from jaxdet.data import read_voc
+
+    train = read_voc(str(data), "train", class_names=("circle", "square", "triangle"))
+    return {os.path.basename(r.path): len(r.labels) for r in train.records}
+
+
+def test_more_objects_than_max_boxes_is_found_before_training_or_skipped(shapes_dir, tmp_path, capsys):
+    before = snapshot(shapes_dir)
+    objects = train_objects(shapes_dir)
+    most, limit = max(objects.values()), max(objects.values()) - 1
+    crowded = sorted(name for name, count in objects.items() if count > limit)
+    workdir = tmp_path / "w"
+    common = ("train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir", workdir, "--no-progress",
+              "--no-eval", f"--config.data.max_boxes={limit}")
+    status, _, err = run(capsys, *common)
+    assert status == 1
+    assert_one_paragraph(err, f"{crowded[0]}: {most} boxes to train on, more than --config.data.max_boxes={limit}",
+                         f"{len(crowded)} of the 16 training images", f"set --config.data.max_boxes={most}",
+                         "--config.data.on_error=skip")
+    assert not workdir.exists()  # found before anything was written
+    with pytest.warns(UserWarning) as caught:
+        status, _, err = run(capsys, *common, "--config.data.on_error=skip")
+    assert status == 0, err
+    warned = " ".join(str(w.message) for w in caught)
+    assert all(name in warned for name in crowded)
+    assert f"skipped {len(crowded)} of 16 images" in warned
+    assert snapshot(shapes_dir) == before
+
+
+def test_an_undecodable_image_is_skipped_while_training_without_check_images(shapes_dir, tmp_path, capsys):
+    data = copy_data(shapes_dir, tmp_path)
+    corrupt = data / "JPEGImages" / sorted(train_objects(data))[0]
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not the rest of a JPEG")
+    before = snapshot(data)
+    common = ("train", "--config", SMOKE, f"--config.data.root={data}", "--no-progress", "--no-eval")
+    status, _, err = run(capsys, *common, "--workdir", tmp_path / "a")
+    assert status == 1
+    assert_one_paragraph(err, f"{corrupt}: image cannot be decoded", "--config.data.on_error=skip")
+    with pytest.warns(UserWarning, match=rf"skipping: {corrupt}: image cannot be decoded.*on_error=skip.*blank image "
+                                         r"with no objects \(1 unreadable image so far\)") as caught:
+        status, _, err = run(capsys, *common, "--workdir", tmp_path / "b", "--config.data.on_error=skip")
+    assert status == 0, err
+    assert sum(str(corrupt) in str(w.message) for w in caught) == 1  # named once, however often it comes up
+    assert (tmp_path / "b" / "checkpoints" / "4").is_dir()
+    assert snapshot(data) == before
+
+
+def config_keys_in_messages() -> dict:
+    """{config key named in the strings of jaxdet's code, docstrings aside: the module and line}."""
+    import ast
+    import pathlib
+    import re
+
+    import jaxdet
+
+    named = re.compile(r"(?<![\w.])(?:--)?config\.(?!json\b|py\b)([a-z_]\w*(?:\.[a-z_]\w*)*)")
+    found = {}
+    for path in sorted(pathlib.Path(jaxdet.__file__).parent.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and node.body
+                      and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                for key in named.findall(node.value):
+                    found.setdefault(key, f"{path.name}:{node.lineno}")
+    return found
+
+
+def test_every_config_key_named_in_a_message_exists():
+    from jaxdet.configs import NAMES, base
+
+    known = set(cli.config_keys(base.get_config()))
+    for name in NAMES:
+        known.update(cli.config_keys(cli.load_config(name)))
+    named = config_keys_in_messages()
+    assert {"data.max_boxes", "train.batch_size", "data.min_size", "data.on_error"} <= set(named)
+    assert {key: where for key, where in named.items() if key not in known} == {}
+
+
+def test_no_full_batch_advises_the_batch_size_key(shapes_dir, tmp_path, capsys):
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir",
+                         tmp_path / "w", "--no-progress", "--config.train.batch_size=32")
+    assert status == 2
+    text = assert_one_paragraph(err, "no full batch of 32 images", "--config.train.batch_size")
+    assert "drop_remainder" not in text
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Smaller ones
+
+
+def test_a_training_split_without_objects_warns_naming_it(shapes_dir, tmp_path):
+    import re
+
+    from jaxdet.training.inputs import load_dataset, train_pipeline
+
+    data = copy_data(shapes_dir, tmp_path)
+    for xml in (data / "Annotations").glob("s0_*.xml"):
+        xml.write_text(re.sub(r"<object>.*?</object>", "", xml.read_text(), flags=re.S))
+    config = cli.load_config(SMOKE)
+    cli.apply_override(config, "data.root", str(data))
+    with pytest.warns(UserWarning, match=rf"the training split train of {data} has no object to train on: none of "
+                                         r"its 16 images .* config.data.train_splits"):
+        train_pipeline(config, load_dataset(config, "train"))
+
+
+def test_an_image_too_large_for_a_batch_is_named_with_its_size(shapes_dir, tmp_path, capsys):
+    data = copy_data(shapes_dir, tmp_path)
+    xml = data / "Annotations" / "s0_000003.xml"
+    xml.write_text(xml.read_text().replace("<width>128</width>", "<width>20000</width>")
+                   .replace("<height>128</height>", "<height>20000</height>"))
+    before = snapshot(data)
+    workdir = tmp_path / "w"
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={data}", "--workdir", workdir,
+                         "--no-progress")
+    assert status == 2
+    text = assert_one_paragraph(err, f"{data}/JPEGImages/s0_000003.png (20000x20000 pixels)",
+                                "each batch of 8 images would hold 38.4 GB", "--config.data.min_size=600",
+                                "--config.data.max_size=1000")
+    assert "memory" not in text
+    assert not workdir.exists() and snapshot(data) == before
+
+
+def test_predict_skips_a_corrupt_image_and_reports_files_that_are_not_images(trained, shapes_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        shutil.copy(shapes_dir / "JPEGImages" / f"s1_{i:06d}.png", folder)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    (folder / "notes.txt").write_text("mine")
+    (folder / "labels.csv").write_text("a,b")
+    before = snapshot(folder)
+    out = tmp_path / "out"
+    status, printed, err = run(capsys, "predict", "--workdir", trained, folder, "--out", out, "--no-progress")
+    assert status == 0, err
+    text = " ".join(printed.split())
+    assert "on 2 images" in text
+    assert f"skipped 1 image file that cannot be read: {folder / 'broken.jpg'}: image cannot be decoded" in text
+    assert "left out 2 files that are not images (.png, .jpg" in text and "labels.csv, notes.txt" in text
+    found = json.loads((out / "detections.json").read_text())
+    assert [os.path.basename(e["file"]) for e in found["images"]] == ["s1_000000.png", "s1_000001.png"]
+    assert [e["file"] for e in found["skipped"]] == [str(folder / "broken.jpg")]
+    assert snapshot(folder) == before
+    # Nothing readable at all: one paragraph naming the file.
+    status, _, err = run(capsys, "predict", "--workdir", trained, folder / "broken.jpg", "--out", out, "--no-progress")
+    assert status == 2
+    assert_one_paragraph(err, "none of the 1 image files can be read", "broken.jpg")
+
+
+def test_a_value_of_the_wrong_type_for_a_field_that_is_none_names_the_key_and_type(shapes_dir, tmp_path, capsys):
+    assert cli.load_config(SMOKE).data.min_size is None  # no resize: typed by the base config's 600
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir",
+                         tmp_path / "w", "--config.data.min_size=abc")
+    assert status == 2
+    assert_one_paragraph(err, "--config.data.min_size=abc: cannot read 'abc' as an int (or None)")
+    assert not (tmp_path / "w").exists()
+    config = cli.load_config(SMOKE)
+    cli.apply_override(config, "data.min_size", "224")
+    cli.apply_override(config, "data.max_size", "None")
+    assert (config.data.min_size, config.data.max_size) == (224, None)
+
+
+def test_one_number_for_a_pair_is_a_square_size_or_refused_for_a_range(shapes_dir, tmp_path, capsys):
+    import ml_collections
+
+    from jaxdet.settings import InvalidSetting, RoISettings
+
+    workdir = tmp_path / "w"
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir", workdir,
+                         "--no-progress", "--no-eval", "--config.model.pooled_size=7")
+    assert status == 0, err
+    assert json.loads((workdir / "config.json").read_text())["model"]["pooled_size"] == [7, 7]
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir",
+                         tmp_path / "v", "--config.roi.background_iou=0.3")
+    assert status == 2
+    assert_one_paragraph(err, "--config.roi.background_iou is a pair (lo, hi), got (0.3,)",
+                         "--config.roi.background_iou=a,b")
+    with pytest.raises(InvalidSetting, match=r"config.roi.background_iou is a pair \(lo, hi\), got \(0.3,\)"):
+        RoISettings.from_section(ml_collections.ConfigDict({"background_iou": (0.3,)}))  # a config of one's own
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 300 kB tmpfs: room for a run's small files, not for a checkpoint (needs root, as in a container)."""
+    import subprocess
+
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_checkpoint_filling_the_disk_gives_one_message_and_nothing_else(shapes_dir, small_disk, capsys, caplog,
+                                                                          monkeypatch):
+    import logging
+    import sys
+
+    # Where orbax's reports would go: absl's log records (printed by the command) and unraisable errors.
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    workdir = small_disk / "w"
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir", workdir,
+                         "--no-progress", "--no-eval")
+    assert status == 1
+    assert_one_paragraph(err, f"cannot write {workdir}/checkpoints/2.orbax-checkpoint-tmp",
+                         "no space is left on its disk (ENOSPC)", "--resume")
+    assert_clean(err)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert [str(u.exc_value) for u in unraisable] == []

@@ -9,14 +9,21 @@ Atomicity: orbax writes each checkpoint into a temporary directory and renames i
 when complete, so a process killed while saving leaves the previous checkpoints intact and
 `latest_step` never sees the partial one (which the next manager deletes in the background).
 
+A save that fails in orbax's background threads (a full disk) is raised by the manager's next save,
+wait or close; `saving` keeps that the only report of it (orbax would also log it from each of its
+threads, with TensorStore's complaints about the closed event loop of the failed write).
+
 `restore_trained(config, workdir)` is the state of a run's checkpoint, for evaluation and prediction.
 Before restoring, the checkpoint's array shapes (orbax's metadata) are compared with the config's
 (`check_fits`): a checkpoint of another model or optimizer is named by the config keys that differ
 from the run's `config.json` (`CheckpointMismatch`), not by orbax's tree dump.
 """
 
+import contextlib
+import logging
 import os
-from typing import Any, Mapping, Optional, Tuple
+import sys
+from typing import Any, Iterator, Mapping, Optional, Tuple
 
 import flax.serialization
 import jax
@@ -53,6 +60,45 @@ def checkpoint_manager(directory: str, *, save_every: int = 1000, keep: int = 3,
     # Handlers named up front: item_metadata can then read a checkpoint's shapes without restoring it.
     handlers = {STATE: ocp.StandardCheckpointHandler(), DATA: ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
+
+
+def _orbax_write_fault(record: logging.LogRecord) -> bool:
+    """Whether `record` is orbax's report of an exception that is a failed write (`jaxdet.workdir.write_fault`)."""
+    return ("orbax" in record.pathname and record.exc_info is not None
+            and run_files.write_fault(record.exc_info[1]) is not None)
+
+
+@contextlib.contextmanager
+def saving(directory: str, **options) -> Iterator[ocp.CheckpointManager]:
+    """A `checkpoint_manager(directory, **options)` for the `with` block, its saves finished and the
+    manager closed at its end whatever happens. Meanwhile orbax's absl reports of a failed write and
+    the "Event loop is closed" errors TensorStore's callbacks raise after it (unraisable, printed by
+    default) are left out: the manager raises the failure itself."""
+    absl = logging.getLogger("absl")
+    unraisable = sys.unraisablehook
+
+    def hook(report):
+        if not (report.object is None and isinstance(report.exc_value, RuntimeError)
+                and str(report.exc_value) == "Event loop is closed"):
+            unraisable(report)
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not _orbax_write_fault(record)
+
+    absl.addFilter(keep)
+    sys.unraisablehook = hook
+    try:
+        manager = checkpoint_manager(directory, **options)
+        try:
+            yield manager
+        finally:
+            try:
+                manager.wait_until_finished()
+            finally:
+                manager.close()
+    finally:
+        sys.unraisablehook = unraisable
+        absl.removeFilter(keep)
 
 
 def _arrays(state: TrainState) -> dict:

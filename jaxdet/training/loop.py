@@ -31,7 +31,7 @@ from jaxdet.data import Dataset
 from jaxdet.data.batch import TRAIN_KEYS
 from jaxdet.settings import InvalidSetting
 from jaxdet.training import distributed, parallel
-from jaxdet.training.checkpoints import check_fits, checkpoint_manager, restore_checkpoint, save_checkpoint
+from jaxdet.training.checkpoints import check_fits, restore_checkpoint, save_checkpoint, saving
 from jaxdet.training.inputs import load_dataset, train_pipeline, with_class_names
 from jaxdet.training.state import TrainState, create_train_state
 from jaxdet.training.step import step_key, train_step
@@ -272,24 +272,23 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     pipeline = train_pipeline(config, dataset, num_shards=shard.num_shards, shard_index=shard.shard_index)
     num_steps, every = int(config.train.num_steps), int(config.train.checkpoint_every)
     checkpoint_dir = run_files.checkpoint_dir(workdir)
-    manager = checkpoint_manager(checkpoint_dir, save_every=every, keep=int(config.train.keep_checkpoints))
     reporter = None
-    try:  # the manager is closed whatever happens: its threads would otherwise print after the error
-        state, start = _starting_state(config, workdir, manager, resume=resume)
-        main = distributed.is_main_process()
-        if main:
-            _save_run_files(config, workdir, dataset.class_names, start)
-        reporter = reporting.TrainingReporter(
-            workdir, start_step=start, total_steps=num_steps, images_per_step=global_batch,
-            log_every=int(config.train.log_every), show_bar=show_progress, append=start > 0, enabled=main)
-        state, step, first_step_seconds, train_seconds = _run_steps(
-            parallel.replicate(state, mesh), pipeline, mesh, start=start, num_steps=num_steps, every=every,
-            manager=manager, guard=_Guard(manager, checkpoint_dir, reporter))
-    finally:
-        if reporter is not None:
-            reporter.close()
-        manager.wait_until_finished()
-        manager.close()
+    # The manager is closed whatever happens: its threads would otherwise print after the error.
+    with saving(checkpoint_dir, save_every=every, keep=int(config.train.keep_checkpoints)) as manager:
+        try:
+            state, start = _starting_state(config, workdir, manager, resume=resume)
+            main = distributed.is_main_process()
+            if main:
+                _save_run_files(config, workdir, dataset.class_names, start)
+            reporter = reporting.TrainingReporter(
+                workdir, start_step=start, total_steps=num_steps, images_per_step=global_batch,
+                log_every=int(config.train.log_every), show_bar=show_progress, append=start > 0, enabled=main)
+            state, step, first_step_seconds, train_seconds = _run_steps(
+                parallel.replicate(state, mesh), pipeline, mesh, start=start, num_steps=num_steps, every=every,
+                manager=manager, guard=_Guard(manager, checkpoint_dir, reporter))
+        finally:
+            if reporter is not None:
+                reporter.close()
     timed = step - start - 1
     rate = timed * global_batch / max(train_seconds - first_step_seconds, 1e-9) if timed > 0 else float("nan")
     return TrainResult(state=state, start_step=start, final_step=step, train_seconds=train_seconds,
