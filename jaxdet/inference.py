@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdet import compiler_options
 from jaxdet.models.detector import FasterRCNN
 from jaxdet.ops.boxes import clip_boxes, decode_boxes
 from jaxdet.ops.nms import Detections, multiclass_nms
@@ -22,7 +23,7 @@ from jaxdet.proposals import Proposals, rpn_proposals
 from jaxdet.settings import DetectorSettings, RPNSettings
 
 
-@functools.partial(jax.jit, static_argnames=("model", "settings"))
+@functools.partial(compiler_options.jit, static_argnames=("model", "settings"))
 def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: jax.Array, *,
             image_scale: Optional[jax.Array] = None, proposals: Optional[jax.Array] = None,
             proposal_valid: Optional[jax.Array] = None,

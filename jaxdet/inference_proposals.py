@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
+from jaxdet import compiler_options
 from jaxdet.data import Dataset, boxes_to_original, save_proposals
 from jaxdet.inference import detection_proposals
 from jaxdet.models.detector import FasterRCNN
@@ -89,7 +90,7 @@ def check_output(path: str) -> None:
     os.remove(probe)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "settings"))
+@functools.partial(compiler_options.jit, static_argnames=("model", "settings"))
 def image_proposals(model, variables: Mapping[str, Any], images: jax.Array, image_hw: jax.Array,
                     image_scale: jax.Array, *, settings: RPNSettings) -> Proposals:
     """The RPN's test-time proposals of a batch of padded images.

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdet.models.backbones import max_pool_2x2
 from jaxdet.models import (VGG16, BoxPredictor, FastRCNN, FasterRCNN, FCHead, ResNet50C4, ResNet50C5Head, RPNHead,
                            TinyResNetC4, TinyResNetC5Head, TinyVGG)
 from jaxdet.inference import predict
@@ -207,6 +208,21 @@ def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
 def test_bad_frozen_stages_is_a_clear_error():
     with pytest.raises(ValueError, match="frozen_stages must be in"):
         abstract_init(TinyVGG(frozen_stages=7), jnp.zeros((1, 16, 16, 3)))
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 10, 3), (1, 7, 9, 4), (3, 5, 5, 1)])
+def test_max_pool_2x2_has_flax_max_pools_values_and_gradient(shape):
+    """Even and odd sizes; small integers make most windows' maxima tied, where the gradient must
+    go to the first maximal input of the window as reduce_window's select-and-scatter does."""
+    import flax.linen as nn
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.integers(-2, 3, shape).astype(np.float32))
+    cot = jnp.asarray(rng.normal(size=(shape[0], shape[1] // 2, shape[2] // 2, shape[3])).astype(np.float32))
+    expected, expected_vjp = jax.vjp(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID"), x)
+    pooled, pool_vjp = jax.vjp(jax.jit(max_pool_2x2), x)
+    np.testing.assert_array_equal(pooled, expected)
+    np.testing.assert_array_equal(pool_vjp(cot)[0], expected_vjp(cot)[0])
+    assert (np.asarray(pool_vjp(cot)[0]) != 0).sum() == cot.size - int((np.asarray(cot) == 0).sum())
 
 
 def test_rpn_head_alone():

@@ -72,7 +72,7 @@ class VGG(nn.Module):
         x = images.astype(self.dtype)
         for s, widths in enumerate(self.stages, start=1):
             if s > 1:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+                x = max_pool_2x2(x)
             for i, width in enumerate(widths, start=1):
                 x = nn.Conv(width, (3, 3), padding=1, dtype=self.dtype, name=f"conv{s}_{i}")(x)
                 if self.batch_norm:
@@ -81,6 +81,49 @@ class VGG(nn.Module):
             if s == self.frozen_stages:
                 x = jax.lax.stop_gradient(x)
         return x
+
+
+@jax.custom_vjp
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 max pooling with stride 2: [N, H, W, C] -> [N, H // 2, W // 2, C], odd sizes floored.
+
+    The values and the gradient of `nn.max_pool(x, (2, 2), strides=(2, 2))`, bit for bit: the
+    gradient of an output goes to the first input of its window, in row-major order, that
+    equals the maximum. They are computed differently: the maximum over a reshape, and the
+    gradient as four elementwise selections that XLA fuses. `reduce_window`'s gradient is a
+    select-and-scatter, which XLA's CPU backend lowers with full-size index arrays and a scatter
+    (half of the tiny model's training step), and a plain reduction's gradient would divide
+    among tied inputs instead of choosing one.
+    """
+    return _windows_2x2(x).max(axis=(2, 4))
+
+
+def _windows_2x2(x: jax.Array) -> jax.Array:
+    """[N, H, W, C] -> [N, H // 2, 2, W // 2, 2, C]: the 2x2 windows, odd last rows and columns cut."""
+    n, h, w, c = x.shape
+    return x[:, : h // 2 * 2, : w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c)
+
+
+def _max_pool_2x2_fwd(x):
+    return max_pool_2x2(x), x
+
+
+def _max_pool_2x2_bwd(x, grad):
+    windows = _windows_2x2(x)
+    pooled = windows.max(axis=(2, 4))
+    taken = jnp.zeros(pooled.shape, bool)  # an earlier input of the window already equals the max
+    grads = []
+    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        first = (windows[:, :, dy, :, dx] == pooled) & ~taken
+        grads.append(jnp.where(first, grad, jnp.zeros_like(grad)))
+        taken = taken | first
+    n, h2, w2, c = grad.shape
+    grad_windows = jnp.stack(grads, axis=-2).reshape(n, h2, w2, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
+    grad_x = grad_windows.reshape(n, 2 * h2, 2 * w2, c)
+    return (jnp.pad(grad_x, ((0, 0), (0, x.shape[1] - 2 * h2), (0, x.shape[2] - 2 * w2), (0, 0))),)
+
+
+max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 
 
 # The 13 convolutions of VGG16 up to conv5_3: stride 16, 512 channels, 14,714,688 parameters

@@ -36,6 +36,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from jaxdet import compiler_options
 from jaxdet.training.step import train_step
 
 DATA_AXIS = "data"
@@ -181,5 +182,5 @@ def make_parallel_train_step(mesh: Mesh, step_fn: Callable = train_step, *,
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
             return step_fn(state, batch, key)
 
-    return jax.jit(step, in_shardings=(replicated(mesh), split_batch(mesh), replicated(mesh)),
+    return compiler_options.jit(step, in_shardings=(replicated(mesh), split_batch(mesh), replicated(mesh)),
                    out_shardings=replicated(mesh), donate_argnums=(0,) if donate_state else ())

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxdet import compiler_options
 from jaxdet.losses import roi_head_loss, rpn_loss
 from jaxdet.models.detector import FasterRCNN
 from jaxdet.ops.per_image import map_images
@@ -131,10 +132,10 @@ def _train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Arra
 
 # One compiled program per (batch shapes, static state fields); the old state's buffers are
 # reused for the new one.
-train_step = jax.jit(_train_step, donate_argnums=(0,))
+train_step = compiler_options.jit(_train_step, donate_argnums=(0,))
 
 
-@jax.jit
+@compiler_options.jit
 def eval_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array) -> Metrics:
     """The losses and accuracies of `detection_losses` without dropout or update: (state, batch, key) -> metrics."""
     _, metrics = detection_losses(state.model, state.variables, batch, key, settings=state.settings, train=False)
