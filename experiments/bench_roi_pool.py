@@ -54,15 +54,21 @@ STRIDE = 16
 OUTPUT = (7, 7)
 
 
-def make_inputs(num_rois, seed=0, channels=512, dtype="float32"):
+def make_inputs(num_rois, seed=0, channels=512, dtype="float32", image_hw=(IMAGE, IMAGE), feature_hw=None,
+                num_images=1):
+    """(features [num_images, h, w, channels], rois [num_rois, 5] float32): random normal
+    features of an image_hw image at stride 16 (feature_hw, default image_hw // 16), and
+    proposal-like RoIs 16 to 400 pixels a side inside the image, the first num_rois / num_images
+    on image 0, the next on image 1, ..."""
     rng = np.random.default_rng(seed)
-    feature_hw = IMAGE // STRIDE
-    features = rng.normal(size=(1, feature_hw, feature_hw, channels)).astype(jnp.dtype(dtype))
-    # Proposal-like boxes: 16 to 400 pixels a side, inside the image.
+    if feature_hw is None:
+        feature_hw = (image_hw[0] // STRIDE, image_hw[1] // STRIDE)
+    features = rng.normal(size=(num_images, *feature_hw, channels)).astype(jnp.dtype(dtype))
     size = rng.uniform(16, 400, (num_rois, 2))
-    x1 = rng.uniform(0, IMAGE - size[:, 0])
-    y1 = rng.uniform(0, IMAGE - size[:, 1])
-    rois = np.stack([np.zeros(num_rois), x1, y1, x1 + size[:, 0], y1 + size[:, 1]], 1)
+    x1 = rng.uniform(0, image_hw[1] - size[:, 0])
+    y1 = rng.uniform(0, image_hw[0] - size[:, 1])
+    image = np.arange(num_rois) * num_images // num_rois
+    rois = np.stack([image, x1, y1, x1 + size[:, 0], y1 + size[:, 1]], 1)
     return features, rois.astype(np.float32)
 
 
@@ -186,8 +192,7 @@ def side_by_side_lines(num_rois, repeats, torchvision):
     """The custom call against torchvision and a copy on the default device, in one loop."""
     features, rois = make_inputs(num_rois)
     f, r = jnp.asarray(features), jnp.asarray(rois)
-    cot = jnp.asarray(np.random.default_rng(1).normal(size=(num_rois, *OUTPUT, features.shape[3]))
-                      .astype(np.float32))
+    cot = cotangent(num_rois, features.shape[3])
     pool = functools.partial(roi_pool, output_size=OUTPUT, spatial_scale=1 / STRIDE, rounding="round",
                              impl="ffi")
     fwd = jax.jit(pool)
@@ -290,11 +295,18 @@ def baseline_lines(features, rois, baseline, repeats):
     return lines
 
 
-def jax_fns(features, rois, impl):
-    cot = jnp.asarray(np.random.default_rng(1).normal(size=(rois.shape[0], *OUTPUT, features.shape[3]))
-                      .astype(np.float32))
-    fwd = jax.jit(lambda f, r: roi_pool(f, r, OUTPUT, 1 / STRIDE, impl=impl))
-    fwd_bwd = jax.jit(jax.grad(lambda f, r: jnp.vdot(roi_pool(f, r, OUTPUT, 1 / STRIDE, impl=impl), cot)))
+def cotangent(num_rois, channels):
+    """The output gradient the forward+backward timings pull back: normal, seed 1, float32."""
+    return jnp.asarray(np.random.default_rng(1).normal(size=(num_rois, *OUTPUT, channels)).astype(np.float32))
+
+
+def jax_fns(features, rois, impl, rounding="none"):
+    """(forward, forward+backward) of roi_pool, jitted, each returning its result when ready; the
+    backward pulls back `cotangent` to the features."""
+    cot = cotangent(rois.shape[0], features.shape[3])
+    pool = functools.partial(roi_pool, output_size=OUTPUT, spatial_scale=1 / STRIDE, rounding=rounding, impl=impl)
+    fwd = jax.jit(pool)
+    fwd_bwd = jax.jit(jax.grad(lambda f, r: jnp.vdot(pool(f, r), cot)))
     f, r = jnp.asarray(features), jnp.asarray(rois)
     return (lambda: fwd(f, r).block_until_ready()), (lambda: fwd_bwd(f, r).block_until_ready())
 

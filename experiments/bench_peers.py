@@ -1,0 +1,313 @@
+"""jaxdet against torchvision on the same machine, alternating the two in one process.
+
+What a user would pick instead of jaxdet is torchvision's detection models. This times both on
+the platform JAX runs on (the CPU; the GPU when there is one, torch then on CUDA too):
+  roi_pool  RoI max pooling, forward and forward+backward (the gradient of the features), 7x7 at
+            1/16: train (2 images x 128 RoIs on [2, 38, 63, 512], a 600x1000 batch of 2 at
+            stride 16), test (300 RoIs on [1, 38, 63, 512]) and 2000 RoIs on [1, 50, 50, 512].
+            jaxdet: xla_ops.roi_pool(rounding="round", impl="ffi"), jitted, NHWC; torchvision:
+            torchvision.ops.roi_pool on NCHW (converted once, before timing). Both round RoIs
+            the same way; their forward outputs are compared value for value.
+  tiny      the tiny_shapes config at 128x128, batch 8: jaxdet.training.step.train_step and
+            jaxdet.inference.predict as a user calls them, against torchvision's FasterRCNN
+            matched to the config (experiments/bench_train.py's torchvision_faster_rcnn: a torch
+            port of TinyVGG, the same anchors, proposal counts, sampling, RoIPool, head and
+            optimizer; its transform neither resizes nor pads).
+  vgg16     the vgg16_voc07 config's training step at 600x1000, batch 1 and batch 2 (random
+            weights), against the same FasterRCNN with torchvision.models.vgg16().features[:30]
+            (conv1-conv2 frozen), TwoMLPHead 4096, SGD momentum 0.9 and weight decay 5e-4.
+The work that still differs between the two sides: experiments/results/peers.md.
+
+Method: every call is made (compiled, warmed) --warmup times on each side first; then in each
+of R rounds one call of each side is timed, jaxdet first in even rounds and torchvision first in
+odd ones (ABBA), so that both share whatever load the machine has. Per measurement and side: the
+median and the min-max of its round times; the ratio torchvision time / jaxdet time (higher:
+jaxdet faster) of the medians, and the min-max of the per-round ratios. Rounds where one side
+took more than 1.5x its own median are listed (torch's OpenMP threads spin-waiting while the
+machine is loaded shows up there, not averaged in). jax calls end with block_until_ready, torch
+calls on CUDA with torch.cuda.synchronize. torch runs os.cpu_count() threads (set explicitly),
+XLA its own pool of as many. The load average is read at the start and at the end.
+
+Usage (torch and torchvision: the `bench` extra):
+  PYTHONPATH=. python experiments/bench_peers.py                      # all, default rounds
+  PYTHONPATH=. python experiments/bench_peers.py --only roi_pool tiny --rounds 2   # a quick check
+  add --out experiments/results/peers.md to append the table, the command and the machine there.
+Defaults: 30 rounds for RoI pooling, 20 for tiny, 5 for VGG16 (--roi-rounds, --tiny-rounds,
+--vgg16-rounds; --rounds sets all three). On a GPU torch and JAX share its memory: JAX takes
+half of it (XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 unless set).
+"""
+
+import os
+
+if __name__ == "__main__":  # before JAX starts: leave torch room on a GPU
+    os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
+
+import argparse
+import platform
+import shlex
+import sys
+import time
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+import bench_roi_pool
+import bench_train
+from jaxdet.configs import load_config
+from jaxdet.inference import predict
+from jaxdet.settings import DetectorSettings
+from jaxdet.training import create_train_state
+from jaxdet.training.inputs import model_num_classes
+from jaxdet.training.step import step_key, train_step
+
+SLOW = 1.5  # a round slower than this times its side's median is listed
+PARTS = ("roi_pool", "tiny", "vgg16")
+# (what, features shape [N, h, w, C], RoIs in all, the image size the RoIs lie in)
+ROI_SHAPES = (("train: 2 x 128 RoIs on [2, 38, 63, 512]", (2, 38, 63, 512), 2 * 128, (600, 1000)),
+              ("test: 300 RoIs on [1, 38, 63, 512]", (1, 38, 63, 512), 300, (600, 1000)),
+              ("2000 RoIs on [1, 50, 50, 512]", (1, 50, 50, 512), 2000, (800, 800)))
+
+
+# --- the arithmetic of the report (pure; tests/test_bench_peers.py) ---------------------------
+
+class Summary(NamedTuple):
+    """One measurement: `rounds`; per side (median, min, max) of its round times in seconds;
+    ratio = torchvision median / jaxdet median; ratio_min, ratio_max of the per-round ratios;
+    slow = [(round (1-based), side, seconds, times its side's median)] of the rounds slower than
+    `slow` x their side's median."""
+    rounds: int
+    jaxdet: tuple
+    torchvision: tuple
+    ratio: float
+    ratio_min: float
+    ratio_max: float
+    slow: list
+
+
+def summarise(jaxdet_seconds, torchvision_seconds, slow=SLOW):
+    """Summary of two equally long sequences of round times (round i of each side together)."""
+    a, b = np.asarray(jaxdet_seconds, float), np.asarray(torchvision_seconds, float)
+    if a.shape != b.shape or a.ndim != 1 or not len(a):
+        raise ValueError(f"need two equally long non-empty sequences, got shapes {a.shape} and {b.shape}")
+    per_round = b / a
+    flagged = [(i + 1, side, float(t[i]), float(t[i] / np.median(t)))
+               for i in range(len(a)) for side, t in (("jaxdet", a), ("torchvision", b))
+               if t[i] > slow * np.median(t)]
+    return Summary(len(a), (float(np.median(a)), float(a.min()), float(a.max())),
+                   (float(np.median(b)), float(b.min()), float(b.max())),
+                   float(np.median(b) / np.median(a)), float(per_round.min()), float(per_round.max()), flagged)
+
+
+def milliseconds(seconds):
+    """Seconds as milliseconds to 3-4 significant digits: 0.0123456 -> '12.35', 4.5 -> '4500'."""
+    ms = seconds * 1e3
+    for limit, digits in ((1000, 0), (100, 1), (1, 2)):
+        if ms >= limit:
+            return f"{ms:.{digits}f}"
+    return f"{ms:.3f}"
+
+
+def table_lines(rows, slow=SLOW):
+    """A markdown table of rows [(what one call does, Summary)], then the slow rounds one a line."""
+    lines = ["| measurement (one call of each side per round) | rounds | jaxdet ms: median (min-max) | "
+             "torchvision ms: median (min-max) | torchvision / jaxdet: ratio of medians (per-round min-max) | "
+             f"rounds > {slow}x own median: jaxdet, torchvision |",
+             "|---|---:|---:|---:|---:|---:|"]
+    details = []
+    for what, s in rows:
+        spread = [f"{milliseconds(m)} ({milliseconds(lo)}-{milliseconds(hi)})"
+                  for m, lo, hi in (s.jaxdet, s.torchvision)]
+        count = [sum(1 for _, side, _, _ in s.slow if side == name) for name in ("jaxdet", "torchvision")]
+        lines.append(f"| {what} | {s.rounds} | {spread[0]} | {spread[1]} | **{s.ratio:.2f}x** "
+                     f"({s.ratio_min:.2f}-{s.ratio_max:.2f}) | {count[0]}, {count[1]} |")
+        details += [f"- {what}: round {i} of {s.rounds}, {side} {milliseconds(t)} ms = {factor:.1f}x its median"
+                    for i, side, t, factor in s.slow]
+    if details:
+        lines += ["", f"Rounds slower than {slow}x their side's median:", ""] + details
+    return lines
+
+
+# --- the measurements --------------------------------------------------------------------------
+
+def alternate(jaxdet_fn, torchvision_fn, rounds, warmup):
+    """Summary of `rounds` ABBA rounds (bench_roi_pool.in_rounds) after `warmup` calls of each."""
+    t = bench_roi_pool.in_rounds({"jaxdet": jaxdet_fn, "torchvision": torchvision_fn}, rounds, warmup)
+    return summarise(t["jaxdet"], t["torchvision"])
+
+
+def say(*parts):
+    print(*parts, flush=True)
+
+
+def roi_pool_part(rounds, warmup):
+    """(rows, notes): forward and forward+backward at the three ROI_SHAPES."""
+    rows, notes = [], []
+    for shape, (n, h, w, c), num_rois, image_hw in ROI_SHAPES:
+        features, rois = bench_roi_pool.make_inputs(num_rois, channels=c, image_hw=image_hw, feature_hw=(h, w),
+                                                    num_images=n)
+        fwd, fwd_bwd = bench_roi_pool.jax_fns(features, rois, "ffi", rounding="round")
+        tv, tv_out = bench_roi_pool.torchvision_fns(features, rois, bench_roi_pool.cotangent(num_rois, c))
+        diff = np.asarray(fwd()) != tv_out
+        notes.append(f"- RoI pooling {shape}: {int(diff.sum())} of {diff.size} output values differ between "
+                     f"the two sides")
+        for what, jf, tf in (("forward", fwd, tv["torchvision forward"]),
+                             ("forward+backward (gradient of the features)", fwd_bwd,
+                              tv["torchvision forward+backward"])):
+            row = (f"RoI pool 7x7 {what}, {shape}", alternate(jf, tf, rounds, warmup))
+            say(*table_lines([row])[2:3])
+            rows.append(row)
+    return rows, notes
+
+
+class JaxdetSide:
+    """jaxdet's model of `config` on one batch, called as a user calls it: `train_once()` is
+    `train_step(state, batch, step_key(state))` (the state donated and replaced), `predict_once()`
+    `predict(model, variables, images, image_hw, image_scale=..., settings=...)`; each ends with
+    block_until_ready on its outputs."""
+
+    def __init__(self, config, batch):
+        self.state = create_train_state(config, jax.random.PRNGKey(0))
+        self.settings = DetectorSettings.from_config(config)
+        self.use_batch(batch)
+        self.metrics = None
+
+    def use_batch(self, batch):
+        self.batch = jax.device_put(batch)  # once, outside the timed calls (torch's too)
+
+    def train_once(self):
+        self.state, self.metrics = train_step(self.state, self.batch, step_key(self.state))
+        jax.block_until_ready((self.state, self.metrics))
+
+    def predict_once(self):
+        s, b = self.state, self.batch
+        return jax.block_until_ready(predict(s.model, s.variables, b["images"], b["image_hw"],
+                                             image_scale=b["scale"], settings=self.settings))
+
+
+def loss_note(what, jaxdet_side, torchvision_side):
+    return (f"- {what}: last training losses (random weights; finite is what matters) jaxdet "
+            f"{float(jaxdet_side.metrics['loss']):.4g}, torchvision {float(torchvision_side.loss):.4g}")
+
+
+def tiny_part(rounds, warmup):
+    """(rows, notes): the tiny config's training step and predict at batch 8."""
+    config = load_config("tiny_shapes")
+    _, image_hw, max_boxes = bench_train.PRESETS["tiny"]
+    batch_size = config.train.batch_size
+    batch = bench_train.synthetic_batch(batch_size, image_hw, max_boxes, model_num_classes(config))
+    jd, tv = JaxdetSide(config, batch), bench_train.TorchvisionSide(config, batch)
+    where = f"tiny_shapes, batch {batch_size}, {image_hw[0]}x{image_hw[1]}"
+    rows = []
+    for what, jf, tf in ((f"{where}: training step (forward, losses, backward, optimizer update)",
+                          jd.train_once, tv.train_once),
+                         (f"{where}: predict (proposals, RoI head, per-class NMS, 100 detections per image)",
+                          jd.predict_once, tv.predict_once)):
+        row = (what, alternate(jf, tf, rounds, warmup))
+        say(*table_lines([row])[2:3])
+        rows.append(row)
+    return rows, [loss_note(where, jd, tv)]
+
+
+def vgg16_part(rounds, warmup, batch_sizes=(1, 2)):
+    """(rows, notes): the vgg16_voc07 training step at 600x1000 per batch size (one model each side)."""
+    config = load_config("vgg16_voc07")
+    _, image_hw, max_boxes = bench_train.PRESETS["vgg16"]
+    num_classes = model_num_classes(config)
+    batches = {b: bench_train.synthetic_batch(b, image_hw, max_boxes, num_classes) for b in batch_sizes}
+    jd = JaxdetSide(config, batches[batch_sizes[0]])
+    tv = bench_train.TorchvisionSide(config, batches[batch_sizes[0]])
+    rows, notes = [], []
+    for b in batch_sizes:
+        jd.use_batch(batches[b])
+        tv.use_batch(batches[b])
+        where = f"vgg16_voc07, batch {b}, {image_hw[0]}x{image_hw[1]}"
+        row = (f"{where}: training step (forward, losses, backward, optimizer update)",
+               alternate(jd.train_once, tv.train_once, rounds, warmup))
+        say(*table_lines([row])[2:3])
+        rows.append(row)
+        notes.append(loss_note(where, jd, tv))
+    return rows, notes
+
+
+# --- the report --------------------------------------------------------------------------------
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_text(load):
+    return "/".join(f"{x:.2f}" for x in load)
+
+
+def machine_line(load_start, load_end):
+    import torch
+    import torchvision
+
+    device = jax.devices()[0]
+    line = (f"{platform.node()}: {cpu_model()}, {os.cpu_count()} cores; JAX {jax.__version__} on "
+            f"{device.platform} ({device.device_kind}); torch {torch.__version__} ({torch.get_num_threads()} "
+            f"threads), torchvision {torchvision.__version__}")
+    if jax.default_backend() == "gpu":
+        line += (f"; torch TF32: matmul {torch.backends.cuda.matmul.allow_tf32}, cuDNN "
+                 f"{torch.backends.cudnn.allow_tf32}")
+    return line + f"; load average (1/5/15 min) {load_text(load_start)} at the start, {load_text(load_end)} at the end"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="the measurements to run")
+    parser.add_argument("--rounds", type=int, help="rounds of every measurement (overrides the three below)")
+    parser.add_argument("--roi-rounds", type=int, default=30)
+    parser.add_argument("--tiny-rounds", type=int, default=20)
+    parser.add_argument("--vgg16-rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed calls of each side before the rounds (the first compiles jaxdet's)")
+    parser.add_argument("--out", help="append the report (table, command, machine) to this markdown file")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    load_start = os.getloadavg()
+    torch.set_num_threads(os.cpu_count())
+    say(f"torch threads: {torch.get_num_threads()} (os.cpu_count() = {os.cpu_count()}); "
+        f"JAX on {jax.default_backend()}; load average {load_text(load_start)}")
+    rounds = {part: args.rounds or getattr(args, f"{'roi' if part == 'roi_pool' else part}_rounds") for part in PARTS}
+    runs = {"roi_pool": roi_pool_part, "tiny": tiny_part, "vgg16": vgg16_part}
+    rows, notes = [], []
+    for part in PARTS:
+        if part in args.only:
+            say(f"{part}: {rounds[part]} rounds after {args.warmup} warm-up calls of each side")
+            r, n = runs[part](rounds[part], args.warmup)
+            rows += r
+            notes += n
+    load_end = os.getloadavg()
+
+    script = sys.argv[0] if argv is None else "experiments/bench_peers.py"
+    command = " ".join(["PYTHONPATH=. python", script] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None
+                                                                                   else argv)])
+    lines = [f"### jaxdet against torchvision, {time.strftime('%Y-%m-%d %H:%M %Z')}", "",
+             f"Command: `{command}`", "", f"Machine: {machine_line(load_start, load_end)}", "",
+             "Each row times one call of each side per round, alternating which goes first; the ratio is "
+             "torchvision's time over jaxdet's (higher: jaxdet faster). jaxdet: xla_ops.roi_pool "
+             "(rounding=\"round\", the custom call), train_step and predict; torchvision: ops.roi_pool and "
+             "FasterRCNN matched to the config (the differences left: experiments/results/peers.md).", ""]
+    lines += table_lines(rows)
+    if notes:
+        lines += ["", "Checks:", ""] + notes
+    report = "\n".join(lines) + "\n"
+    print("\n" + report, flush=True)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n" + report)
+
+
+if __name__ == "__main__":
+    main()
