@@ -1,25 +1,62 @@
 """The XLA options jaxdet compiles its programs with, chosen by measurement.
 
-On CPUs, XLA (jaxlib 0.10 and 0.11) hands convolutions, dots and the elementwise work around
-them to YNNPACK fusions by default. For detection models that is the slower path: on a 2-core
-x86 CPU, a VGG16 3x3 convolution's weight gradient at 150x250x256 runs at 17 GFLOP/s through
-YNNPACK (it is computed as a convolution whose window is the whole feature map) and at
-117 GFLOP/s through XLA's own convolutions, and the whole VGG16 and tiny training steps are
-faster without YNNPACK (experiments/results/peers.md has the figures and their commands).
+On CPUs, XLA (jaxlib 0.10) hands convolutions, dots and the elementwise work around them to
+YNNPACK fusions by default. For detection models that is the slower path: on a 2-core x86 CPU,
+a VGG16 3x3 convolution's weight gradient at 150x250x256 runs at 17 GFLOP/s through YNNPACK (it
+is computed as a convolution whose window is the whole feature map) and at 117 GFLOP/s through
+XLA's own convolutions, and the whole VGG16 and tiny training steps are faster without YNNPACK
+(experiments/results/peers.md has the figures and their commands).
 
-`COMPILER_OPTIONS` are fields of XLA's DebugOptions: only the CPU compiler reads them, so the
-same programs compile unchanged for GPUs. jaxdet's own compiled entry points (`train_step`,
-`eval_step`, `predict`, `image_proposals`, the data-parallel step) use `jit`, which passes
-them; pass `compiler_options=COMPILER_OPTIONS` to `jax.jit` to compile your own program around
-jaxdet's models the same way. An option given here wins over the same flag in `XLA_FLAGS`.
+`COMPILER_OPTIONS` are fields of XLA's DebugOptions that only the CPU compiler reads. jaxdet's
+compiled entry points (`train_step`, `eval_step`, `predict`, `image_proposals`, the data-parallel
+step) are made with `jit`, which compiles them with the options when they are called, or lowered,
+at the top level. JAX accepts compiler options only there: called inside another jitted function,
+they become part of it, compiled as the outer function is. To compile your own program around
+jaxdet's models the same way, pass `compiler_options=jaxdet.compiler_options.COMPILER_OPTIONS` to
+your `jax.jit`, or set `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=` for the whole process.
+A jaxlib whose XLA does not know an option compiles without the options (checked once).
 """
 
+import functools
+
 import jax
+import jax.numpy as jnp
 
 # "" enables no YNNPACK fusion type: XLA's own emitters and Eigen convolutions do the work.
 COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
-def jit(fun, **jit_kwargs):
-    """`jax.jit(fun, **jit_kwargs)` compiled with `COMPILER_OPTIONS`."""
-    return jax.jit(fun, compiler_options=COMPILER_OPTIONS, **jit_kwargs)
+@functools.cache
+def options_accepted() -> bool:
+    """Whether this jaxlib compiles with `COMPILER_OPTIONS` (an unknown option is an error)."""
+    try:
+        jax.jit(jnp.negative, compiler_options=COMPILER_OPTIONS).lower(1.0).compile()
+    except Exception:  # XLA's "No such compile option", whatever its Python type in this jaxlib
+        return False
+    return True
+
+
+class jit:  # noqa: N801 (used as jax.jit is)
+    """`jax.jit(fun, **jit_kwargs)`, compiled with `COMPILER_OPTIONS` when called or lowered at the
+    top level, and as part of the caller's program when called inside another trace."""
+
+    def __init__(self, fun, **jit_kwargs):
+        self._nested = jax.jit(fun, **jit_kwargs)
+        self._top_level = jax.jit(fun, compiler_options=COMPILER_OPTIONS, **jit_kwargs)
+        functools.update_wrapper(self, fun)
+
+    def _choose(self, args, kwargs):
+        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((args, kwargs)))
+        return self._nested if traced or not options_accepted() else self._top_level
+
+    def __call__(self, *args, **kwargs):
+        return self._choose(args, kwargs)(*args, **kwargs)
+
+    def lower(self, *args, **kwargs):
+        return self._choose(args, kwargs).lower(*args, **kwargs)
+
+    def trace(self, *args, **kwargs):
+        return self._choose(args, kwargs).trace(*args, **kwargs)
+
+    def eval_shape(self, *args, **kwargs):
+        return self._nested.eval_shape(*args, **kwargs)

@@ -42,3 +42,13 @@ def test_predict_is_compiled_with_the_options(jaxlib_fuses_for_ynnpack):
     text = predict.lower(state.model, state.variables, images, image_hw,
                          settings=DetectorSettings.from_config(config)).compile().as_text()
     assert "convolution(" in text and YNN_FUSION not in text
+
+
+def test_a_jaxdet_program_called_inside_another_jit_becomes_part_of_it(jaxlib_fuses_for_ynnpack):
+    """JAX refuses compiler options on a nested jit; `compiler_options.jit` leaves them out there."""
+    x, w = jnp.ones((1, 32, 32, 32)), jnp.ones((3, 3, 32, 32))
+    program = compiler_options.jit(conv_weight_gradient)
+    outer = jax.jit(lambda x, w: program(x, w) + 1)
+    assert jnp.array_equal(outer(x, w), program(x, w) + 1)
+    assert YNN_FUSION in outer.lower(x, w).compile().as_text()  # the outer program's own options
+    assert jnp.array_equal(jax.vmap(program)(x[None], w[None])[0], program(x, w))
