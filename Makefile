@@ -23,7 +23,7 @@ build: $(STAMP) $(NATIVE)
 	JAXDET_CUDA_EMULATION=1 $(PY) setup.py -q build_ext --inplace
 
 test: build
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: build
 	$(PY) experiments/bench_roi_pool.py

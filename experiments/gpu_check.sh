@@ -21,6 +21,8 @@
 #               without their comparisons, and this step failed)
 #   roi-pool    experiments/bench_roi_pool.py --side-by-side --torchvision (roi_pool.md)
 #   nms         experiments/bench_nms.py: NMS of 12000 boxes per block size (nms.md)
+#   peers       experiments/bench_peers.py: RoI pooling, the tiny step and predict, the VGG16
+#               step against torchvision in one process (peers.md)
 #   demo        `python -m jaxdet demo` trained on the GPU: mAP and time (demo/metrics.json and
 #               the run's pictures; its dataset and checkpoints are not kept)
 #   train-step  experiments/bench_train.py --preset vgg16 --torchvision, batch 1, 2, 4, float32
@@ -209,11 +211,13 @@ wait "$sanitize_pid"
 
 # --- benchmarks, one at a time on the GPU ----------------------------------------------------
 if [ -n "$PYTHON" ]; then
-  rm -f "$OUT/roi_pool.md" "$OUT/nms.md" "$OUT/train_step.md"
+  rm -f "$OUT/roi_pool.md" "$OUT/nms.md" "$OUT/peers.md" "$OUT/train_step.md"
   # torch shares the GPU with JAX in these processes: JAX takes half of its memory, not 75%.
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 step roi-pool 90 "$PYTHON" experiments/bench_roi_pool.py \
     --side-by-side "${torchvision[@]}" --rois 128 2000 --repeats 30 --out "$OUT/roi_pool.md"
   step nms 60 "$PYTHON" experiments/bench_nms.py --repeats 20 --out "$OUT/nms.md"
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 step peers 150 "$PYTHON" experiments/bench_peers.py \
+    --roi-rounds 20 --tiny-rounds 10 --vgg16-rounds 5 --out "$OUT/peers.md"
   # The run (dataset, checkpoints) in a scratch directory; its figures and pictures to $OUT/demo.
   demo_dir=$(mktemp -d)
   step demo 180 "$PYTHON" -m jaxdet demo --workdir "$demo_dir" --device gpu --no-progress
@@ -259,6 +263,10 @@ failed=0
   echo "## NMS block size"
   echo
   if [ -f "$OUT/nms.md" ]; then cat "$OUT/nms.md"; else echo "(none: see nms.log)"; fi
+  echo
+  echo "## jaxdet against torchvision (bench_peers.py)"
+  echo
+  if [ -f "$OUT/peers.md" ]; then cat "$OUT/peers.md"; else echo "(none: see peers.log)"; fi
   echo
   echo "## Demo (shapes_demo, the full schedule, on the GPU)"
   echo
