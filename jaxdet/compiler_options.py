@@ -1,11 +1,13 @@
 """The XLA options jaxdet compiles its programs with, chosen by measurement.
 
-On CPUs, XLA (jaxlib 0.10) hands convolutions, dots and the elementwise work around them to
-YNNPACK fusions by default. For detection models that is the slower path: on a 2-core x86 CPU,
-a VGG16 3x3 convolution's weight gradient at 150x250x256 runs at 17 GFLOP/s through YNNPACK (it
-is computed as a convolution whose window is the whole feature map) and at 117 GFLOP/s through
-XLA's own convolutions, and the whole VGG16 and tiny training steps are faster without YNNPACK
-(experiments/results/peers.md has the figures and their commands).
+On CPUs, XLA (jaxlib 0.10) hands convolutions and dots to YNNPACK by default. For the
+convolutions of detection models that is the slower path, for their dots the faster one. On a
+2-core x86 CPU: a VGG16 3x3 convolution's forward and backward at 150x250x256 take 1728 ms
+through YNNPACK (its weight gradient is computed as a convolution whose window is the whole
+feature map) and 615 ms through XLA's own convolutions; the forward and backward of VGG16's fc6
+for 128 RoIs take 545 ms through YNNPACK and 2011 ms through XLA's own dots. So jaxdet keeps
+YNNPACK for dots alone: the VGG16 600x1000 training step goes from 7.9 s (no YNNPACK) and
+worse (the default) to 6.6 s (experiments/results/peers.md has the figures and commands).
 
 `COMPILER_OPTIONS` are fields of XLA's DebugOptions that only the CPU compiler reads. jaxdet's
 compiled entry points (`train_step`, `eval_step`, `predict`, `image_proposals`, the data-parallel
@@ -13,8 +15,8 @@ step) are made with `jit`, which compiles them with the options when they are ca
 at the top level. JAX accepts compiler options only there: called inside another jitted function,
 they become part of it, compiled as the outer function is. To compile your own program around
 jaxdet's models the same way, pass `compiler_options=jaxdet.compiler_options.COMPILER_OPTIONS` to
-your `jax.jit`, or set `XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=` for the whole process.
-A jaxlib whose XLA does not know an option compiles without the options (checked once).
+your `jax.jit`. A jaxlib whose XLA does not know an option or its value compiles without the
+options (checked once).
 """
 
 import functools
@@ -22,8 +24,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-# "" enables no YNNPACK fusion type: XLA's own emitters and Eigen convolutions do the work.
-COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# YNNPACK for each dot on its own; convolutions and elementwise work stay with XLA's emitters.
+COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
 @functools.cache
