@@ -307,8 +307,13 @@ inline void StoreFence() {
 // call, and first-touch faults on 4 KiB pages cost more than the pooling itself for large
 // outputs; with THP in "madvise" mode one fault then maps 2 MiB. Only a hint: the contents and
 // the ownership of the memory are unchanged, and a failure (e.g. THP off) changes nothing.
+// Buffers under kHugePagesFrom are left alone: with THP's "madvise" defrag setting a huge-page
+// fault may compact memory first, which made the 6 MiB outputs of a small model's RoIs
+// (512 RoIs x 7 x 7 x 64) 3.5x slower in the median, while 25 MiB outputs were 2.6x faster.
+constexpr size_t kHugePagesFrom = size_t{16} << 20;
 inline void AdviseHugePages(void* p, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (bytes < kHugePagesFrom) return;
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(p) + bytes) & ~(kHuge - 1);
