@@ -473,7 +473,7 @@ DESCRIPTION = """\
 jaxdet: Fast and Faster R-CNN in JAX, with RoI max pooling as a native XLA custom call.
 
 Start with the demo: it writes a synthetic shapes dataset, trains a tiny Faster R-CNN on
-the CPU (about 10 minutes on 2 cores), evaluates it on held-out images and writes its
+the CPU (about 5 minutes on 2 cores), evaluates it on held-out images and writes its
 mAP, precision-recall curves, a picture of its detections and its loss curve to runs/demo:
 
     python -m jaxdet demo
@@ -541,7 +541,7 @@ def _add_training_commands(commands) -> dict:
         help="the main job: make shapes, train a tiny Faster R-CNN on them, evaluate, draw",
         description="The main job, in one command: writes the synthetic shapes dataset (train and held-out test "
                     "sets) to WORKDIR/data, trains the tiny Faster R-CNN of the shapes_demo config "
-                    "(about 10 minutes on 2 CPU cores; a GPU is used when JAX finds one), evaluates it on the "
+                    "(about 5 minutes on 2 CPU cores; a GPU is used when JAX finds one), evaluates it on the "
                     "held-out images (VOC07 mAP@0.5 and COCO AP), and writes metrics.json, pr_curves.png, "
                     "detections.png and loss_curve.png to WORKDIR. Each run starts afresh unless --resume. WORKDIR "
                     "must be new, empty or a previous demo's (stamped demo.json): the demo refuses any other "
