@@ -177,6 +177,31 @@ def test_an_unreadable_image_is_a_blank_slot_under_skip(tmp_path):
     assert batch["valid"][0].any() and list(pipeline.unreadable) == [str(broken)]
 
 
+def test_cached_images_give_the_same_batches_and_are_decoded_once(tmp_path, monkeypatch):
+    """Images read from PNG files, resized, flipped, over two epochs: the cache changes nothing in
+    the batches, and each file is decoded once."""
+    import jaxdet.data.pipeline as pipeline_module
+    from jaxdet.data.records import save_image
+    in_memory = make_shapes(6, seed=0, config=SMALL)
+    records = [Record(image_id=r.image_id, height=r.height, width=r.width, boxes=r.boxes, labels=r.labels,
+                      difficult=r.difficult, iscrowd=r.iscrowd,
+                      path=str(tmp_path / save_image(r, str(tmp_path))))
+               for r in in_memory.records]
+    ds = make_dataset(records, in_memory.class_names)
+    reads = []
+    load_image = pipeline_module.load_image
+    monkeypatch.setattr(pipeline_module, "load_image", lambda record: reads.append(record.path) or load_image(record))
+    kwargs = dict(batch_size=2, min_size=40, max_size=60, shuffle=True, flip=True, seed=1, num_workers=1)
+    plain, cached = InputPipeline(ds, **kwargs), InputPipeline(ds, cache_images=True, **kwargs)
+    steps = 2 * plain.steps_per_epoch
+    uncached_batches = list(plain.batches(0, steps))
+    assert len(reads) == 2 * len(ds)
+    reads.clear()
+    for step, batch in enumerate(cached.batches(0, steps)):
+        _assert_same(batch, uncached_batches[step])
+    assert sorted(reads) == sorted(r.path for r in records)
+
+
 def test_stopping_early_leaves_no_worker_threads():
     ds = make_shapes(12, seed=3, config=SMALL)
     before = threading.active_count()

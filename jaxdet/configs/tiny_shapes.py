@@ -57,6 +57,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data.min_size = None                 # no resize: the images are already small
     config.data.max_size = None
     config.data.max_boxes = 8
+    config.data.cache_images = True             # PNG decoding took 12 ms of CPU per batch of 8
 
     config.train.batch_size = config.eval.batch_size = 8
     config.train.num_steps = 1500

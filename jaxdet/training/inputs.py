@@ -287,7 +287,7 @@ def train_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, *, num_s
                          normalization=data.normalization, shuffle=True, flip=data.flip, drop_remainder=True,
                          keep_difficult=_get(data, "use_difficult", False), seed=config.train.seed,
                          num_shards=num_shards, shard_index=shard_index, max_proposals=_max_proposals(config),
-                         on_error=_get(data, "on_error", "raise"))
+                         on_error=_get(data, "on_error", "raise"), cache_images=bool(_get(data, "cache_images", False)))
 
 
 def eval_pipeline(config: ml_collections.ConfigDict, dataset: Dataset, *, batch_size: int | None = None,
