@@ -26,12 +26,9 @@ def shapes_dir(shapes_dir_of):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, shapes_dir):
-    """A finished 4-step training run (never modified by the tests: copy it with `copy_run`)."""
-    workdir = tmp_path_factory.mktemp("run") / "w"
-    assert cli.main(["train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir", str(workdir),
-                     "--no-progress", "--no-eval"]) == 0
-    return workdir
+def trained(trained_run_of):
+    """A finished 4-step training run (never modified by the tests: copy it with `run_copy`)."""
+    return trained_run_of(SMOKE)
 
 
 @pytest.fixture

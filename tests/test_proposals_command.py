@@ -20,6 +20,7 @@ from jaxdet.proposals import rpn_proposals
 from jaxdet.training.checkpoints import restore_trained
 from jaxdet.training.inputs import eval_pipeline, load_dataset
 from jaxdet.workdir import read_config
+from test_cli import assert_one_paragraph, run
 
 SMOKE = "tiny_shapes:smoke"
 CLASSES = ("circle", "square", "triangle")
@@ -39,24 +40,14 @@ def get_config():
 """
 
 
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of `jaxdet ARGV`."""
-    status = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 @pytest.fixture(scope="module")
 def shapes_dir(shapes_dir_of):
     return shapes_dir_of(SMOKE)
 
 
 @pytest.fixture(scope="module")
-def rpn_run(tmp_path_factory, shapes_dir):
-    workdir = tmp_path_factory.mktemp("faster") / "w"
-    assert cli.main(["train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir", str(workdir),
-                     "--no-eval", "--no-progress"]) == 0
-    return workdir
+def rpn_run(trained_run_of):
+    return trained_run_of(SMOKE)
 
 
 @pytest.fixture(scope="module")
@@ -132,18 +123,17 @@ def test_fast_rcnn_trains_and_evaluates_on_the_proposals(fast_run):
     assert rows and all(np.isfinite(row["roi_cls_loss"]) for row in rows) and "rpn_cls_loss" not in rows[-1]
 
 
-def assert_one_paragraph(status, err, *phrases):
-    assert status == 2 and "Traceback" not in err
-    text = " ".join(err.split())
-    assert text.startswith("jaxdet: error: config or command-line error:"), err
-    for phrase in phrases:
-        assert phrase in text, f"{phrase!r} not in: {text}"
+def assert_usage_error(status, err, *phrases):
+    """Exit status 2 and one paragraph (`test_cli.assert_one_paragraph`) reporting a config or
+    command-line error that contains each phrase."""
+    assert status == 2
+    assert assert_one_paragraph(err, *phrases).startswith("jaxdet: error: config or command-line error:"), err
 
 
 def test_a_fast_rcnn_run_has_no_rpn(fast_run, tmp_path, capsys):
     out = tmp_path / "p.npz"
     status, _, err = run(capsys, "proposals", "--workdir", fast_run, "--out", out)
-    assert_one_paragraph(status, err, str(fast_run), "model.kind is 'fast_rcnn'", "'faster_rcnn'")
+    assert_usage_error(status, err, str(fast_run), "model.kind is 'fast_rcnn'", "'faster_rcnn'")
     assert not os.listdir(tmp_path)
 
 
@@ -155,7 +145,7 @@ def test_an_output_that_cannot_be_written_is_named(where, rpn_run, tmp_path, cap
                   "folder is a file": (tmp_path / "file" / "p.npz", f"{tmp_path / 'file'} is not a directory"),
                   "a directory": (tmp_path / "dir", f"{tmp_path / 'dir'} is a directory")}[where]
     status, _, err = run(capsys, "proposals", "--workdir", rpn_run, "--out", out)
-    assert_one_paragraph(status, err, named)
+    assert_usage_error(status, err, named)
     assert sorted(os.listdir(tmp_path)) == ["dir", "file"] and not os.listdir(tmp_path / "dir")
 
 
@@ -165,7 +155,7 @@ def test_a_folder_that_is_not_writable_is_named(rpn_run, tmp_path, capsys, monke
 
     monkeypatch.setattr(inference_proposals.tempfile, "mkstemp", refuse)
     status, _, err = run(capsys, "proposals", "--workdir", rpn_run, "--out", tmp_path / "p.npz")
-    assert_one_paragraph(status, err, f"{tmp_path} is not writable (Permission denied)")
+    assert_usage_error(status, err, f"{tmp_path} is not writable (Permission denied)")
     assert not os.listdir(tmp_path)
 
 
@@ -176,7 +166,7 @@ def test_another_dataset_in_coco_format(rpn_run, tmp_path, capsys):
                "--no-progress"]
     # Its train and test JSON number their images alike: one file cannot hold both.
     status, _, err = run(capsys, *on_coco, "--out", tmp_path / "both.npz")
-    assert_one_paragraph(status, err, "two images have the source id '0'", "--split train, then --split test")
+    assert_usage_error(status, err, "two images have the source id '0'", "--split train, then --split test")
     assert not (tmp_path / "both.npz").exists()
     status, _, err = run(capsys, *on_coco, "--out", tmp_path / "test.npz", "--split", "test")
     assert status == 0, err
