@@ -664,17 +664,6 @@ def as_flags(text: str) -> str:
     return _CONFIG_KEY.sub(OVERRIDE_PREFIX, text)
 
 
-# errno -> (what it means, what to do): writes that failed for want of space or permission
-# (`jaxdet.workdir.WRITE_FAULTS`).
-_DISK_FAULTS = {
-    errno.ENOSPC: ("no space is left on its disk", "free space there or give a --workdir on another disk"),
-    errno.EDQUOT: ("the disk quota is used up", "free space there or give a --workdir on another disk"),
-    errno.EROFS: ("its file system is read-only", "give a --workdir on a writable disk"),
-    errno.EACCES: ("permission denied", "make it writable for this user or give another --workdir"),
-    errno.EPERM: ("operation not permitted", "make it writable for this user or give another --workdir"),
-}
-
-
 def _out_of_memory(error: BaseException) -> bool:
     text = str(error)
     return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
@@ -691,7 +680,7 @@ def explain(error: BaseException) -> tuple:
     from jaxdet.training.checkpoints import CheckpointMismatch
     from jaxdet.training.loop import CheckpointsExist, TrainingDiverged
     from jaxdet.training.weights import WeightsError
-    from jaxdet.workdir import WorkdirInUse, write_fault
+    from jaxdet.workdir import WRITE_FAULTS, WorkdirInUse, write_fault
 
     if isinstance(error, (UsageError, InvalidSetting, ConfigNotFound, ImageFilesError, ProposalsError)):
         return 2, f"config or command-line error: {error}"
@@ -711,7 +700,7 @@ def explain(error: BaseException) -> tuple:
     fault = write_fault(error)
     if fault is not None:
         code, path = fault
-        what, fix = _DISK_FAULTS[code]
+        what, fix = WRITE_FAULTS[code]
         return 1, (f"cannot write {path or 'a file'}: {what} ({errno.errorcode[code]}). To fix it, {fix} (eval: "
                    "--out DIR puts its files elsewhere; predict: --out DIR). Files written before, checkpoints "
                    "included, are intact: a training run continues with --resume.")

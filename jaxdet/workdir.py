@@ -68,8 +68,14 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
 
 
-# errno of the writes that fail for want of space or permission.
-WRITE_FAULTS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+# errno of the writes that fail for want of space or permission -> (what it means, what to do).
+WRITE_FAULTS = {
+    errno.ENOSPC: ("no space is left on its disk", "free space there or give a --workdir on another disk"),
+    errno.EDQUOT: ("the disk quota is used up", "free space there or give a --workdir on another disk"),
+    errno.EROFS: ("its file system is read-only", "give a --workdir on a writable disk"),
+    errno.EACCES: ("permission denied", "make it writable for this user or give another --workdir"),
+    errno.EPERM: ("operation not permitted", "make it writable for this user or give another --workdir"),
+}
 # How orbax's TensorStore reports an OS error: its code, and the paths it was writing in quotes.
 _OS_ERROR_CODE = re.compile(r"os_error_code='(\d+)'")
 _QUOTED_PATH = re.compile(r'"(/[^"]+)"')
