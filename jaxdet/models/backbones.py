@@ -105,12 +105,13 @@ def _windows_2x2(x: jax.Array) -> jax.Array:
 
 
 def _max_pool_2x2_fwd(x):
-    return max_pool_2x2(x), x
+    pooled = max_pool_2x2(x)
+    return pooled, (x, pooled)  # pooled is the next layer's input: kept anyway, not recomputed
 
 
-def _max_pool_2x2_bwd(x, grad):
+def _max_pool_2x2_bwd(residuals, grad):
+    x, pooled = residuals
     windows = _windows_2x2(x)
-    pooled = windows.max(axis=(2, 4))
     taken = jnp.zeros(pooled.shape, bool)  # an earlier input of the window already equals the max
     grads = []
     for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
