@@ -1,7 +1,9 @@
-"""Build of the native RoI pooling op (metadata lives in pyproject.toml).
+"""Build of the native ops (metadata lives in pyproject.toml).
 
-Two extension modules, each exposing `registrations()` (a dict of FFI handler capsules):
-  xla_ops._roi_pool_cpu   C++ kernels, always built.
+Extension modules, each exposing `registrations()` (a dict of FFI handler capsules):
+  xla_ops._roi_pool_cpu   C++ RoI pooling kernels, always built.
+  xla_ops._patches_cpu    C++ image patches in bfloat16 (the convolutions of
+                          jaxdet.models.convolution), always built.
   xla_ops._roi_pool_cuda  CUDA kernels, built when nvcc is found. JAXDET_CUDA=1 forces it
                           (and fails loudly without nvcc), JAXDET_CUDA=0 skips it.
 and, for the tests only (`make build` asks for it; a wheel does not ship it):
@@ -28,7 +30,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 CSRC = os.path.join("xla_ops", "csrc")
-HEADERS = [os.path.join(CSRC, name) for name in ("roi_pool_bins.h", "roi_pool_ffi.h")]
+HEADERS = [os.path.join(CSRC, name) for name in ("roi_pool_bins.h", "roi_pool_ffi.h", "cpu_common.h")]
 EMULATION = os.path.join(CSRC, "testing")
 
 
@@ -135,7 +137,16 @@ def extensions():
             extra_compile_args=cpu_flags,
             extra_link_args=cpu_link,
             language="c++",
-        )
+        ),
+        Extension(
+            "xla_ops._patches_cpu",
+            sources=[os.path.join(CSRC, "patches_cpu.cc")],
+            depends=[os.path.join(CSRC, "cpu_common.h")],
+            include_dirs=include_dirs,
+            extra_compile_args=cpu_flags,
+            extra_link_args=cpu_link,
+            language="c++",
+        ),
     ]
     if os.environ.get("JAXDET_CUDA_EMULATION") == "1":
         exts.append(Extension(

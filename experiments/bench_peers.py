@@ -14,7 +14,10 @@ the platform JAX runs on (the CPU; the GPU when there is one, torch then on CUDA
             port of TinyVGG, the same anchors, proposal counts, sampling, RoIPool, head and
             optimizer; its transform neither resizes nor pads).
   vgg16     the vgg16_voc07 config's training step at 600x1000, batch 1 and batch 2 (random
-            weights), against the same FasterRCNN with torchvision.models.vgg16().features[:30]
+            weights), against the same FasterRCNN with torchvision.models.vgg16().features[:30],
+            for each dtype pair of --vgg16-dtypes (default: both in float32; jaxdet's
+            model.compute_dtype=bfloat16 against torchvision in float32; both in bfloat16,
+            torchvision under torch.autocast)
             (conv1-conv2 frozen), TwoMLPHead 4096, SGD momentum 0.9 and weight decay 5e-4.
 The work that still differs between the two sides: experiments/results/peers.md.
 
@@ -43,6 +46,7 @@ if __name__ == "__main__":  # before JAX starts: leave torch room on a GPU
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
 
 import argparse
+import functools
 import platform
 import shlex
 import sys
@@ -209,24 +213,39 @@ def tiny_part(rounds, warmup):
     return rows, [loss_note(where, jd, tv)]
 
 
-def vgg16_part(rounds, warmup, batch_sizes=(1, 2)):
-    """(rows, notes): the vgg16_voc07 training step at 600x1000 per batch size (one model each side)."""
-    config = load_config("vgg16_voc07")
+# (jaxdet's model.compute_dtype, torchvision's dtype: "bfloat16" under torch.autocast) of the
+# VGG16 rows: both in float32; jaxdet in bfloat16 against torchvision as it runs by default; both
+# in bfloat16.
+VGG16_DTYPES = ("float32/float32", "bfloat16/float32", "bfloat16/bfloat16")
+
+
+def vgg16_part(rounds, warmup, batch_sizes=(1, 2), dtype_pairs=VGG16_DTYPES):
+    """(rows, notes): the vgg16_voc07 training step at 600x1000 per batch size and dtype pair
+    (one model per side and dtype)."""
     _, image_hw, max_boxes = bench_train.PRESETS["vgg16"]
-    num_classes = model_num_classes(config)
-    batches = {b: bench_train.synthetic_batch(b, image_hw, max_boxes, num_classes) for b in batch_sizes}
-    jd = JaxdetSide(config, batches[batch_sizes[0]])
-    tv = bench_train.TorchvisionSide(config, batches[batch_sizes[0]])
     rows, notes = [], []
-    for b in batch_sizes:
-        jd.use_batch(batches[b])
-        tv.use_batch(batches[b])
-        where = f"vgg16_voc07, batch {b}, {image_hw[0]}x{image_hw[1]}"
-        row = (f"{where}: training step (forward, losses, backward, optimizer update)",
-               alternate(jd.train_once, tv.train_once, rounds, warmup))
-        say(*table_lines([row])[2:3])
-        rows.append(row)
-        notes.append(loss_note(where, jd, tv))
+    jaxdet_sides, torchvision_sides = {}, {}
+    for pair in dtype_pairs:
+        jaxdet_dtype, torchvision_dtype = pair.split("/")
+        config = load_config("vgg16_voc07")
+        config.model.compute_dtype = jaxdet_dtype
+        batches = {b: bench_train.synthetic_batch(b, image_hw, max_boxes, model_num_classes(config))
+                   for b in batch_sizes}
+        if jaxdet_dtype not in jaxdet_sides:
+            jaxdet_sides[jaxdet_dtype] = JaxdetSide(config, batches[batch_sizes[0]])
+        if torchvision_dtype not in torchvision_sides:
+            torchvision_sides[torchvision_dtype] = bench_train.TorchvisionSide(
+                config, batches[batch_sizes[0]], dtype=torchvision_dtype)
+        jd, tv = jaxdet_sides[jaxdet_dtype], torchvision_sides[torchvision_dtype]
+        for b in batch_sizes:
+            jd.use_batch(batches[b])
+            tv.use_batch(batches[b])
+            where = f"vgg16_voc07, batch {b}, {image_hw[0]}x{image_hw[1]}, jaxdet {jaxdet_dtype} / torchvision {torchvision_dtype}"
+            row = (f"{where}: training step (forward, losses, backward, optimizer update)",
+                   alternate(jd.train_once, tv.train_once, rounds, warmup))
+            say(*table_lines([row])[2:3])
+            rows.append(row)
+            notes.append(loss_note(where, jd, tv))
     return rows, notes
 
 
@@ -268,6 +287,9 @@ def main(argv=None):
     parser.add_argument("--roi-rounds", type=int, default=30)
     parser.add_argument("--tiny-rounds", type=int, default=20)
     parser.add_argument("--vgg16-rounds", type=int, default=5)
+    parser.add_argument("--vgg16-dtypes", nargs="+", default=list(VGG16_DTYPES), metavar="JAXDET/TORCHVISION",
+                        help="dtype pairs of the VGG16 rows: jaxdet's model.compute_dtype / torchvision's "
+                             "(bfloat16: under torch.autocast); float32 or bfloat16 each")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed calls of each side before the rounds (the first compiles jaxdet's)")
     parser.add_argument("--out", help="append the report (table, command, machine) to this markdown file")
@@ -280,7 +302,8 @@ def main(argv=None):
     say(f"torch threads: {torch.get_num_threads()} (os.cpu_count() = {os.cpu_count()}); "
         f"JAX on {jax.default_backend()}; load average {load_text(load_start)}")
     rounds = {part: args.rounds or getattr(args, f"{'roi' if part == 'roi_pool' else part}_rounds") for part in PARTS}
-    runs = {"roi_pool": roi_pool_part, "tiny": tiny_part, "vgg16": vgg16_part}
+    runs = {"roi_pool": roi_pool_part, "tiny": tiny_part,
+            "vgg16": functools.partial(vgg16_part, dtype_pairs=args.vgg16_dtypes)}
     rows, notes = [], []
     for part in PARTS:
         if part in args.only:

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# Memory and race checks of the RoI pooling kernels. Any out-of-bounds access, use of freed
-# memory or data race fails the run with the sanitizer's report.
+# Memory and race checks of the RoI pooling kernels (and, with --cpu, of the image-patches
+# kernel). Any out-of-bounds access, use of freed memory or data race fails the run with the
+# sanitizer's report.
 #
 # Usage (from the repository root, after `make build`):
 #   bash experiments/sanitize_roi_pool.sh [MODE ...]        default: --cpu --emulated
 # Modes:
 #   --cpu        the CPU extension and the CUDA emulation module built with AddressSanitizer,
 #                under the RoI pooling tests (adversarial RoIs, NaN/inf, empty maps, K = 0, vmap,
-#                backward, dtypes) and tests/test_roi_pool_cuda_emulated.py
+#                backward, dtypes) and tests/test_roi_pool_cuda_emulated.py; the image-patches
+#                extension under tests/test_mixed_precision.py (window sizes 1-7 on images down
+#                to 1x1, both layouts and dtypes, the convolutions and their gradients)
 #   --emulated   the CUDA kernels on the CPU (xla_ops/csrc/testing/roi_pool_cuda_check.cu against
 #                the CUDA runtime emulation): built with AddressSanitizer, then ThreadSanitizer
 #   --gpu        the same program built by nvcc for the GPU found, under compute-sanitizer
@@ -52,12 +55,14 @@ run_cpu() {
     # Run from the scratch directory so that `import xla_ops` finds the sanitized build.
     cd "$lib"
     PYTHONPATH="$lib" "$repo/$PY" -c "
-import sys, xla_ops._roi_pool_cpu as a, xla_ops._roi_pool_cuda_emulated as b
-sys.exit(not all(m.__file__.startswith('$lib') for m in (a, b)))" \
+import sys, xla_ops._roi_pool_cpu as a, xla_ops._roi_pool_cuda_emulated as b, xla_ops._patches_cpu as c
+sys.exit(not all(m.__file__.startswith('$lib') for m in (a, b, c)))" \
       || { echo "the sanitized extensions were not the ones imported" >&2; exit 1; }
     PYTHONPATH="$lib" "$repo/$PY" -m pytest -q -p no:cacheprovider --rootdir "$repo/tests" \
       "$repo/tests/test_roi_pool.py" "$repo/tests/test_roi_pool_cuda_emulated.py" \
       -k "adversarial or empty or nan or native_gradient or vmap or dtypes or emulated or launch or threads"
+    PYTHONPATH="$lib" "$repo/$PY" -m pytest -q -p no:cacheprovider --rootdir "$repo/tests" \
+      "$repo/tests/test_mixed_precision.py"
   )
 }
 

@@ -17,7 +17,7 @@ from roi_pool_numpy import scatter_through_argmax, seed_roi_pool
 
 # The tests run on the default device: the CPU, or on a GPU machine the GPU (JAX_PLATFORMS=cpu
 # for the CPU there). impl="ffi" needs the extension of that platform, the CUDA one on a GPU.
-PLATFORM = xla_ops.ops._current_platform()
+PLATFORM = _native.current_platform()
 NATIVE_BUILT = _native.is_built(PLATFORM)
 needs_native = pytest.mark.skipif(
     not NATIVE_BUILT, reason=f"the native op is not built for {PLATFORM}: {_native.why_not_built(PLATFORM)}")

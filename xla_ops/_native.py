@@ -11,16 +11,17 @@ import jax
 
 FORWARD_TARGET = "jaxdet_roi_pool_fwd"
 BACKWARD_TARGET = "jaxdet_roi_pool_bwd"
+PATCHES_TARGET = "jaxdet_image_patches"
 
 # JAX platform name -> (extension module, XLA platform name used for registration).
 _EXTENSIONS = {"cpu": ("xla_ops._roi_pool_cpu", "cpu"), "cuda": ("xla_ops._roi_pool_cuda", "CUDA")}
+_PATCHES_EXTENSION = ("xla_ops._patches_cpu", "cpu")
 
 
 @functools.cache
-def _load(platform):
-    """Returns (True, "") when the extension for `platform` is built and registered, else
+def _load_module(module_name, xla_platform):
+    """Returns (True, "") when the extension is built and its targets registered, else
     (False, reason)."""
-    module_name, xla_platform = _EXTENSIONS[platform]
     try:
         module = importlib.import_module(module_name)
     except ImportError as err:
@@ -33,8 +34,12 @@ def _load(platform):
     return True, ""
 
 
+def _load(platform):
+    return _load_module(*_EXTENSIONS[platform])
+
+
 def is_built(platform):
-    """Whether the native op is built and registered for a JAX platform ("cpu", "cuda")."""
+    """Whether the native RoI pooling op is built and registered for a JAX platform ("cpu", "cuda")."""
     return platform in _EXTENSIONS and _load(platform)[0]
 
 
@@ -42,3 +47,24 @@ def why_not_built(platform):
     if platform not in _EXTENSIONS:
         return f"no native RoI pooling kernel exists for platform {platform!r}"
     return _load(platform)[1]
+
+
+def patches_built():
+    """Whether the CPU image-patches op (`xla_ops.image_patches`) is built and registered."""
+    return _load_module(*_PATCHES_EXTENSION)[0]
+
+
+def why_patches_not_built():
+    return _load_module(*_PATCHES_EXTENSION)[1]
+
+
+def current_platform():
+    """The platform a call runs on unless its inputs are committed elsewhere: that of the device
+    set by `jax.default_device` (a device or a platform name), else the default backend's. So
+    `with jax.default_device(jax.devices("cpu")[0])` on a GPU machine takes the CPU kernel."""
+    device = jax.config.jax_default_device
+    if device is None:
+        platform = jax.default_backend()
+    else:
+        platform = device if isinstance(device, str) else device.platform
+    return "cuda" if platform == "gpu" else platform

@@ -232,24 +232,12 @@ def _check_spatial_scale(spatial_scale):
     return float(np.float32(value))
 
 
-def _current_platform():
-    """The platform a call runs on unless its inputs are committed elsewhere: that of the device
-    set by `jax.default_device` (a device or a platform name), else the default backend's. So
-    `with jax.default_device(jax.devices("cpu")[0])` on a GPU machine takes the CPU kernel."""
-    device = jax.config.jax_default_device
-    if device is None:
-        platform = jax.default_backend()
-    else:
-        platform = device if isinstance(device, str) else device.platform
-    return "cuda" if platform == "gpu" else platform
-
-
 def _resolve_impl(impl):
     if impl not in IMPLS:
         raise ValueError(f"roi_pool: impl must be one of {IMPLS}, got {impl!r}")
     if impl == "reference":
         return impl
-    platform = _current_platform()
+    platform = _native.current_platform()
     if _native.is_built(platform):
         return "ffi"
     reason = _native.why_not_built(platform)

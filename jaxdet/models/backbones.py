@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdet.models.mixed_precision import Conv
+
 Dtype = Any
 
 
@@ -74,7 +76,7 @@ class VGG(nn.Module):
             if s > 1:
                 x = max_pool_2x2(x)
             for i, width in enumerate(widths, start=1):
-                x = nn.Conv(width, (3, 3), padding=1, dtype=self.dtype, name=f"conv{s}_{i}")(x)
+                x = Conv(width, (3, 3), padding=1, dtype=self.dtype, name=f"conv{s}_{i}")(x)
                 if self.batch_norm:
                     x = FrozenBatchNorm(dtype=self.dtype, name=f"bn{s}_{i}")(x)
                 x = nn.relu(x)
@@ -153,7 +155,7 @@ class BottleneckBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
         norm = functools.partial(FrozenBatchNorm, dtype=self.dtype)
         y = nn.relu(norm(name="bn1")(conv(self.filters, (1, 1), name="conv1")(x)))
         y = conv(self.filters, (3, 3), strides=self.strides, padding=1, name="conv2")(y)
@@ -178,7 +180,7 @@ class BasicBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype)
+        conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
         norm = functools.partial(FrozenBatchNorm, dtype=self.dtype)
         y = conv(self.filters, (3, 3), strides=self.strides, padding=1, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
@@ -249,7 +251,7 @@ class ResNet(nn.Module):
         if not 0 <= self.frozen_stages <= 1 + len(self.stage_sizes):
             raise ValueError(f"frozen_stages must be in [0, {1 + len(self.stage_sizes)}], got {self.frozen_stages}")
         x = images.astype(self.dtype)
-        x = nn.Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False, dtype=self.dtype, name="conv1")(x)
+        x = Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False, dtype=self.dtype, name="conv1")(x)
         x = nn.relu(FrozenBatchNorm(dtype=self.dtype, name="bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         if self.frozen_stages == 1:

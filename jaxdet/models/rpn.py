@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdet.models.mixed_precision import Conv
+
 Dtype = Any
 
 
@@ -37,7 +39,7 @@ class RPNHead(nn.Module):
     @nn.compact
     def __call__(self, features: jax.Array) -> RPNOutputs:
         """features: [N, h, w, C] -> RPNOutputs with h * w * num_anchors anchors per image."""
-        conv = lambda width, size, name: nn.Conv(  # noqa: E731
+        conv = lambda width, size, name: Conv(  # noqa: E731
             width, size, padding="SAME", dtype=self.dtype, name=name,
             kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros)
         x = nn.relu(conv(self.channels, (3, 3), "conv")(features))

@@ -1,0 +1,141 @@
+"""How jaxdet's layers compute in bfloat16 (`model.compute_dtype="bfloat16"`; parameters, the
+optimizer and the losses stay float32), so that it pays on CPUs as well as on GPUs.
+
+On GPUs, flax's usual meaning: the layers take bfloat16 inputs and weights and return bfloat16,
+and convolutions and dots run on tensor cores. On CPUs, XLA computes bfloat16 convolutions slowly
+(a VGG16 trunk took 2-3x its float32 time) and bfloat16 dots with bfloat16 results in float32,
+while its bfloat16 dots with float32 results reach the matrix units (AMX) of recent x86 CPUs
+through YNNPACK: 400-900 GFLOP/s, against about 200 for float32 convolutions on the 2-core
+machine of experiments/results/peers.md. So on the CPU, the operands of the convolutions are
+rounded to bfloat16 and everything else is float32: the sums, the convolutions' outputs, biases,
+activations and pooling, and the fully connected layers (`dense_dtype`).
+
+`patch_conv` writes a k x k convolution with padding k // 2 as three matrix products over image
+patches (`xla_ops.image_patches`, im2col), bfloat16 operands accumulated in float32:
+
+  forward          Y  [M, O]       = P(x)  [M, k*k*C] @ K       [k*k*C, O]
+  input gradient   dX [M, C]       = P(dY) [M, k*k*O] @ K'      [k*k*O, C]   (K' = K rotated 180
+                                                                              degrees, C and O swapped)
+  kernel gradient  dK^T [O, k*k*C] = dY^T  [O, M]     @ P(x)^T  [M, k*k*C]
+
+where M = N * H * W. The kernel gradient reads both of its operands along rows (the transposed
+patches), the layout in which the dot runs fastest.
+
+`Conv` is `flax.linen.Conv` with `conv_general_dilated` below, which decides per convolution, by
+what was measured on that machine (a 3x3 layer's forward and both gradients):
+
+  * on the CPU, in bfloat16, patches of at least `PATCH_DEPTH_FROM` elements (3x3 over 256
+    channels and more: VGG16's conv3-conv5 and its RPN, 1.5x, 1.6x and 2.8x faster than XLA's
+    float32 convolution): `patch_conv`, float32 output;
+  * on the CPU, in bfloat16, smaller ones (VGG16's conv1-conv2, the tiny models): XLA's float32
+    convolution of the bfloat16 values, float32 output. Building 600x1000x576 patches costs what
+    the matrix units save;
+  * everything else (float32, other platforms, strides, dilation, groups):
+    `jax.lax.conv_general_dilated` unchanged.
+"""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from xla_ops import _native
+from xla_ops.patches import image_patches
+from xla_ops.sharding import batch_shards
+
+
+@jax.custom_vjp
+def patch_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x [N, H, W, C] convolved with kernel [k, k, C, O] (HWIO, k odd), stride 1, zero padding
+    k // 2: [N, H, W, O] float32, from bfloat16 operands accumulated in float32. The gradients
+    have the dtypes of x and the kernel."""
+    n, h, w, _ = x.shape
+    k, _, c, o = kernel.shape
+    y = jnp.dot(image_patches(x, k), kernel.astype(jnp.bfloat16).reshape(k * k * c, o),
+                preferred_element_type=jnp.float32)
+    return y.reshape(n, h, w, o)
+
+
+def _patch_conv_fwd(x, kernel):
+    return patch_conv(x, kernel), (x, kernel)
+
+
+def _patch_conv_bwd(residuals, grad):
+    x, kernel = residuals
+    n, h, w, c = x.shape
+    k, _, _, o = kernel.shape
+    # K' [k, k, O, C]: tap (ty, tx) of the input gradient is tap (k-1-ty, k-1-tx) of the forward.
+    flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).astype(jnp.bfloat16).reshape(k * k * o, c)
+    grad_x = jnp.dot(image_patches(grad, k), flipped, preferred_element_type=jnp.float32)
+    grad_t = image_patches(grad, 1, transposed=True)  # dY^T [O, M] in bfloat16
+    grad_kernel_t = lax.dot_general(grad_t, image_patches(x, k, transposed=True),
+                                    (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    grad_kernel = grad_kernel_t.reshape(o, k, k, c).transpose(1, 2, 3, 0)
+    return grad_x.reshape(n, h, w, c).astype(x.dtype), grad_kernel.astype(kernel.dtype)
+
+
+patch_conv.defvjp(_patch_conv_fwd, _patch_conv_bwd)
+
+
+# The patch length k * k * C from which `patch_conv` beats XLA's float32 convolution on the CPU.
+PATCH_DEPTH_FROM = 3 * 3 * 256
+
+
+def _on_cpu_in_bfloat16(lhs, rhs) -> bool:
+    return lhs.dtype == jnp.bfloat16 and rhs.dtype == jnp.bfloat16 and _native.current_platform() == "cpu"
+
+
+def takes_patch_path(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                     dimension_numbers, feature_group_count) -> bool:
+    """Whether `conv_general_dilated` computes this convolution with `patch_conv`: on the CPU
+    with the patches op built, bfloat16 NHWC input and HWIO kernel, an odd square window whose
+    patches hold at least `PATCH_DEPTH_FROM` elements, stride 1, "same" zero padding, no dilation
+    or groups, and no batch split over a mesh in context (XLA's partitioner would gather the
+    custom call's operands onto every device; XLA partitions its own convolution)."""
+    k = rhs.shape[0]
+    same = ((k // 2, k // 2),) * 2
+    return (_on_cpu_in_bfloat16(lhs, rhs) and lhs.ndim == 4 and rhs.shape[0] == rhs.shape[1]
+            and k % 2 == 1 and k * k * rhs.shape[2] >= PATCH_DEPTH_FROM
+            and tuple(window_strides) == (1, 1)
+            and (padding == "SAME" or tuple(map(tuple, padding)) == same)
+            and tuple(lhs_dilation or (1, 1)) == (1, 1) and tuple(rhs_dilation or (1, 1)) == (1, 1)
+            and _is_nhwc_hwio(dimension_numbers) and feature_group_count == 1
+            and batch_shards()[1] == 1 and _native.patches_built())
+
+
+def _is_nhwc_hwio(dimension_numbers) -> bool:
+    if dimension_numbers is None:
+        return False
+    if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+        return dimension_numbers == lax.ConvDimensionNumbers((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+    return tuple(dimension_numbers) == ("NHWC", "HWIO", "NHWC")
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1,
+                         precision=None, preferred_element_type=None):
+    """`jax.lax.conv_general_dilated` with its arguments, computed as the module docstring says."""
+    conv = functools.partial(lax.conv_general_dilated, window_strides=window_strides, padding=padding,
+                             lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+                             dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+                             batch_group_count=batch_group_count, precision=precision)
+    if batch_group_count == 1 and takes_patch_path(lhs, rhs, window_strides, padding, lhs_dilation,
+                                                   rhs_dilation, dimension_numbers, feature_group_count):
+        return patch_conv(lhs, rhs)
+    if _on_cpu_in_bfloat16(lhs, rhs):
+        return conv(lhs.astype(jnp.float32), rhs.astype(jnp.float32))
+    return conv(lhs, rhs, preferred_element_type=preferred_element_type)
+
+
+# flax.linen.Conv computing through `conv_general_dilated`; the same parameters and checkpoints.
+Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
+
+
+def dense_dtype(dtype):
+    """The computation dtype for the fully connected layers of a model computing in `dtype`:
+    float32 on the CPU. There XLA computes a bfloat16 dot with a bfloat16 result in float32 all
+    the same, so bfloat16 would only add work: rounding the weights on every step and the weight
+    gradients back (VGG16's fc6 holds 103M weights; 0.8 s of a 5.9 s training step at 600x1000)."""
+    return jnp.float32 if _native.current_platform() == "cpu" else dtype

@@ -1,0 +1,181 @@
+"""Convolutions as bfloat16 matrix products over image patches (`xla_ops.image_patches`,
+`jaxdet.models.mixed_precision`): the native patches against the jnp reference and hand-written
+cases, `patch_conv` and its two gradients against XLA's convolution of the same bfloat16-rounded
+operands, and which convolutions take that path."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from jaxdet.compiler_options import jit
+from jaxdet.models.backbones import VGG
+from jaxdet.models.mixed_precision import Conv, conv_general_dilated, patch_conv, takes_patch_path
+from xla_ops import _native
+from xla_ops.patches import image_patches, image_patches_reference
+
+needs_native = pytest.mark.skipif(not _native.patches_built(),
+                                  reason=f"patches op not built: {_native.why_patches_not_built()}")
+IMPLS = [pytest.param(image_patches, marks=needs_native, id="native"),
+         pytest.param(image_patches_reference, id="reference")]
+
+
+def bits(x):
+    return np.asarray(x).view(np.uint16)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("transposed", [False, True])
+def test_hand_case(impl, transposed):
+    # A 2x2 image of one channel, values 1..4; the 3x3 patches, zero outside, taps row-major.
+    x = jnp.arange(1.0, 5.0).reshape(1, 2, 2, 1)
+    expected = np.array([[0, 0, 0, 0, 1, 2, 0, 3, 4],
+                         [0, 0, 0, 1, 2, 0, 3, 4, 0],
+                         [0, 1, 2, 0, 3, 4, 0, 0, 0],
+                         [1, 2, 0, 3, 4, 0, 0, 0, 0]], np.float32)
+    out = jax.jit(lambda x: impl(x, 3, transposed=transposed))(x)
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(np.asarray(out, np.float32), expected.T if transposed else expected)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("shape, size", [((2, 5, 7, 3), 3), ((1, 4, 4, 40), 1), ((1, 6, 9, 33), 5),
+                                         ((1, 1, 1, 2), 3), ((3, 2, 1, 4), 3), ((1, 3, 2, 1), 7)])
+def test_native_equals_reference(shape, size, transposed, dtype):
+    x = jax.random.normal(jax.random.key(sum(shape) + size), shape).astype(dtype)
+    native = jax.jit(lambda x: image_patches(x, size, transposed=transposed))(x)
+    reference = image_patches_reference(x, size, transposed=transposed)
+    assert native.shape == reference.shape and native.dtype == reference.dtype == jnp.bfloat16
+    np.testing.assert_array_equal(bits(native), bits(reference))
+
+
+@needs_native
+@pytest.mark.parametrize("transposed", [False, True])
+def test_rounds_as_astype(transposed):
+    # Ties round to even (1 + 2^-8 -> 1, 1 + 3 * 2^-8 -> 1 + 2^-6), NaNs stay NaNs, infinities,
+    # signed zeros, subnormals and the largest floats (which round to infinity) as XLA converts.
+    special = np.array([1 + 2**-8, 1 + 3 * 2**-8, np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0,
+                        1e-40, -3e-39, 3.4e38, -3.4e38, 65504.0, 1 / 3, -2 / 3, 7.0], np.float32)
+    x = jnp.asarray(special.reshape(1, 2, 2, 4))
+    out = jax.jit(lambda x: image_patches(x, 1, transposed=transposed))(x)
+    expected = x.astype(jnp.bfloat16).reshape(4, 4)
+    np.testing.assert_array_equal(bits(out.T if transposed else out), bits(expected))
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="size must be a positive odd number, got 2"):
+        image_patches(jnp.zeros((1, 3, 3, 1)), 2)
+    with pytest.raises(ValueError, match=r"x must be \[N, H, W, C\], got shape \(3, 3\)"):
+        image_patches(jnp.zeros((3, 3)))
+    with pytest.raises(TypeError, match="float32 or bfloat16, got int32"):
+        image_patches(jnp.zeros((1, 3, 3, 1), jnp.int32))
+
+
+def rounded(x):
+    return x.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+def reference_conv(x, kernel):
+    """XLA's float32 convolution, exact products: the stride-1 'same' convolution of patch_conv."""
+    pad = kernel.shape[0] // 2
+    return lax.conv_general_dilated(x, kernel, (1, 1), ((pad, pad), (pad, pad)),
+                                    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                    precision=lax.Precision.HIGHEST)
+
+
+@needs_native
+@pytest.mark.parametrize("shape, size, out_channels", [((2, 6, 5, 8), 3, 5), ((1, 7, 9, 3), 1, 4),
+                                                       ((1, 5, 4, 6), 5, 2)])
+def test_patch_conv_and_its_gradients_match_the_convolution_of_rounded_operands(shape, size, out_channels):
+    kx, kk, kg = jax.random.split(jax.random.key(size), 3)
+    x = jax.random.normal(kx, shape)
+    kernel = jax.random.normal(kk, (size, size, shape[-1], out_channels))
+    # A cotangent exact in bfloat16: the backward rounds it, as it rounds x and the kernel.
+    cotangent = rounded(jax.random.normal(kg, shape[:3] + (out_channels,)))
+    out, vjp = jax.vjp(jit(patch_conv), x, kernel)
+    expected, expected_vjp = jax.vjp(reference_conv, rounded(x), rounded(kernel))
+    assert out.dtype == jnp.float32
+    # The same products of bfloat16 values, summed in float32 in another order.
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+    for got, want in zip(vjp(cotangent), expected_vjp(cotangent)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def args_of(lhs_shape, kernel_shape, dtype, strides=(1, 1), padding=((1, 1), (1, 1)), dilation=None):
+    return (jnp.zeros(lhs_shape, dtype), jnp.zeros(kernel_shape, dtype), strides, padding, None,
+            dilation, ("NHWC", "HWIO", "NHWC"), 1)
+
+
+@needs_native
+def test_which_convolutions_take_the_patch_path():
+    assert takes_patch_path(*args_of((1, 8, 8, 256), (3, 3, 256, 512), jnp.bfloat16))
+    assert takes_patch_path(*args_of((1, 8, 8, 256), (3, 3, 256, 8), jnp.bfloat16, padding="SAME"))
+    assert not takes_patch_path(*args_of((1, 8, 8, 256), (3, 3, 256, 512), jnp.float32))  # float32
+    assert not takes_patch_path(*args_of((1, 8, 8, 128), (3, 3, 128, 128), jnp.bfloat16))  # too shallow
+    assert not takes_patch_path(*args_of((1, 8, 8, 256), (3, 3, 256, 8), jnp.bfloat16, strides=(2, 2)))
+    assert not takes_patch_path(*args_of((1, 8, 8, 256), (3, 3, 256, 8), jnp.bfloat16, padding=((0, 0), (0, 0))))
+    assert not takes_patch_path(*args_of((1, 8, 8, 256), (3, 3, 256, 8), jnp.bfloat16, dilation=(2, 2)))
+    assert not takes_patch_path(*args_of((1, 8, 8, 4096), (1, 2, 4096, 8), jnp.bfloat16))  # not square
+    # A batch split over a mesh: XLA partitions its own convolution, not a custom call.
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((2,), ("data",))):
+        assert not takes_patch_path(*args_of((2, 8, 8, 256), (3, 3, 256, 512), jnp.bfloat16))
+
+
+def compiled_text(fn, *args):
+    return jit(fn).lower(*args).compile().as_text()
+
+
+@needs_native
+@pytest.mark.parametrize("channels, patched", [(256, True), (16, False)])
+def test_flax_conv_in_bfloat16(channels, patched):
+    """`Conv` has nn.Conv's parameters; in bfloat16 on the CPU it computes through the patches
+    (deep inputs) or XLA's float32 convolution of the bfloat16 values (shallow ones), with a
+    float32 result within bfloat16's rounding of nn.Conv in float32."""
+    x = jax.random.normal(jax.random.key(0), (2, 6, 7, channels))
+    ours, theirs = Conv(5, (3, 3), padding=1, dtype=jnp.bfloat16), nn.Conv(5, (3, 3), padding=1)
+    variables = theirs.init(jax.random.key(1), x)
+    assert jax.tree.structure(ours.init(jax.random.key(1), x)) == jax.tree.structure(variables)
+    out = ours.apply(variables, x)
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, theirs.apply(variables, x), rtol=3e-2, atol=3e-2)
+    hlo = compiled_text(lambda v, x: ours.apply(v, x), variables, x)
+    assert ("jaxdet_image_patches" in hlo) == patched
+    assert ("convolution(" in hlo) != patched
+
+
+def test_float32_is_xla_convolution_unchanged():
+    x = jax.random.normal(jax.random.key(0), (1, 5, 5, 256))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 256, 4))
+    args = ((1, 1), ((1, 1), (1, 1)), None, None, ("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_array_equal(conv_general_dilated(x, kernel, *args), lax.conv_general_dilated(x, kernel, *args))
+
+
+@needs_native
+def test_bfloat16_vgg_trains_through_the_patches():
+    """A VGG whose later stages are deep enough for the patch path: its gradient in bfloat16 is
+    the float32 gradient within bfloat16's rounding, with a frozen first stage."""
+    model = VGG(stages=((16,), (256, 256)), frozen_stages=1)
+    images = jax.random.normal(jax.random.key(0), (1, 12, 10, 3))
+    variables = model.init(jax.random.key(1), images)
+
+    def grads(dtype):
+        loss = lambda v: (model.clone(dtype=dtype).apply(v, images).astype(jnp.float32) ** 2).mean()  # noqa: E731
+        return jit(jax.grad(loss))(variables)
+
+    assert "jaxdet_image_patches" in compiled_text(
+        jax.grad(lambda v: model.clone(dtype=jnp.bfloat16).apply(v, images).astype(jnp.float32).mean()), variables)
+    ours, theirs = grads(jnp.bfloat16), grads(jnp.float32)
+    for name in ("conv2_1", "conv2_2"):
+        for leaf in ("kernel", "bias"):
+            got, want = ours["params"][name][leaf], theirs["params"][name][leaf]
+            assert got.dtype == jnp.float32
+            # Relative error of the whole gradient: bfloat16 keeps 8 significant bits; a wrong
+            # tap, flip or transposition would be off by the order of the gradient itself.
+            error = float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want))
+            assert error < 2e-2, (name, leaf, error)
+    assert not np.any(ours["params"]["conv1_1"]["kernel"])  # frozen: no gradient
+
