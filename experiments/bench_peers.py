@@ -17,7 +17,9 @@ the platform JAX runs on (the CPU; the GPU when there is one, torch then on CUDA
             weights), against the same FasterRCNN with torchvision.models.vgg16().features[:30],
             for each dtype pair of --vgg16-dtypes (default: both in float32; jaxdet's
             model.compute_dtype=bfloat16 against torchvision in float32; both in bfloat16,
-            torchvision under torch.autocast)
+            torchvision under torch.autocast). Each library runs in a process of its own,
+            driven in alternation from this one (--vgg16-processes one: both in this process,
+            where jaxdet's step ran up to 2x slower right after a torchvision step)
             (conv1-conv2 frozen), TwoMLPHead 4096, SGD momentum 0.9 and weight decay 5e-4.
 The work that still differs between the two sides: experiments/results/peers.md.
 
@@ -47,6 +49,7 @@ if __name__ == "__main__":  # before JAX starts: leave torch room on a GPU
 
 import argparse
 import functools
+import multiprocessing
 import platform
 import shlex
 import sys
@@ -219,33 +222,108 @@ def tiny_part(rounds, warmup):
 VGG16_DTYPES = ("float32/float32", "bfloat16/float32", "bfloat16/bfloat16")
 
 
-def vgg16_part(rounds, warmup, batch_sizes=(1, 2), dtype_pairs=VGG16_DTYPES):
-    """(rows, notes): the vgg16_voc07 training step at 600x1000 per batch size and dtype pair
-    (one model per side and dtype)."""
+def build_vgg16_side(library, dtype, batch_sizes):
+    """One side of the VGG16 rows: ("jaxdet" or "torchvision", its dtype) on the vgg16_voc07
+    config at 600x1000, with a synthetic batch per size -> (side, batches, last_loss)."""
     _, image_hw, max_boxes = bench_train.PRESETS["vgg16"]
+    config = load_config("vgg16_voc07")
+    if library == "jaxdet":
+        config.model.compute_dtype = dtype
+    batches = {b: bench_train.synthetic_batch(b, image_hw, max_boxes, model_num_classes(config))
+               for b in batch_sizes}
+    if library == "jaxdet":
+        side = JaxdetSide(config, batches[batch_sizes[0]])
+        return side, batches, lambda: float(side.metrics["loss"])
+    import torch
+
+    torch.set_num_threads(os.cpu_count())
+    side = bench_train.TorchvisionSide(config, batches[batch_sizes[0]], dtype=dtype)
+    return side, batches, lambda: float(side.loss)
+
+
+class LocalSide:
+    """A side of the VGG16 rows in this process: `use_batch(b)`, `train_once()`, `loss`."""
+
+    def __init__(self, library, dtype, batch_sizes):
+        self.side, self.batches, self._loss = build_vgg16_side(library, dtype, batch_sizes)
+        self.loss = None
+
+    def use_batch(self, b):
+        self.side.use_batch(self.batches[b])
+
+    def train_once(self):
+        self.side.train_once()
+        self.loss = self._loss()
+
+    def close(self):
+        pass
+
+
+def _serve_side(conn, library, dtype, batch_sizes):
+    """The body of a side's own process: builds it, then runs the parent's commands."""
+    side = LocalSide(library, dtype, batch_sizes)
+    conn.send("ready")
+    for command, batch_size in iter(conn.recv, ("stop", None)):
+        if command == "batch":
+            side.use_batch(batch_size)
+        else:
+            side.train_once()
+        conn.send(side.loss)
+
+
+class ProcessSide:
+    """A side of the VGG16 rows in a process of its own (spawned, so the jaxdet side never
+    imports torch), driven through a pipe; the same methods as `LocalSide`. A round's time then
+    includes one pipe message each way (well under a millisecond)."""
+
+    def __init__(self, library, dtype, batch_sizes):
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve_side, args=(child, library, dtype, tuple(batch_sizes)),
+                                       daemon=True)
+        self.process.start()
+        if self.conn.recv() != "ready":
+            raise RuntimeError(f"the {library} side did not start")
+        self.loss = None
+
+    def _call(self, command, batch_size=None):
+        self.conn.send((command, batch_size))
+        return self.conn.recv()
+
+    def use_batch(self, b):
+        self._call("batch", b)
+
+    def train_once(self):
+        self.loss = self._call("train")
+
+    def close(self):
+        self.conn.send(("stop", None))
+        self.process.join()
+
+
+def vgg16_part(rounds, warmup, batch_sizes=(1, 2), dtype_pairs=VGG16_DTYPES, processes="two"):
+    """(rows, notes): the vgg16_voc07 training step at 600x1000 per batch size and dtype pair,
+    each side in a process of its own (`processes="two"`) or both in this one ("one")."""
+    _, image_hw, _ = bench_train.PRESETS["vgg16"]
+    make_side = ProcessSide if processes == "two" else LocalSide
     rows, notes = [], []
-    jaxdet_sides, torchvision_sides = {}, {}
     for pair in dtype_pairs:
         jaxdet_dtype, torchvision_dtype = pair.split("/")
-        config = load_config("vgg16_voc07")
-        config.model.compute_dtype = jaxdet_dtype
-        batches = {b: bench_train.synthetic_batch(b, image_hw, max_boxes, model_num_classes(config))
-                   for b in batch_sizes}
-        if jaxdet_dtype not in jaxdet_sides:
-            jaxdet_sides[jaxdet_dtype] = JaxdetSide(config, batches[batch_sizes[0]])
-        if torchvision_dtype not in torchvision_sides:
-            torchvision_sides[torchvision_dtype] = bench_train.TorchvisionSide(
-                config, batches[batch_sizes[0]], dtype=torchvision_dtype)
-        jd, tv = jaxdet_sides[jaxdet_dtype], torchvision_sides[torchvision_dtype]
+        jd = make_side("jaxdet", jaxdet_dtype, batch_sizes)
+        tv = make_side("torchvision", torchvision_dtype, batch_sizes)
         for b in batch_sizes:
-            jd.use_batch(batches[b])
-            tv.use_batch(batches[b])
-            where = f"vgg16_voc07, batch {b}, {image_hw[0]}x{image_hw[1]}, jaxdet {jaxdet_dtype} / torchvision {torchvision_dtype}"
+            jd.use_batch(b)
+            tv.use_batch(b)
+            where = (f"vgg16_voc07, batch {b}, {image_hw[0]}x{image_hw[1]}, jaxdet {jaxdet_dtype} / "
+                     f"torchvision {torchvision_dtype}, {'a process each' if processes == 'two' else 'one process'}")
             row = (f"{where}: training step (forward, losses, backward, optimizer update)",
                    alternate(jd.train_once, tv.train_once, rounds, warmup))
             say(*table_lines([row])[2:3])
             rows.append(row)
-            notes.append(loss_note(where, jd, tv))
+            notes.append(f"- {where}: last training losses (random weights; finite is what matters) "
+                         f"jaxdet {jd.loss:.4g}, torchvision {tv.loss:.4g}")
+        jd.close()
+        tv.close()
     return rows, notes
 
 
@@ -290,6 +368,9 @@ def main(argv=None):
     parser.add_argument("--vgg16-dtypes", nargs="+", default=list(VGG16_DTYPES), metavar="JAXDET/TORCHVISION",
                         help="dtype pairs of the VGG16 rows: jaxdet's model.compute_dtype / torchvision's "
                              "(bfloat16: under torch.autocast); float32 or bfloat16 each")
+    parser.add_argument("--vgg16-processes", choices=["two", "one"], default="two",
+                        help="the VGG16 rows with each library in a process of its own (default), or both in "
+                             "this one (jaxdet's step then ran up to 2x slower right after torchvision's)")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed calls of each side before the rounds (the first compiles jaxdet's)")
     parser.add_argument("--out", help="append the report (table, command, machine) to this markdown file")
@@ -303,7 +384,7 @@ def main(argv=None):
         f"JAX on {jax.default_backend()}; load average {load_text(load_start)}")
     rounds = {part: args.rounds or getattr(args, f"{'roi' if part == 'roi_pool' else part}_rounds") for part in PARTS}
     runs = {"roi_pool": roi_pool_part, "tiny": tiny_part,
-            "vgg16": functools.partial(vgg16_part, dtype_pairs=args.vgg16_dtypes)}
+            "vgg16": functools.partial(vgg16_part, dtype_pairs=args.vgg16_dtypes, processes=args.vgg16_processes)}
     rows, notes = [], []
     for part in PARTS:
         if part in args.only:
