@@ -3,7 +3,7 @@
 Extension modules, each exposing `registrations()` (a dict of FFI handler capsules):
   xla_ops._roi_pool_cpu   C++ RoI pooling kernels, always built.
   xla_ops._patches_cpu    C++ image patches in bfloat16 (the convolutions of
-                          jaxdet.models.convolution), always built.
+                          jaxdet.models.mixed_precision), always built.
   xla_ops._roi_pool_cuda  CUDA kernels, built when nvcc is found. JAXDET_CUDA=1 forces it
                           (and fails loudly without nvcc), JAXDET_CUDA=0 skips it.
 and, for the tests only (`make build` asks for it; a wheel does not ship it):

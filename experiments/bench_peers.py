@@ -14,13 +14,12 @@ the platform JAX runs on (the CPU; the GPU when there is one, torch then on CUDA
             port of TinyVGG, the same anchors, proposal counts, sampling, RoIPool, head and
             optimizer; its transform neither resizes nor pads).
   vgg16     the vgg16_voc07 config's training step at 600x1000, batch 1 and batch 2 (random
-            weights), against the same FasterRCNN with torchvision.models.vgg16().features[:30],
+            weights), against the same FasterRCNN with torchvision.models.vgg16().features[:30]
+            (conv1-conv2 frozen), TwoMLPHead 4096, SGD momentum 0.9 and weight decay 5e-4;
             for each dtype pair of --vgg16-dtypes (default: both in float32; jaxdet's
             model.compute_dtype=bfloat16 against torchvision in float32; both in bfloat16,
             torchvision under torch.autocast). Each library runs in a process of its own,
-            driven in alternation from this one (--vgg16-processes one: both in this process,
-            where jaxdet's step ran up to 2x slower right after a torchvision step)
-            (conv1-conv2 frozen), TwoMLPHead 4096, SGD momentum 0.9 and weight decay 5e-4.
+            driven in alternation from this one (--vgg16-processes one: both in this process).
 The work that still differs between the two sides: experiments/results/peers.md.
 
 Method: every call is made (compiled, warmed) --warmup times on each side first; then in each
@@ -192,9 +191,9 @@ class JaxdetSide:
                                              image_scale=b["scale"], settings=self.settings))
 
 
-def loss_note(what, jaxdet_side, torchvision_side):
+def loss_note(what, jaxdet_loss, torchvision_loss):
     return (f"- {what}: last training losses (random weights; finite is what matters) jaxdet "
-            f"{float(jaxdet_side.metrics['loss']):.4g}, torchvision {float(torchvision_side.loss):.4g}")
+            f"{jaxdet_loss:.4g}, torchvision {torchvision_loss:.4g}")
 
 
 def tiny_part(rounds, warmup):
@@ -213,7 +212,7 @@ def tiny_part(rounds, warmup):
         row = (what, alternate(jf, tf, rounds, warmup))
         say(*table_lines([row])[2:3])
         rows.append(row)
-    return rows, [loss_note(where, jd, tv)]
+    return rows, [loss_note(where, float(jd.metrics["loss"]), float(tv.loss))]
 
 
 # (jaxdet's model.compute_dtype, torchvision's dtype: "bfloat16" under torch.autocast) of the
@@ -242,18 +241,17 @@ def build_vgg16_side(library, dtype, batch_sizes):
 
 
 class LocalSide:
-    """A side of the VGG16 rows in this process: `use_batch(b)`, `train_once()`, `loss`."""
+    """A side of the VGG16 rows in this process: `use_batch(b)`, `train_once()` (the timed call)
+    and `loss()`, the last step's loss."""
 
     def __init__(self, library, dtype, batch_sizes):
-        self.side, self.batches, self._loss = build_vgg16_side(library, dtype, batch_sizes)
-        self.loss = None
+        self.side, self.batches, self.loss = build_vgg16_side(library, dtype, batch_sizes)
 
     def use_batch(self, b):
         self.side.use_batch(self.batches[b])
 
     def train_once(self):
         self.side.train_once()
-        self.loss = self._loss()
 
     def close(self):
         pass
@@ -263,12 +261,9 @@ def _serve_side(conn, library, dtype, batch_sizes):
     """The body of a side's own process: builds it, then runs the parent's commands."""
     side = LocalSide(library, dtype, batch_sizes)
     conn.send("ready")
-    for command, batch_size in iter(conn.recv, ("stop", None)):
-        if command == "batch":
-            side.use_batch(batch_size)
-        else:
-            side.train_once()
-        conn.send(side.loss)
+    commands = {"batch": side.use_batch, "train": side.train_once, "loss": side.loss}
+    for command, args in iter(conn.recv, ("stop", ())):
+        conn.send(commands[command](*args))
 
 
 class ProcessSide:
@@ -284,20 +279,22 @@ class ProcessSide:
         self.process.start()
         if self.conn.recv() != "ready":
             raise RuntimeError(f"the {library} side did not start")
-        self.loss = None
 
-    def _call(self, command, batch_size=None):
-        self.conn.send((command, batch_size))
+    def _call(self, command, *args):
+        self.conn.send((command, args))
         return self.conn.recv()
 
     def use_batch(self, b):
         self._call("batch", b)
 
     def train_once(self):
-        self.loss = self._call("train")
+        self._call("train")
+
+    def loss(self):
+        return self._call("loss")
 
     def close(self):
-        self.conn.send(("stop", None))
+        self.conn.send(("stop", ()))
         self.process.join()
 
 
@@ -320,8 +317,7 @@ def vgg16_part(rounds, warmup, batch_sizes=(1, 2), dtype_pairs=VGG16_DTYPES, pro
                    alternate(jd.train_once, tv.train_once, rounds, warmup))
             say(*table_lines([row])[2:3])
             rows.append(row)
-            notes.append(f"- {where}: last training losses (random weights; finite is what matters) "
-                         f"jaxdet {jd.loss:.4g}, torchvision {tv.loss:.4g}")
+            notes.append(loss_note(where, jd.loss(), tv.loss()))
         jd.close()
         tv.close()
     return rows, notes

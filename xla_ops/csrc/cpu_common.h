@@ -23,8 +23,8 @@ namespace xla_ops {
 
 // Runs body(begin, end) over [0, n) in chunks on the pool and the calling thread; returns when
 // every chunk is done. Late pool tasks that find no chunk left touch only the shared state.
-void ParallelFor(xla::ffi::ThreadPool& pool, int64_t n, int64_t min_chunk,
-                 const std::function<void(int64_t, int64_t)>& body) {
+inline void ParallelFor(xla::ffi::ThreadPool& pool, int64_t n, int64_t min_chunk,
+                        const std::function<void(int64_t, int64_t)>& body) {
   if (n <= 0) return;
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   const int64_t chunk = std::max<int64_t>(min_chunk, (n + threads * 4 - 1) / (threads * 4));

@@ -15,8 +15,9 @@
 // are written as zeros, never read.
 //
 // Work is split by image rows (n, y), or by rows of the transposed result, over XLA's intra-op
-// thread pool (cpu_common.h); each writes its own disjoint part of the result, which is hinted to huge pages (a VGG16 layer's
-// patches at 600x1000 are 173 MB, freshly mapped on every call).
+// thread pool (cpu_common.h); each writes its own disjoint part of the result. The result is
+// hinted to huge pages (a VGG16 layer's patches at 600x1000 are 173 MB, freshly mapped on every
+// call).
 
 #include <algorithm>
 #include <cstdint>
