@@ -19,7 +19,9 @@ the platform JAX runs on (the CPU; the GPU when there is one, torch then on CUDA
             for each dtype pair of --vgg16-dtypes (default: both in float32; jaxdet's
             model.compute_dtype=bfloat16 against torchvision in float32; both in bfloat16,
             torchvision under torch.autocast). Each library runs in a process of its own,
-            driven in alternation from this one (--vgg16-processes one: both in this process).
+            driven in alternation from this one (--vgg16-processes one: both in this process);
+            jaxdet's process keeps the memory it frees mapped, as the jaxdet command does
+            (jaxdet.host_memory; --retain-host-memory chooses the sides).
 The work that still differs between the two sides: experiments/results/peers.md.
 
 Method: every call is made (compiled, warmed) --warmup times on each side first; then in each
@@ -60,6 +62,7 @@ import numpy as np
 
 import bench_roi_pool
 import bench_train
+from jaxdet import host_memory
 from jaxdet.configs import load_config
 from jaxdet.inference import predict
 from jaxdet.settings import DetectorSettings
@@ -271,12 +274,23 @@ class ProcessSide:
     imports torch), driven through a pipe; the same methods as `LocalSide`. A round's time then
     includes one pipe message each way (well under a millisecond)."""
 
-    def __init__(self, library, dtype, batch_sizes):
+    def __init__(self, library, dtype, batch_sizes, retain_host_memory=False):
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_serve_side, args=(child, library, dtype, tuple(batch_sizes)),
                                        daemon=True)
-        self.process.start()
+        # glibc reads these when the process starts, before its first thread (jaxdet.host_memory).
+        environment = host_memory.ENVIRONMENT if retain_host_memory else {}
+        saved = {name: os.environ.get(name) for name in environment}
+        os.environ.update(environment)
+        try:
+            self.process.start()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    del os.environ[name]
+                else:
+                    os.environ[name] = value
         if self.conn.recv() != "ready":
             raise RuntimeError(f"the {library} side did not start")
 
@@ -298,21 +312,28 @@ class ProcessSide:
         self.process.join()
 
 
-def vgg16_part(rounds, warmup, batch_sizes=(1, 2), dtype_pairs=VGG16_DTYPES, processes="two"):
+def vgg16_part(rounds, warmup, batch_sizes=(1, 2), dtype_pairs=VGG16_DTYPES, processes="two",
+               retain_host_memory=("jaxdet",)):
     """(rows, notes): the vgg16_voc07 training step at 600x1000 per batch size and dtype pair,
-    each side in a process of its own (`processes="two"`) or both in this one ("one")."""
+    each side in a process of its own (`processes="two"`) or both in this one ("one"). The
+    libraries named in `retain_host_memory` run with jaxdet.host_memory's malloc settings (in
+    processes of their own only)."""
     _, image_hw, _ = bench_train.PRESETS["vgg16"]
-    make_side = ProcessSide if processes == "two" else LocalSide
     rows, notes = [], []
     for pair in dtype_pairs:
         jaxdet_dtype, torchvision_dtype = pair.split("/")
-        jd = make_side("jaxdet", jaxdet_dtype, batch_sizes)
-        tv = make_side("torchvision", torchvision_dtype, batch_sizes)
+        if processes == "two":
+            jd, tv = (ProcessSide(library, dtype, batch_sizes, library in retain_host_memory)
+                      for library, dtype in (("jaxdet", jaxdet_dtype), ("torchvision", torchvision_dtype)))
+        else:
+            jd, tv = LocalSide("jaxdet", jaxdet_dtype, batch_sizes), LocalSide("torchvision", torchvision_dtype, batch_sizes)
         for b in batch_sizes:
             jd.use_batch(b)
             tv.use_batch(b)
+            retained = " and ".join(retain_host_memory) if processes == "two" and retain_host_memory else "neither"
             where = (f"vgg16_voc07, batch {b}, {image_hw[0]}x{image_hw[1]}, jaxdet {jaxdet_dtype} / "
-                     f"torchvision {torchvision_dtype}, {'a process each' if processes == 'two' else 'one process'}")
+                     f"torchvision {torchvision_dtype}, "
+                     + (f"a process each, freed memory retained by {retained}" if processes == "two" else "one process"))
             row = (f"{where}: training step (forward, losses, backward, optimizer update)",
                    alternate(jd.train_once, tv.train_once, rounds, warmup))
             say(*table_lines([row])[2:3])
@@ -367,6 +388,11 @@ def main(argv=None):
     parser.add_argument("--vgg16-processes", choices=["two", "one"], default="two",
                         help="the VGG16 rows with each library in a process of its own (default), or both in "
                              "this one (jaxdet's step then ran up to 2x slower right after torchvision's)")
+    parser.add_argument("--retain-host-memory", nargs="*", choices=["jaxdet", "torchvision"], default=["jaxdet"],
+                        metavar="LIBRARY",
+                        help="the VGG16 sides whose process keeps freed memory mapped (jaxdet.host_memory's malloc "
+                             "settings, as the jaxdet command makes them): jaxdet (default), torchvision, both, or "
+                             "none (no names); with --vgg16-processes two only")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed calls of each side before the rounds (the first compiles jaxdet's)")
     parser.add_argument("--out", help="append the report (table, command, machine) to this markdown file")
@@ -380,7 +406,8 @@ def main(argv=None):
         f"JAX on {jax.default_backend()}; load average {load_text(load_start)}")
     rounds = {part: args.rounds or getattr(args, f"{'roi' if part == 'roi_pool' else part}_rounds") for part in PARTS}
     runs = {"roi_pool": roi_pool_part, "tiny": tiny_part,
-            "vgg16": functools.partial(vgg16_part, dtype_pairs=args.vgg16_dtypes, processes=args.vgg16_processes)}
+            "vgg16": functools.partial(vgg16_part, dtype_pairs=args.vgg16_dtypes, processes=args.vgg16_processes,
+                                        retain_host_memory=tuple(args.retain_host_memory))}
     rows, notes = [], []
     for part in PARTS:
         if part in args.only:

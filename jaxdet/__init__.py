@@ -18,6 +18,7 @@ Subpackages, one topic each:
   jaxdet.reporting   progress bar, TensorBoard scalars, the training log, the loss curve
   jaxdet.experiment  train then evaluate, evaluate a checkpoint, the demo's data
   jaxdet.cli         the `jaxdet` command: parse, dispatch, render results and errors
+  jaxdet.host_memory glibc's malloc set to keep the host memory XLA frees (the `jaxdet` command's first step)
 """
 
 __version__ = "0.1.0"

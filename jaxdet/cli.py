@@ -31,7 +31,7 @@ import sys
 import textwrap
 from typing import Any, Sequence
 
-from jaxdet import configs, settings
+from jaxdet import configs, host_memory, settings
 
 PROG = "jaxdet"
 DEMO_CONFIG = "shapes_demo"
@@ -731,6 +731,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The `jaxdet` command; returns the exit status."""
     import warnings
 
+    if not host_memory.gpu_plugin_installed():  # before jax starts its threads: see jaxdet.host_memory
+        host_memory.retain_freed_memory()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     traceback = "--traceback" in argv

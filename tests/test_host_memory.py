@@ -1,0 +1,102 @@
+"""jaxdet.host_memory: with `retain_freed_memory()`, an XLA program's calls reuse the host memory
+earlier calls freed (no page faults), through one malloc arena; called too late, it
+changes nothing and says why. Each case runs in a fresh Python process, as the settings must be
+made before any thread starts."""
+
+import json
+import platform
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                                reason="glibc's malloc only")
+
+# Counts malloc arenas (malloc_info's <heap> entries) and the buffers' worth of page faults that
+# calls 11-20 of a program take, whose 96 MiB temporary buffer is over glibc's mmap threshold.
+# (With the settings, the heap still grows now and then over the first calls: memalign's chunks
+# fragment it until freed neighbours coalesce.)
+MEASURE = """
+import ctypes, json, os, resource, tempfile
+import jax, jax.numpy as jnp
+
+def arenas():
+    libc = ctypes.CDLL(None)
+    libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+    libc.malloc_info.argtypes, libc.fclose.argtypes = [ctypes.c_int, ctypes.c_void_p], [ctypes.c_void_p]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "malloc_info.xml")
+        stream = libc.fopen(path.encode(), b"w")
+        libc.malloc_info(0, stream)
+        libc.fclose(stream)
+        return open(path).read().count("<heap nr=")
+
+@jax.jit
+def sampled_cumsum(a):  # the cumulative sum is a temporary buffer the size of `a`
+    return jnp.cumsum(a)[::7].sum()
+
+a = jnp.ones((24 << 20,), jnp.float32)
+for _ in range(10):
+    sampled_cumsum(a).block_until_ready()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    sampled_cumsum(a).block_until_ready()
+buffers = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / ((96 << 20) // 4096)
+print(json.dumps({"reason": reason, "buffers_faulted": buffers, "arenas": arenas()}))
+"""
+
+
+def measured(setup):
+    """{"reason", "buffers_faulted", "arenas"} of MEASURE run after `setup` (which sets `reason`) in a new process."""
+    program = textwrap.dedent(setup) + MEASURE
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def default_malloc():
+    return measured("reason = 'not asked'")
+
+
+def test_without_it_each_call_faults_in_its_buffer_anew(default_malloc):
+    """The problem, shown: each call maps its freed buffer again (unless the kernel gives the
+    mapping huge pages, which this machine's transparent_hugepage=madvise does not)."""
+    if default_malloc["buffers_faulted"] < 5:
+        pytest.skip(f"{default_malloc}: the kernel maps the buffer with huge pages")
+    assert default_malloc["buffers_faulted"] >= 9.5
+    assert default_malloc["arenas"] > 1
+
+
+def test_retained_memory_is_reused_without_page_faults(default_malloc):
+    retained = measured("""
+        from jaxdet import host_memory
+        reason = host_memory.retain_freed_memory()
+    """)
+    assert retained["reason"] is None
+    assert retained["arenas"] == 1
+    assert retained["buffers_faulted"] <= 3, (retained, default_malloc)
+
+
+def test_too_late_once_threads_run_changes_nothing():
+    late = measured("""
+        import jax
+        jax.devices()
+        from jaxdet import host_memory
+        reason = host_memory.retain_freed_memory()
+    """)
+    assert "threads" in late["reason"] and "before importing jax" in late["reason"]
+    assert late["arenas"] > 1
+
+
+def test_the_jaxdet_command_retains_freed_memory(tmp_path):
+    """`jaxdet.cli.main` makes the settings before it imports jax (here for a command that fails
+    at once: a missing run directory)."""
+    command = measured(f"""
+        from jaxdet import cli
+        assert cli.main(["eval", "--workdir", {str(tmp_path / 'missing')!r}]) != 0
+        reason = None
+    """)
+    assert command["arenas"] == 1
