@@ -3,6 +3,7 @@
 Presets:
   tiny   the tiny_shapes config (128x128 images, the CPU demo's model).
   vgg16  the vgg16_voc07 config at 600x1000 (random weights; the speed is the same).
+The process keeps the host memory XLA frees, as the jaxdet command does (jaxdet.host_memory).
 Each row is one (batch size, compute dtype, RoI pooling implementation); rows of one run are
 measured back to back so that their ratios mean something on a shared machine. The rows' train
 steps are compiled at once, in threads (their compile times overlap). "ffi" is the
@@ -27,7 +28,11 @@ import platform
 import sys
 import time
 
-import jax
+from jaxdet import host_memory
+
+host_memory.retain_freed_memory_without_gpu()  # before JAX starts its threads, as the jaxdet command does
+
+import jax  # noqa: E402
 import numpy as np
 
 import jaxdet.models.detector as detector_module

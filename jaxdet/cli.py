@@ -731,8 +731,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The `jaxdet` command; returns the exit status."""
     import warnings
 
-    if not host_memory.gpu_plugin_installed():  # before jax starts its threads: see jaxdet.host_memory
-        host_memory.retain_freed_memory()
+    host_memory.retain_freed_memory_without_gpu()  # before JAX starts its threads
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     traceback = "--traceback" in argv

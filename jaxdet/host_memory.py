@@ -72,3 +72,11 @@ def retain_freed_memory() -> str | None:
         if libc.mallopt(parameter, value) != 1:
             return f"glibc's mallopt refused parameter {parameter} = {value}"
     return None
+
+
+def retain_freed_memory_without_gpu() -> str | None:
+    """`retain_freed_memory()` when no JAX GPU plugin is installed, as the `jaxdet` command
+    calls it; returns why not otherwise."""
+    if gpu_plugin_installed():
+        return "a JAX GPU plugin is installed: XLA's temporaries are GPU memory"
+    return retain_freed_memory()

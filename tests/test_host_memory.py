@@ -100,3 +100,11 @@ def test_the_jaxdet_command_retains_freed_memory(tmp_path):
         reason = None
     """)
     assert command["arenas"] == 1
+
+
+def test_with_a_gpu_plugin_the_command_leaves_malloc_alone(monkeypatch):
+    from jaxdet import host_memory
+
+    monkeypatch.setattr(host_memory, "gpu_plugin_installed", lambda: True)
+    monkeypatch.setattr(host_memory, "retain_freed_memory", lambda: pytest.fail("malloc settings made"))
+    assert "GPU plugin" in host_memory.retain_freed_memory_without_gpu()
