@@ -1,4 +1,4 @@
-"""jaxdet against torchvision on the same machine, alternating the two in one process.
+"""jaxdet against torchvision on the same machine, alternating the two (the VGG16 rows: a process each).
 
 What a user would pick instead of jaxdet is torchvision's detection models. This times both on
 the platform JAX runs on (the CPU; the GPU when there is one, torch then on CUDA too):
