@@ -4,16 +4,15 @@ XLA's CPU runtime mallocs each execution's temporary buffers and frees them when
 ends. glibc's malloc maps every buffer over its mmap threshold (at most 32 MiB) with mmap and
 unmaps it on free, and a thread's own arena cannot hold a chunk over 64 MiB at all; so each
 VGG16 600x1000 training step maps about 1.1 GB anew: 282k page faults, each page zeroed by the
-kernel, 0.7-0.8 s of system time per 4-5 s step run back to back, and about 3 s when the machine
+kernel, 0.7-1.5 s of system time per 4-5 s step run back to back, and about 3 s when the machine
 idled a few seconds before the step (experiments/results/peers.md, "Host memory").
 
-`retain_freed_memory()` sets glibc's malloc to one arena (M_ARENA_MAX=1), no mmap
-(M_MMAP_MAX=0) and no trimming (M_TRIM_THRESHOLD): freed buffers
-stay mapped for the next step, which then takes no page faults (the VGG16 step back to back: a
-median of 4.55 s against 4.98 s). The costs: the process keeps its peak host memory until it
-exits, higher than before as the heap fragments (5.3 GB against 3.7 GB for that step), and
-XLA's compilation, which mallocs from several threads, takes about 1.5 s longer with one arena
-(the tiny config's training step: 10.0-10.3 s against 8.3-8.9 s).
+`retain_freed_memory()` sets glibc's malloc to one arena (M_ARENA_MAX=1), no mmap (M_MMAP_MAX=0)
+and no trimming (M_TRIM_THRESHOLD): freed buffers stay mapped for the next step, which then
+takes no page faults (the VGG16 step back to back: 0 against 282k). The costs: the process keeps
+its peak host memory until it exits, higher than before as the heap fragments (4.1 GB against
+3.7 GB for that step), and XLA's compilation, which mallocs from several threads, takes about
+1.5 s longer with one arena (the tiny config's training step: 10.0-10.3 s against 8.3-8.9 s).
 
 The settings must be made before any thread other than the main one has malloc'd, since a
 thread keeps the arena it was given: in practice before `import jax`. The `jaxdet` command
