@@ -388,11 +388,12 @@ def main(argv=None):
     parser.add_argument("--vgg16-processes", choices=["two", "one"], default="two",
                         help="the VGG16 rows with each library in a process of its own (default), or both in "
                              "this one (jaxdet's step then ran up to 2x slower right after torchvision's)")
-    parser.add_argument("--retain-host-memory", nargs="*", choices=["jaxdet", "torchvision"], default=["jaxdet"],
-                        metavar="LIBRARY",
+    parser.add_argument("--retain-host-memory", nargs="*", choices=["jaxdet", "torchvision"],
+                        default=[] if host_memory.gpu_plugin_installed() else ["jaxdet"], metavar="LIBRARY",
                         help="the VGG16 sides whose process keeps freed memory mapped (jaxdet.host_memory's malloc "
-                             "settings, as the jaxdet command makes them): jaxdet (default), torchvision, both, or "
-                             "none (no names); with --vgg16-processes two only")
+                             "settings, as the jaxdet command makes them): jaxdet (the default, but none where a JAX "
+                             "GPU plugin is installed, as the command does), torchvision, both, or none (no names); "
+                             "with --vgg16-processes two only")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed calls of each side before the rounds (the first compiles jaxdet's)")
     parser.add_argument("--out", help="append the report (table, command, machine) to this markdown file")

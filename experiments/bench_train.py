@@ -3,7 +3,8 @@
 Presets:
   tiny   the tiny_shapes config (128x128 images, the CPU demo's model).
   vgg16  the vgg16_voc07 config at 600x1000 (random weights; the speed is the same).
-The process keeps the host memory XLA frees, as the jaxdet command does (jaxdet.host_memory).
+Run as a script, the process keeps the host memory XLA frees, as the jaxdet command does
+(jaxdet.host_memory); imported as a module, it leaves malloc alone.
 Each row is one (batch size, compute dtype, RoI pooling implementation); rows of one run are
 measured back to back so that their ratios mean something on a shared machine. The rows' train
 steps are compiled at once, in threads (their compile times overlap). "ffi" is the
@@ -28,9 +29,10 @@ import platform
 import sys
 import time
 
-from jaxdet import host_memory
+if __name__ == "__main__":  # before JAX starts its threads, as the jaxdet command does
+    from jaxdet import host_memory
 
-host_memory.retain_freed_memory_without_gpu()  # before JAX starts its threads, as the jaxdet command does
+    host_memory.retain_freed_memory_without_gpu()
 
 import jax  # noqa: E402
 import numpy as np

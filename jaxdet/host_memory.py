@@ -9,16 +9,18 @@ idled a few seconds before the step (experiments/results/peers.md, "Host memory"
 
 `retain_freed_memory()` sets glibc's malloc to one arena (M_ARENA_MAX=1), no mmap (M_MMAP_MAX=0)
 and no trimming (M_TRIM_THRESHOLD): freed buffers stay mapped for the next step, which then
-takes no page faults (the VGG16 step back to back: 0 against 282k). The costs: the process keeps
-its peak host memory until it exits, higher than before as the heap fragments (4.1 GB against
-3.7 GB for that step), and XLA's compilation, which mallocs from several threads, takes about
-1.5 s longer with one arena (the tiny config's training step: 10.0-10.3 s against 8.3-8.9 s).
+takes no page faults (the VGG16 step: 0 against 282k). That pays when the process idled before
+the step: 3.8 s against 6.4 s per step after 3 s of sleep. Back to back it gains nothing on the
+clock, as one arena costs about as much user time as the faults cost system time. The other
+costs: the process keeps its peak host memory until it exits, and XLA's compilation, which
+mallocs from several threads, takes 0.8-4.6 s longer with one arena.
 
 The settings must be made before any thread other than the main one has malloc'd, since a
-thread keeps the arena it was given: in practice before `import jax`. The `jaxdet` command
-calls it first thing, unless a JAX GPU plugin is installed. In your own script, call it before
-importing jax, or set the same through the environment of the process:
-    MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=18446744073709551615 python train.py
+thread keeps the arena it was given: before any thread starts, in practice before importing
+numpy or jax (numpy's BLAS starts one). The `jaxdet` command calls it first thing, unless a JAX
+GPU plugin is installed. In your own script, call it first, or set the same through the
+environment of the process:
+    MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 python train.py
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ M_ARENA_MAX = -8
 # positive int, is not enough: a batch-2 VGG16 step frees more than 2 GiB at once.)
 NEVER_TRIM = -1
 
-ENVIRONMENT = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(2**64 - 1)}
+# The same through the environment, read when the process starts. 1 TiB stands for "never": newer
+# glibc rejects a value at the edge of size_t's range and keeps its default.
+ENVIRONMENT = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 40)}
 
 
 def gpu_plugin_installed() -> bool:
@@ -49,11 +53,11 @@ def gpu_plugin_installed() -> bool:
 def why_memory_not_retainable() -> str | None:
     """None when `retain_freed_memory()` can take effect in this process now, else why not."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return f"the allocator is not glibc's ({platform.system()} {' '.join(platform.libc_ver()) or 'without glibc'})"
+        return f"the allocator is not glibc's ({platform.system()}, {platform.libc_ver()[0] or 'no glibc'})"
     threads = len(os.listdir("/proc/self/task"))
     if threads > 1:
         return (f"the process already runs {threads} threads, which have their own malloc arenas "
-                "(call it before importing jax, or set " + " ".join(f"{k}={v}" for k, v in ENVIRONMENT.items())
+                "(call it before importing numpy or jax, or set " + " ".join(f"{k}={v}" for k, v in ENVIRONMENT.items())
                 + " in the environment)")
     return None
 
@@ -67,6 +71,7 @@ def retain_freed_memory() -> str | None:
     if reason is not None:
         return reason
     libc = ctypes.CDLL(None)
+    libc.mallopt.argtypes, libc.mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int  # overflow raises
     for parameter, value in ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM)):
         if libc.mallopt(parameter, value) != 1:
             return f"glibc's mallopt refused parameter {parameter} = {value}"
