@@ -56,6 +56,7 @@ import shlex
 import sys
 import time
 from typing import NamedTuple
+from unittest import mock
 
 import jax
 import numpy as np
@@ -280,17 +281,8 @@ class ProcessSide:
         self.process = context.Process(target=_serve_side, args=(child, library, dtype, tuple(batch_sizes)),
                                        daemon=True)
         # glibc reads these when the process starts, before its first thread (jaxdet.host_memory).
-        environment = host_memory.ENVIRONMENT if retain_host_memory else {}
-        saved = {name: os.environ.get(name) for name in environment}
-        os.environ.update(environment)
-        try:
+        with mock.patch.dict(os.environ, host_memory.ENVIRONMENT if retain_host_memory else {}):
             self.process.start()
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    del os.environ[name]
-                else:
-                    os.environ[name] = value
         if self.conn.recv() != "ready":
             raise RuntimeError(f"the {library} side did not start")
 
@@ -319,6 +311,10 @@ def vgg16_part(rounds, warmup, batch_sizes=(1, 2), dtype_pairs=VGG16_DTYPES, pro
     libraries named in `retain_host_memory` run with jaxdet.host_memory's malloc settings (in
     processes of their own only)."""
     _, image_hw, _ = bench_train.PRESETS["vgg16"]
+    if processes == "two":
+        layout = f"a process each, freed memory retained by {' and '.join(retain_host_memory) or 'neither'}"
+    else:
+        layout = "one process"
     rows, notes = [], []
     for pair in dtype_pairs:
         jaxdet_dtype, torchvision_dtype = pair.split("/")
@@ -330,10 +326,8 @@ def vgg16_part(rounds, warmup, batch_sizes=(1, 2), dtype_pairs=VGG16_DTYPES, pro
         for b in batch_sizes:
             jd.use_batch(b)
             tv.use_batch(b)
-            retained = " and ".join(retain_host_memory) if processes == "two" and retain_host_memory else "neither"
             where = (f"vgg16_voc07, batch {b}, {image_hw[0]}x{image_hw[1]}, jaxdet {jaxdet_dtype} / "
-                     f"torchvision {torchvision_dtype}, "
-                     + (f"a process each, freed memory retained by {retained}" if processes == "two" else "one process"))
+                     f"torchvision {torchvision_dtype}, {layout}")
             row = (f"{where}: training step (forward, losses, backward, optimizer update)",
                    alternate(jd.train_once, tv.train_once, rounds, warmup))
             say(*table_lines([row])[2:3])
