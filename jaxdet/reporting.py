@@ -7,6 +7,7 @@ the step metrics (losses, accuracies, learning_rate, ...) over the window}.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -31,6 +32,18 @@ def _summary_writer(workdir: str):
     # Imported here: tensorboardX pulls in protobuf, which commands that do not train never need.
     from tensorboardX import SummaryWriter
     return SummaryWriter(logdir=os.path.join(workdir, TENSORBOARD), flush_secs=30)
+
+
+@contextlib.contextmanager
+def _naming_tensorboard_dir(workdir: str):
+    """Raises an OSError of tensorboardX's writes that names no file again, naming the run's
+    TensorBoard directory: its event files are written by tensorboardX's own file objects."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror, os.path.join(workdir, TENSORBOARD)) from e
 
 
 class TrainingReporter:
@@ -99,20 +112,32 @@ class TrainingReporter:
             postfix["img/s"] = f"{row['images_per_second']:.1f}"
         self._bar.set_postfix(postfix, refresh=False)
 
-    def close(self) -> None:
+    def close(self, *, after_error: bool = False) -> None:
+        """Closes the bar and writes out the TensorBoard scalars still pending.
+
+        Args:
+          after_error: the run is already failing. A failure to write the pending scalars (most
+            often the same full disk) is then dropped so that it cannot replace the run's error.
+        """
         if not self.enabled:
             return
         self._bar.close()
-        self._writer.close()
+        try:
+            with _naming_tensorboard_dir(self.workdir):
+                self._writer.close()
+        except OSError:
+            if not after_error:
+                raise
 
 
 def write_scalars(workdir: str, prefix: str, values: Mapping[str, float], step: int) -> None:
     """Adds the finite numbers of `values` to the run's TensorBoard logs as `prefix/name` at `step`."""
-    writer = _summary_writer(workdir)
-    for key, value in values.items():
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            writer.add_scalar(f"{prefix}/{key}", value, step)
-    writer.close()
+    with _naming_tensorboard_dir(workdir):
+        writer = _summary_writer(workdir)
+        for key, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                writer.add_scalar(f"{prefix}/{key}", value, step)
+        writer.close()
 
 
 def plot_loss_curve(rows: Sequence[Mapping[str, float]], path: str, *, title: str = "training losses") -> None:

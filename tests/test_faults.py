@@ -495,3 +495,45 @@ def test_a_checkpoint_filling_the_disk_gives_one_message_and_nothing_else(shapes
     assert_clean(err)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert [str(u.exc_value) for u in unraisable] == []
+
+
+class _WriterFailingToFlush:
+    """Stands in for tensorboardX's SummaryWriter: takes scalars, and its close meets a full disk
+    the way tensorboardX's does (an OSError that names no file)."""
+
+    def add_scalar(self, *args, **kwargs):
+        pass
+
+    def close(self):
+        import errno
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_tensorboard_meeting_the_full_disk_too_does_not_hide_the_checkpoint(shapes_dir, small_disk, capsys,
+                                                                              monkeypatch):
+    # The order the small-disk test above can meet by chance: the checkpoint fails first, then the
+    # reporter's last TensorBoard flush fails on the same full disk while the run's error is raised.
+    from jaxdet import reporting
+
+    monkeypatch.setattr(reporting, "_summary_writer", lambda workdir: _WriterFailingToFlush())
+    workdir = small_disk / "w"
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir", workdir,
+                         "--no-progress", "--no-eval")
+    assert status == 1
+    assert_one_paragraph(err, f"cannot write {workdir}/checkpoints/2.orbax-checkpoint-tmp",
+                         "no space is left on its disk (ENOSPC)", "--resume")
+    assert_clean(err)
+
+
+def test_tensorboard_failing_alone_names_its_directory(shapes_dir, tmp_path, capsys, monkeypatch):
+    from jaxdet import reporting
+
+    monkeypatch.setattr(reporting, "_summary_writer", lambda workdir: _WriterFailingToFlush())
+    workdir = tmp_path / "w"
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir", workdir,
+                         "--no-progress", "--no-eval")
+    assert status == 1
+    assert_one_paragraph(err, f"cannot write {workdir}/tensorboard: no space is left on its disk (ENOSPC)",
+                         "--resume")
+    assert_clean(err)
+    assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]  # written before, intact

@@ -286,9 +286,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
             state, step, first_step_seconds, train_seconds = _run_steps(
                 parallel.replicate(state, mesh), pipeline, mesh, start=start, num_steps=num_steps, every=every,
                 manager=manager, guard=_Guard(manager, checkpoint_dir, reporter))
-        finally:
+        except BaseException:
             if reporter is not None:
-                reporter.close()
+                reporter.close(after_error=True)  # the run's error is the one to report
+            raise
+        reporter.close()
     timed = step - start - 1
     rate = timed * global_batch / max(train_seconds - first_step_seconds, 1e-9) if timed > 0 else float("nan")
     return TrainResult(state=state, start_step=start, final_step=step, train_seconds=train_seconds,
