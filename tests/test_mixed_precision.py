@@ -1,7 +1,8 @@
 """Convolutions as bfloat16 matrix products over image patches (`xla_ops.image_patches`,
 `jaxdet.models.mixed_precision`): the native patches against the jnp reference and hand-written
 cases, `patch_conv` and its two gradients against XLA's convolution of the same bfloat16-rounded
-operands, and which convolutions take that path."""
+operands, and which convolutions take that path; `bfloat16_matmul` and its gradients against
+float32 products of the rounded operands, and the fully connected layers made of it."""
 
 import flax.linen as nn
 import jax
@@ -12,7 +13,8 @@ from jax import lax
 
 from jaxdet.compiler_options import jit
 from jaxdet.models.backbones import VGG
-from jaxdet.models.mixed_precision import Conv, conv_general_dilated, patch_conv, takes_patch_path
+from jaxdet.models.mixed_precision import (Conv, Dense, bfloat16_matmul, conv_general_dilated, patch_conv,
+                                           takes_patch_path)
 from xla_ops import _native
 from xla_ops.patches import image_patches, image_patches_reference
 
@@ -115,7 +117,9 @@ def test_which_convolutions_take_the_patch_path():
     assert takes_patch_path(*args_of((1, 8, 8, 256), (3, 3, 256, 512), jnp.bfloat16))
     assert takes_patch_path(*args_of((1, 8, 8, 256), (3, 3, 256, 8), jnp.bfloat16, padding="SAME"))
     assert not takes_patch_path(*args_of((1, 8, 8, 256), (3, 3, 256, 512), jnp.float32))  # float32
-    assert not takes_patch_path(*args_of((1, 8, 8, 128), (3, 3, 128, 128), jnp.bfloat16))  # too shallow
+    assert takes_patch_path(*args_of((1, 8, 8, 64), (3, 3, 64, 64), jnp.bfloat16))  # VGG16's conv1_2
+    assert not takes_patch_path(*args_of((1, 8, 8, 32), (3, 3, 32, 32), jnp.bfloat16))  # too shallow
+    assert not takes_patch_path(*args_of((1, 8, 8, 3), (3, 3, 3, 64), jnp.bfloat16))  # VGG16's conv1_1
     assert not takes_patch_path(*args_of((1, 8, 8, 256), (3, 3, 256, 8), jnp.bfloat16, strides=(2, 2)))
     assert not takes_patch_path(*args_of((1, 8, 8, 256), (3, 3, 256, 8), jnp.bfloat16, padding=((0, 0), (0, 0))))
     assert not takes_patch_path(*args_of((1, 8, 8, 256), (3, 3, 256, 8), jnp.bfloat16, dilation=(2, 2)))
@@ -179,3 +183,53 @@ def test_bfloat16_vgg_trains_through_the_patches():
             assert error < 2e-2, (name, leaf, error)
     assert not np.any(ours["params"]["conv1_1"]["kernel"])  # frozen: no gradient
 
+
+
+@pytest.mark.parametrize("m, k, n", [(5, 7, 3), (128, 300, 40), (1, 1, 1)])
+def test_bfloat16_matmul_and_its_gradients_match_float32_products_of_rounded_operands(m, k, n):
+    kx, kk, kg = jax.random.split(jax.random.key(m + k + n), 3)
+    x, kernel = jax.random.normal(kx, (m, k)), jax.random.normal(kk, (k, n))
+    cotangent = rounded(jax.random.normal(kg, (m, n)))  # exact in bfloat16, as the backward rounds it
+    out, vjp = jax.vjp(jit(bfloat16_matmul), x, kernel)
+    exact = lambda a, b: jnp.dot(a, b, precision=lax.Precision.HIGHEST)  # noqa: E731
+    expected, expected_vjp = jax.vjp(exact, rounded(x), rounded(kernel))
+    assert out.dtype == jnp.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+    grads = vjp(cotangent)
+    for got, want in zip(grads, expected_vjp(cotangent)):
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_bfloat16_matmul_gradients_take_the_operands_dtypes():
+    x, kernel = jnp.ones((3, 4), jnp.float32), jnp.ones((4, 2), jnp.bfloat16)
+    grad_x, grad_kernel = jax.grad(lambda x, k: bfloat16_matmul(x, k).sum(), (0, 1))(x, kernel)
+    assert (grad_x.dtype, grad_kernel.dtype) == (jnp.float32, jnp.bfloat16)
+    np.testing.assert_array_equal(grad_x, np.full((3, 4), 2.0))  # dx = 1 @ kernel^T, exact
+    np.testing.assert_array_equal(grad_kernel.astype(jnp.float32), np.full((4, 2), 3.0))  # x^T @ 1
+
+
+@needs_native
+def test_flax_dense_in_bfloat16_on_the_cpu():
+    """`Dense` has nn.Dense's parameters; in bfloat16 on the CPU it keeps float32 parameters,
+    inputs and outputs, and multiplies bfloat16 operands (the kernel gradient's x^T made by the
+    patches op); leading axes of the input are kept."""
+    x = jax.random.normal(jax.random.key(0), (2, 3, 40))
+    theirs = nn.Dense(6)
+    variables = theirs.init(jax.random.key(1), x)
+
+    def ours(v, x):
+        return Dense(6, dtype=jnp.bfloat16).apply(v, x)
+
+    assert jax.tree.structure(Dense(6, dtype=jnp.bfloat16).init(jax.random.key(1), x)) == jax.tree.structure(variables)
+    out = ours(variables, x)
+    assert out.dtype == jnp.float32 and out.shape == (2, 3, 6)
+    np.testing.assert_allclose(out, theirs.apply(variables, x), rtol=3e-2, atol=3e-2)
+    rounded_kernel = {"params": {**variables["params"], "kernel": rounded(variables["params"]["kernel"])}}
+    np.testing.assert_allclose(out, theirs.apply(rounded_kernel, rounded(x)), rtol=1e-5, atol=1e-5)
+    grads = jax.grad(lambda v: (ours(v, x) ** 2).sum())(variables)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(grads))
+    hlo = compiled_text(jax.grad(lambda v: ours(v, x).sum()), variables)
+    assert "jaxdet_image_patches" in hlo and "bf16[" in hlo
+    # In float32 it is flax's layer, unchanged.
+    np.testing.assert_array_equal(Dense(6, dtype=jnp.float32).apply(variables, x), theirs.apply(variables, x))

@@ -8,7 +8,8 @@ while its bfloat16 dots with float32 results reach the matrix units (AMX) of rec
 through YNNPACK: 400-900 GFLOP/s, against about 200 for float32 convolutions on the 2-core
 machine of experiments/results/peers.md. So on the CPU, the operands of the convolutions are
 rounded to bfloat16 and everything else is float32: the sums, the convolutions' outputs, biases,
-activations and pooling, and the fully connected layers (`dense_dtype`).
+activations and pooling. The fully connected layers (`Dense`) likewise multiply bfloat16
+operands into float32 (`bfloat16_matmul`), with float32 parameters, outputs and gradients.
 
 `patch_conv` writes a k x k convolution with padding k // 2 as three matrix products over image
 patches (`xla_ops.image_patches`, im2col), bfloat16 operands accumulated in float32:
@@ -22,14 +23,16 @@ where M = N * H * W. The kernel gradient reads both of its operands along rows (
 patches), the layout in which the dot runs fastest.
 
 `Conv` is `flax.linen.Conv` with `conv_general_dilated` below, which decides per convolution, by
-what was measured on that machine (a 3x3 layer's forward and both gradients):
+what was measured on that machine (VGG16's training step at 600x1000, the variants alternating
+in one process: experiments/results/peers.md):
 
-  * on the CPU, in bfloat16, patches of at least `PATCH_DEPTH_FROM` elements (3x3 over 256
-    channels and more: VGG16's conv3-conv5 and its RPN, 1.5x, 1.6x and 2.8x faster than XLA's
-    float32 convolution): `patch_conv`, float32 output;
-  * on the CPU, in bfloat16, smaller ones (VGG16's conv1-conv2, the tiny models): XLA's float32
-    convolution of the bfloat16 values, float32 output. Building 600x1000x576 patches costs what
-    the matrix units save;
+  * on the CPU, in bfloat16, patches of at least `PATCH_DEPTH_FROM` elements (3x3 over 64
+    channels and more: VGG16's conv1_2-conv5_3 and its RPN): `patch_conv`, float32 output. For
+    conv3-conv5 a layer's forward and both gradients are 1.5-2.8x faster than XLA's float32
+    convolution; taking conv2_2 and conv3_1 too cut the step by 7%, then conv1_2 and conv2_1
+    by another 6%;
+  * on the CPU, in bfloat16, shallower ones (VGG16's conv1_1, 3x3 over 3 channels): XLA's
+    float32 convolution of the bfloat16 values, float32 output (the patch path measured the same);
   * everything else (float32, other platforms, strides, dilation, groups):
     `jax.lax.conv_general_dilated` unchanged.
 """
@@ -80,7 +83,7 @@ patch_conv.defvjp(_patch_conv_fwd, _patch_conv_bwd)
 
 
 # The patch length k * k * C from which `patch_conv` beats XLA's float32 convolution on the CPU.
-PATCH_DEPTH_FROM = 3 * 3 * 256
+PATCH_DEPTH_FROM = 3 * 3 * 64
 
 
 def _on_cpu_in_bfloat16(lhs, rhs) -> bool:
@@ -133,9 +136,61 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
-def dense_dtype(dtype):
-    """The computation dtype for the fully connected layers of a model computing in `dtype`:
-    float32 on the CPU. There XLA computes a bfloat16 dot with a bfloat16 result in float32 all
-    the same, so bfloat16 would only add work: rounding the weights on every step and the weight
-    gradients back (VGG16's fc6 holds 103M weights; 0.8 s of a 5.9 s training step at 600x1000)."""
-    return jnp.float32 if _native.current_platform() == "cpu" else dtype
+@jax.custom_vjp
+def bfloat16_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x [M, K] @ kernel [K, N]: [M, N] float32, from bfloat16 operands accumulated in float32. The
+    gradients have the dtypes of x and the kernel.
+
+    The three products run as XLA's CPU computes bfloat16 dots fastest (on the matrix units):
+
+      forward          Y  [M, N] = x  [M, K] @ kernel [K, N]
+      input gradient   dx [M, K] = dY [M, N] . kernel [K, N]  (contracting both second axes)
+      kernel gradient  dK [K, N] = x^T [K, M] @ dY [M, N]      (x^T made by `image_patches`)
+
+    The rounded kernel is kept for the backward pass: rounding VGG16's fc6 (103M weights) again
+    would cost as much as its input gradient.
+    """
+    return jnp.dot(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+
+
+def _bfloat16_matmul_fwd(x, kernel):
+    x_bf16, kernel_bf16 = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    y = jnp.dot(x_bf16, kernel_bf16, preferred_element_type=jnp.float32)
+    # A zero of the kernel's dtype, which the gradient takes (residuals are arrays).
+    return y, (x, kernel_bf16, jnp.zeros((), kernel.dtype))
+
+
+def _bfloat16_matmul_bwd(residuals, grad):
+    x, kernel_bf16, kernel_zero = residuals
+    m, k = x.shape
+    grad_bf16 = grad.astype(jnp.bfloat16)
+    grad_x = lax.dot_general(grad_bf16, kernel_bf16, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    # x^T through the custom call: XLA folds a transposed operand into the dot, then computes it in float32.
+    x_t = image_patches(x.reshape(1, 1, m, k), 1, transposed=True)  # [K, M] bfloat16
+    grad_kernel = jnp.dot(x_t, grad_bf16, preferred_element_type=jnp.float32)
+    return grad_x.astype(x.dtype), grad_kernel.astype(kernel_zero.dtype)
+
+
+bfloat16_matmul.defvjp(_bfloat16_matmul_fwd, _bfloat16_matmul_bwd)
+
+
+def bfloat16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """`jax.lax.dot_general` for `flax.linen.Dense`: its product lhs [..., K] @ rhs [K, N] through
+    `bfloat16_matmul` (float32 result); any other contraction unchanged."""
+    (lhs_contracting, rhs_contracting), batch = dimension_numbers
+    if (tuple(lhs_contracting) == (lhs.ndim - 1,) and tuple(rhs_contracting) == (0,) and batch == ((), ())
+            and rhs.ndim == 2):
+        y = bfloat16_matmul(lhs.reshape(-1, lhs.shape[-1]), rhs)
+        return y.reshape(*lhs.shape[:-1], rhs.shape[1])
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                           preferred_element_type=preferred_element_type)
+
+
+def Dense(features: int, *, dtype, **kwargs) -> nn.Dense:  # noqa: N802 (a layer, named as flax's)
+    """`flax.linen.Dense(features, dtype=dtype, **kwargs)`, except on the CPU in bfloat16: float32
+    parameters, inputs and outputs, the product computed by `bfloat16_matmul`. (There XLA computes
+    a bfloat16 dot with a bfloat16 result in float32, and flax's own bfloat16 layer would round
+    the weights and their gradients in passes of their own: VGG16's fc6 holds 103M weights.)"""
+    if dtype == jnp.bfloat16 and _native.current_platform() == "cpu":
+        return nn.Dense(features, dtype=jnp.float32, dot_general=bfloat16_dot_general, **kwargs)
+    return nn.Dense(features, dtype=dtype, **kwargs)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.models.backbones import ResStage
+from jaxdet.models.mixed_precision import Dense
 
 Dtype = Any
 
@@ -48,7 +49,7 @@ class FCHead(nn.Module):
         """pooled: [..., ph, pw, C] -> [..., hidden[-1]]."""
         x = pooled.reshape(*pooled.shape[:-3], -1)
         for i, width in enumerate(self.hidden):
-            x = nn.relu(nn.Dense(width, dtype=self.dtype, name=f"fc{i + 6}")(x))
+            x = nn.relu(Dense(width, dtype=self.dtype, name=f"fc{i + 6}")(x))
             if self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return x
@@ -100,8 +101,8 @@ class BoxPredictor(nn.Module):
     def __call__(self, x: jax.Array) -> HeadOutputs:
         """x: [..., D] -> HeadOutputs(logits [..., K + 1], deltas [..., K + 1, 4])."""
         k1 = self.num_classes + 1
-        logits = nn.Dense(k1, dtype=self.dtype, name="cls_score",
-                          kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros)(x)
-        deltas = nn.Dense(4 * k1, dtype=self.dtype, name="bbox_pred",
-                          kernel_init=nn.initializers.normal(0.001), bias_init=nn.initializers.zeros)(x)
+        logits = Dense(k1, dtype=self.dtype, name="cls_score",
+                       kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros)(x)
+        deltas = Dense(4 * k1, dtype=self.dtype, name="bbox_pred",
+                       kernel_init=nn.initializers.normal(0.001), bias_init=nn.initializers.zeros)(x)
         return HeadOutputs(logits.astype(jnp.float32), deltas.reshape(*x.shape[:-1], k1, 4).astype(jnp.float32))

@@ -16,7 +16,7 @@ import ml_collections
 import optax
 from flax import struct
 
-from jaxdet.models import backbones, mixed_precision, roi_head
+from jaxdet.models import backbones, roi_head
 from jaxdet.models.detector import FastRCNN, FasterRCNN
 from jaxdet.settings import DetectorSettings, OptimizerSettings
 from jaxdet.training.inputs import model_num_classes
@@ -79,8 +79,7 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     backbone_cls, res5_cls = _choice("model.backbone", m.backbone, BACKBONES)
     backbone = backbone_cls(frozen_stages=m.frozen_stages, dtype=dtype)
     if res5_cls is None:
-        box_head = roi_head.FCHead(hidden=tuple(m.head_hidden), dropout_rate=m.dropout_rate,
-                                   dtype=mixed_precision.dense_dtype(dtype))
+        box_head = roi_head.FCHead(hidden=tuple(m.head_hidden), dropout_rate=m.dropout_rate, dtype=dtype)
     else:
         # Detectron's C4: res5 halves 14x14 pooled RoIs to 7x7; with 7x7 pooling it keeps stride 1.
         box_head = res5_cls(strides=2 if min(m.pooled_size) >= 14 else 1, dtype=dtype)
