@@ -23,16 +23,16 @@ where M = N * H * W. The kernel gradient reads both of its operands along rows (
 patches), the layout in which the dot runs fastest.
 
 `Conv` is `flax.linen.Conv` with `conv_general_dilated` below, which decides per convolution, by
-what was measured on that machine (VGG16's training step at 600x1000, the variants alternating
-in one process: experiments/results/peers.md):
+what was measured on that machine (VGG16's training step at 600x1000, batch 1, the variants
+alternating in one process: experiments/bench_mixed_precision.py, experiments/results/peers.md):
 
   * on the CPU, in bfloat16, patches of at least `PATCH_DEPTH_FROM` elements (3x3 over 64
     channels and more: VGG16's conv1_2-conv5_3 and its RPN): `patch_conv`, float32 output. For
     conv3-conv5 a layer's forward and both gradients are 1.5-2.8x faster than XLA's float32
-    convolution; taking conv2_2 and conv3_1 too cut the step by 7%, then conv1_2 and conv2_1
-    by another 6%;
+    convolution; the step took 4.34 s with the patch path from 256 channels, 3.99 s from 128
+    (conv2_2 and conv3_1 too) and 3.83 s from 64 (conv1_2 and conv2_1 too);
   * on the CPU, in bfloat16, shallower ones (VGG16's conv1_1, 3x3 over 3 channels): XLA's
-    float32 convolution of the bfloat16 values, float32 output (the patch path measured the same);
+    float32 convolution of the bfloat16 values, float32 output (through the patches: 3.87 s);
   * everything else (float32, other platforms, strides, dilation, groups):
     `jax.lax.conv_general_dilated` unchanged.
 """

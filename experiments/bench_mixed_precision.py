@@ -1,0 +1,122 @@
+"""How jaxdet's bfloat16 training step on the CPU is built, measured: variants of the step that
+differ in `jaxdet.models.mixed_precision`'s choices, alternating in one process.
+
+Variants (names for --variants):
+  fc32_patch2304   fully connected layers in float32 (flax's Dense); patch path for 3x3
+                   convolutions over 256 channels and more (the choice before 2026-12-02)
+  patch2304        fc layers through `bfloat16_matmul`; patch path from 256 channels
+  patch1152        the same, patch path from 128 channels (adds VGG16's conv2_2 and conv3_1)
+  patch576         the same, patch path from 64 channels (adds conv1_2 and conv2_1; as shipped)
+  patch27          the same, every 3x3 convolution (adds conv1_1, over 3 channels)
+
+Each variant's step is traced and compiled on its own (jax's caches cleared between them), run
+once, then the variants take turns for --rounds rounds, in reversed order every other round.
+The process keeps the host memory XLA frees, as the jaxdet command does (jaxdet.host_memory).
+
+Usage:
+  python experiments/bench_mixed_precision.py --batch-size 1 --rounds 10
+  python experiments/bench_mixed_precision.py --variants patch576 patch27 --rounds 8
+  add --out experiments/results/peers.md to append the table and the command there.
+"""
+
+import argparse
+import shlex
+import statistics
+import sys
+import time
+
+if __name__ == "__main__":  # before JAX starts its threads, as the jaxdet command does
+    from jaxdet import host_memory
+
+    host_memory.retain_freed_memory_without_gpu()
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+import bench_train  # noqa: E402
+from jaxdet.configs import load_config  # noqa: E402
+from jaxdet.models import mixed_precision, roi_head  # noqa: E402
+from jaxdet.training.inputs import model_num_classes  # noqa: E402
+from jaxdet.training.step import step_key  # noqa: E402
+
+
+def float32_dense(features, *, dtype, **kwargs):
+    """The fully connected layers before `bfloat16_matmul`: flax's Dense, float32 on the CPU."""
+    return nn.Dense(features, dtype=jnp.float32 if dtype == jnp.bfloat16 else dtype, **kwargs)
+
+
+# name: (the fully connected layer, the patch path's PATCH_DEPTH_FROM)
+VARIANTS = {
+    "fc32_patch2304": (float32_dense, 3 * 3 * 256),
+    "patch2304": (mixed_precision.Dense, 3 * 3 * 256),
+    "patch1152": (mixed_precision.Dense, 3 * 3 * 128),
+    "patch576": (mixed_precision.Dense, 3 * 3 * 64),
+    "patch27": (mixed_precision.Dense, 3 * 3 * 3),
+}
+
+
+def compiled_variant(name, config, batch):
+    """(compiled step, train state, batch) of one variant, its choices made while it is traced."""
+    dense, depth = VARIANTS[name]
+    jax.clear_caches()  # the model's modules compare equal across variants: trace each anew
+    shipped = roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM
+    roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM = dense, depth
+    try:
+        _, state, batch, lowered = bench_train.prepared_variant(config, "bfloat16", batch)
+    finally:
+        roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM = shipped
+    return lowered.compile(), state, batch
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=list(bench_train.PRESETS), default="vgg16")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        default=["fc32_patch2304", "patch2304", "patch1152", "patch576"])
+    parser.add_argument("--out", help="append the table and the command to this markdown file")
+    args = parser.parse_args(argv)
+
+    name, image_hw, max_boxes = bench_train.PRESETS[args.preset]
+    config = load_config(name)
+    batch = bench_train.synthetic_batch(args.batch_size, image_hw, max_boxes, model_num_classes(config))
+    runs, losses = {}, {}
+    for variant in args.variants:
+        step, state, device_batch = compiled_variant(variant, config, batch)
+        state, metrics = step(state, device_batch, step_key(state))
+        losses[variant] = float(metrics["loss"])
+        runs[variant] = [step, state, device_batch]
+        print(f"{variant}: compiled, first loss {losses[variant]:.4f}", flush=True)
+    seconds = {variant: [] for variant in args.variants}
+    for round_index in range(args.rounds):
+        for variant in args.variants if round_index % 2 == 0 else args.variants[::-1]:
+            step, state, device_batch = runs[variant]
+            start = time.perf_counter()
+            state, metrics = step(state, device_batch, step_key(state))
+            jax.block_until_ready(metrics)
+            seconds[variant].append(time.perf_counter() - start)
+            runs[variant][1] = state
+        print(f"round {round_index + 1}: " + ", ".join(f"{v} {seconds[v][-1]:.2f} s" for v in args.variants),
+              flush=True)
+
+    first = statistics.median(seconds[args.variants[0]])
+    shown = ["experiments/bench_mixed_precision.py"] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
+    lines = [f"### bfloat16 step variants, {args.preset} batch {args.batch_size}, {time.strftime('%Y-%m-%d %H:%M %Z')}",
+             "", f"Command: `PYTHONPATH=. python {' '.join(shown)}`", "",
+             f"| variant | step s, median (min-max) of {args.rounds} | against {args.variants[0]} | first loss |",
+             "|---|---:|---:|---:|"]
+    for variant in args.variants:
+        values = seconds[variant]
+        lines.append(f"| {variant} | {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}) | "
+                     f"{first / statistics.median(values):.2f}x | {losses[variant]:.4f} |")
+    report = "\n".join(lines) + "\n"
+    print("\n" + report)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write("\n" + report)
+
+
+if __name__ == "__main__":
+    main()
