@@ -229,7 +229,12 @@ def test_flax_dense_in_bfloat16_on_the_cpu():
     np.testing.assert_allclose(out, theirs.apply(rounded_kernel, rounded(x)), rtol=1e-5, atol=1e-5)
     grads = jax.grad(lambda v: (ours(v, x) ** 2).sum())(variables)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(grads))
-    hlo = compiled_text(jax.grad(lambda v: ours(v, x).sum()), variables)
+    hlo = compiled_text(jax.grad(lambda v, x: ours(v, x).sum()), variables, x)
     assert "jaxdet_image_patches" in hlo and "bf16[" in hlo
+    # A batch split over a mesh: XLA's own dot of the rounded operands, which it partitions.
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((2,), ("data",))):
+        hlo = compiled_text(jax.grad(lambda v, x: ours(v, x).sum()), variables, x)
+        np.testing.assert_allclose(jit(ours)(variables, x), out, rtol=1e-5, atol=1e-5)
+    assert "jaxdet_image_patches" not in hlo and "bf16[" in hlo
     # In float32 it is flax's layer, unchanged.
     np.testing.assert_array_equal(Dense(6, dtype=jnp.float32).apply(variables, x), theirs.apply(variables, x))

@@ -175,12 +175,18 @@ bfloat16_matmul.defvjp(_bfloat16_matmul_fwd, _bfloat16_matmul_bwd)
 
 
 def bfloat16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """`jax.lax.dot_general` for `flax.linen.Dense`: its product lhs [..., K] @ rhs [K, N] through
-    `bfloat16_matmul` (float32 result); any other contraction unchanged."""
+    """`jax.lax.dot_general` for `flax.linen.Dense`: its product lhs [..., K] @ rhs [K, N] from
+    bfloat16 operands, float32 result: through `bfloat16_matmul`, or with a batch split over a
+    mesh in context through XLA's own dot (which XLA partitions; it would gather the custom
+    call's operands onto every device). Any other contraction unchanged."""
     (lhs_contracting, rhs_contracting), batch = dimension_numbers
     if (tuple(lhs_contracting) == (lhs.ndim - 1,) and tuple(rhs_contracting) == (0,) and batch == ((), ())
             and rhs.ndim == 2):
-        y = bfloat16_matmul(lhs.reshape(-1, lhs.shape[-1]), rhs)
+        rows = lhs.reshape(-1, lhs.shape[-1])
+        if batch_shards()[1] == 1:
+            y = bfloat16_matmul(rows, rhs)
+        else:
+            y = jnp.dot(rows.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
         return y.reshape(*lhs.shape[:-1], rhs.shape[1])
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                            preferred_element_type=preferred_element_type)
