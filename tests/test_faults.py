@@ -478,25 +478,6 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "--lazy", str(mount)], check=True)
 
 
-def test_a_checkpoint_filling_the_disk_gives_one_message_and_nothing_else(shapes_dir, small_disk, capsys, caplog,
-                                                                          monkeypatch):
-    import logging
-    import sys
-
-    # Where orbax's reports would go: absl's log records (printed by the command) and unraisable errors.
-    unraisable = []
-    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
-    workdir = small_disk / "w"
-    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir", workdir,
-                         "--no-progress", "--no-eval")
-    assert status == 1
-    assert_one_paragraph(err, f"cannot write {workdir}/checkpoints/2.orbax-checkpoint-tmp",
-                         "no space is left on its disk (ENOSPC)", "--resume")
-    assert_clean(err)
-    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
-    assert [str(u.exc_value) for u in unraisable] == []
-
-
 class _WriterFailingToFlush:
     """Stands in for tensorboardX's SummaryWriter: takes scalars, and its close meets a full disk
     the way tensorboardX's does (an OSError that names no file)."""
@@ -509,13 +490,21 @@ class _WriterFailingToFlush:
         raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def test_tensorboard_meeting_the_full_disk_too_does_not_hide_the_checkpoint(shapes_dir, small_disk, capsys,
-                                                                              monkeypatch):
-    # The order the small-disk test above can meet by chance: the checkpoint fails first, then the
-    # reporter's last TensorBoard flush fails on the same full disk while the run's error is raised.
+@pytest.mark.parametrize("tensorboard_fails_too", [False, True], ids=["checkpoint", "then-tensorboard"])
+def test_a_checkpoint_filling_the_disk_gives_one_message_and_nothing_else(shapes_dir, small_disk, capsys, caplog,
+                                                                          monkeypatch, tensorboard_fails_too):
+    import logging
+    import sys
+
     from jaxdet import reporting
 
-    monkeypatch.setattr(reporting, "_summary_writer", lambda workdir: _WriterFailingToFlush())
+    if tensorboard_fails_too:
+        # The order a full disk can meet by chance: the checkpoint fails first, then the reporter's
+        # last TensorBoard flush fails on the same disk while the run's error is raised.
+        monkeypatch.setattr(reporting, "_summary_writer", lambda workdir: _WriterFailingToFlush())
+    # Where orbax's reports would go: absl's log records (printed by the command) and unraisable errors.
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     workdir = small_disk / "w"
     status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir", workdir,
                          "--no-progress", "--no-eval")
@@ -523,6 +512,8 @@ def test_tensorboard_meeting_the_full_disk_too_does_not_hide_the_checkpoint(shap
     assert_one_paragraph(err, f"cannot write {workdir}/checkpoints/2.orbax-checkpoint-tmp",
                          "no space is left on its disk (ENOSPC)", "--resume")
     assert_clean(err)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert [str(u.exc_value) for u in unraisable] == []
 
 
 def test_tensorboard_failing_alone_names_its_directory(shapes_dir, tmp_path, capsys, monkeypatch):
