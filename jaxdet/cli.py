@@ -727,12 +727,24 @@ def format_warning(message, category, filename, lineno, line=None) -> str:
     return f"{PROG}: {category.__name__}: {as_flags(str(message))}\n"
 
 
+def requested_device(argv: Sequence[str]) -> str:
+    """The --device of a command line ("--device cpu" or "--device=cpu"; the last one given),
+    read before the parser runs; "auto" when there is none."""
+    device = "auto"
+    for i, arg in enumerate(argv):
+        if arg == "--device" and i + 1 < len(argv):
+            device = argv[i + 1]
+        elif arg.startswith("--device="):
+            device = arg.split("=", 1)[1]
+    return device
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """The `jaxdet` command; returns the exit status."""
     import warnings
 
-    host_memory.retain_freed_memory_without_gpu()  # before JAX starts its threads
     argv = list(sys.argv[1:] if argv is None else argv)
+    host_memory.retain_freed_memory_without_gpu(requested_device(argv))  # before JAX starts its threads
     parser = build_parser()
     traceback = "--traceback" in argv
     formatwarning, warnings.formatwarning = warnings.formatwarning, format_warning

@@ -18,7 +18,7 @@ mallocs from several threads, takes 0.8-4.6 s longer with one arena.
 The settings must be made before any thread other than the main one has malloc'd, since a
 thread keeps the arena it was given: before any thread starts, in practice before importing
 numpy or jax (numpy's BLAS starts one). The `jaxdet` command calls it first thing, unless a JAX
-GPU plugin is installed. In your own script, call it first, or set the same through the
+GPU plugin is installed and the command is not given `--device cpu`. In your own script, call it first, or set the same through the
 environment of the process:
     MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 python train.py
 """
@@ -78,9 +78,12 @@ def retain_freed_memory() -> str | None:
     return None
 
 
-def retain_freed_memory_without_gpu() -> str | None:
-    """`retain_freed_memory()` when no JAX GPU plugin is installed, as the `jaxdet` command
-    calls it; returns why not otherwise."""
-    if gpu_plugin_installed():
+def retain_freed_memory_without_gpu(device: str = "auto") -> str | None:
+    """`retain_freed_memory()` when JAX will compute on the CPU, as the `jaxdet` command calls it:
+    `device` "cpu", or no JAX GPU plugin installed; returns why not otherwise.
+
+    Args:
+      device: the `jaxdet` command's --device: "auto", "cpu" or "gpu"."""
+    if device != "cpu" and gpu_plugin_installed():
         return "a JAX GPU plugin is installed: XLA's temporaries are GPU memory"
     return retain_freed_memory()

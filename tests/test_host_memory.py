@@ -122,3 +122,24 @@ def test_with_a_gpu_plugin_the_command_leaves_malloc_alone(monkeypatch):
     monkeypatch.setattr(host_memory, "gpu_plugin_installed", lambda: True)
     monkeypatch.setattr(host_memory, "retain_freed_memory", lambda: pytest.fail("malloc settings made"))
     assert "GPU plugin" in host_memory.retain_freed_memory_without_gpu()
+
+
+def test_with_a_gpu_plugin_the_command_still_retains_freed_memory_for_the_cpu(tmp_path):
+    """`--device cpu` computes on the CPU whatever is installed: the settings are made."""
+    command = measured(f"""
+        from jaxdet import cli, host_memory
+        host_memory.gpu_plugin_installed = lambda: True
+        assert cli.main(["eval", "--device=cpu", "--workdir", {str(tmp_path / 'missing')!r}]) != 0
+        reason = None
+    """)
+    assert command["arenas"] == 1
+
+
+@pytest.mark.parametrize("argv, device", [(["train"], "auto"), (["train", "--device", "cpu"], "cpu"),
+                                          (["eval", "--device=gpu", "--workdir", "w"], "gpu"),
+                                          (["train", "--device", "gpu", "--device=cpu"], "cpu"),
+                                          (["train", "--device"], "auto")])
+def test_the_device_is_read_before_the_parser(argv, device):
+    from jaxdet import cli
+
+    assert cli.requested_device(argv) == device
