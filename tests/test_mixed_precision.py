@@ -68,6 +68,24 @@ def test_rounds_as_astype(transposed):
     np.testing.assert_array_equal(bits(out.T if transposed else out), bits(expected))
 
 
+@needs_native
+def test_rounds_long_rows_as_astype():
+    """Rows long enough for the vectorized rounding loop, with a tail: every exponent range, ties,
+    the special values and NaNs with payloads, bit for bit as XLA converts. (The transposed patches
+    are made from an image XLA has already rounded.)"""
+    rng = np.random.default_rng(0)
+    scales = np.ldexp(np.float32(1.0), rng.integers(-140, 120, 1500)).astype(np.float32)
+    values = (rng.standard_normal(1500) * scales).astype(np.float32)
+    ties = (1.0 + np.arange(1, 40, 2) * 2.0**-8).astype(np.float32)
+    special = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 3.4e38], np.float32)
+    values[:ties.size] = ties
+    values[-special.size:] = special
+    values.view(np.uint32)[700:704] = [0x7FA00000, 0xFF800001, 0x7F800100, 0xFFC12345]  # NaNs with payloads
+    x = jnp.asarray(values.reshape(1, 3, 5, 100))
+    out = jax.jit(lambda x: image_patches(x, 1))(x)
+    np.testing.assert_array_equal(bits(out), bits(x.astype(jnp.bfloat16).reshape(15, 100)))
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="size must be a positive odd number, got 2"):
         image_patches(jnp.zeros((1, 3, 3, 1)), 2)
@@ -227,14 +245,39 @@ def test_flax_dense_in_bfloat16_on_the_cpu():
     np.testing.assert_allclose(out, theirs.apply(variables, x), rtol=3e-2, atol=3e-2)
     rounded_kernel = {"params": {**variables["params"], "kernel": rounded(variables["params"]["kernel"])}}
     np.testing.assert_allclose(out, theirs.apply(rounded_kernel, rounded(x)), rtol=1e-5, atol=1e-5)
-    grads = jax.grad(lambda v: (ours(v, x) ** 2).sum())(variables)
+
+    def loss(layer, v, x):
+        return (layer(v, x) ** 2).sum()
+
+    grads = jax.grad(loss, argnums=(1, 2))(ours, variables, x)
+    rounded_x = rounded(x)  # the layer's products are of the rounded input and kernel
+    exact = nn.Dense(6, precision=lax.Precision.HIGHEST)
+    expected = jax.grad(loss, argnums=(1, 2))(exact.apply, rounded_kernel, rounded_x)
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(grads))
+    # The backward rounds its cotangent 2 * out to bfloat16: within bfloat16's relative rounding.
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2 * float(np.abs(want).max()))
     hlo = compiled_text(jax.grad(lambda v, x: ours(v, x).sum()), variables, x)
     assert "jaxdet_image_patches" in hlo and "bf16[" in hlo
-    # A batch split over a mesh: XLA's own dot of the rounded operands, which it partitions.
+    # A batch split over a mesh: the same values through XLA's own transpose, which it partitions.
     with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((2,), ("data",))):
         hlo = compiled_text(jax.grad(lambda v, x: ours(v, x).sum()), variables, x)
-        np.testing.assert_allclose(jit(ours)(variables, x), out, rtol=1e-5, atol=1e-5)
+        mesh_grads = jax.jit(jax.grad(loss, argnums=(1, 2)), static_argnums=0)(ours, variables, x)
     assert "jaxdet_image_patches" not in hlo and "bf16[" in hlo
+    for got, want in zip(jax.tree.leaves(mesh_grads), jax.tree.leaves(grads)):
+        assert got.dtype == jnp.float32
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     # In float32 it is flax's layer, unchanged.
     np.testing.assert_array_equal(Dense(6, dtype=jnp.float32).apply(variables, x), theirs.apply(variables, x))
+
+
+def test_dense_elsewhere_is_flax_dense(monkeypatch):
+    """Off the CPU, flax's own bfloat16 layer; on a CPU without the patches op, float32 (the old
+    behaviour: without the native x^T the kernel gradient would be slower than in float32)."""
+    monkeypatch.setattr(_native, "current_platform", lambda: "gpu")
+    layer = Dense(6, dtype=jnp.bfloat16)
+    assert (layer.dtype, layer.dot_general) == (jnp.bfloat16, None)
+    monkeypatch.setattr(_native, "current_platform", lambda: "cpu")
+    monkeypatch.setattr(_native, "patches_built", lambda: False)
+    layer = Dense(6, dtype=jnp.bfloat16)
+    assert (layer.dtype, layer.dot_general) == (jnp.float32, None)

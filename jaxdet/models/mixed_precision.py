@@ -69,6 +69,9 @@ def _patch_conv_bwd(residuals, grad):
     x, kernel = residuals
     n, h, w, c = x.shape
     k, _, _, o = kernel.shape
+    # Rounded once, by XLA inside the fusion that makes the cotangent (the ReLU's mask), so that
+    # both patch builds below copy bfloat16 instead of rounding float32 each.
+    grad = grad.astype(jnp.bfloat16)
     # K' [k, k, O, C]: tap (ty, tx) of the input gradient is tap (k-1-ty, k-1-tx) of the forward.
     flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).astype(jnp.bfloat16).reshape(k * k * o, c)
     grad_x = jnp.dot(image_patches(grad, k), flipped, preferred_element_type=jnp.float32)
@@ -145,9 +148,12 @@ def bfloat16_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
       forward          Y  [M, N] = x  [M, K] @ kernel [K, N]
       input gradient   dx [M, K] = dY [M, N] . kernel [K, N]  (contracting both second axes)
-      kernel gradient  dK [K, N] = x^T [K, M] @ dY [M, N]      (x^T made by `image_patches`)
+      kernel gradient  dK [K, N] = x^T [K, M] @ dY [M, N]      (x^T made by `image_patches`;
+                                                               with a batch split over a mesh in
+                                                               context, XLA's transpose, which
+                                                               XLA partitions)
 
-    The rounded kernel is kept for the backward pass: rounding VGG16's fc6 (103M weights) again
+    The rounded operands are kept for the backward pass: rounding VGG16's fc6 (103M weights) again
     would cost as much as its input gradient.
     """
     return jnp.dot(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
@@ -156,37 +162,34 @@ def bfloat16_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
 def _bfloat16_matmul_fwd(x, kernel):
     x_bf16, kernel_bf16 = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
     y = jnp.dot(x_bf16, kernel_bf16, preferred_element_type=jnp.float32)
-    # A zero of the kernel's dtype, which the gradient takes (residuals are arrays).
-    return y, (x, kernel_bf16, jnp.zeros((), kernel.dtype))
+    # Zeros of the operands' dtypes, which the gradients take (residuals are arrays).
+    return y, (x_bf16, kernel_bf16, jnp.zeros((), x.dtype), jnp.zeros((), kernel.dtype))
 
 
 def _bfloat16_matmul_bwd(residuals, grad):
-    x, kernel_bf16, kernel_zero = residuals
-    m, k = x.shape
+    x_bf16, kernel_bf16, x_zero, kernel_zero = residuals
+    m, k = x_bf16.shape
     grad_bf16 = grad.astype(jnp.bfloat16)
     grad_x = lax.dot_general(grad_bf16, kernel_bf16, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    # x^T through the custom call: XLA folds a transposed operand into the dot, then computes it in float32.
-    x_t = image_patches(x.reshape(1, 1, m, k), 1, transposed=True)  # [K, M] bfloat16
+    if batch_shards()[1] == 1:
+        # x^T through the custom call: XLA folds a transposed operand into the dot, then computes it in float32.
+        x_t = image_patches(x_bf16.reshape(1, 1, m, k), 1, transposed=True)  # [K, M]
+    else:
+        x_t = x_bf16.T  # XLA partitions this one; it would gather the custom call's operands onto every device
     grad_kernel = jnp.dot(x_t, grad_bf16, preferred_element_type=jnp.float32)
-    return grad_x.astype(x.dtype), grad_kernel.astype(kernel_zero.dtype)
+    return grad_x.astype(x_zero.dtype), grad_kernel.astype(kernel_zero.dtype)
 
 
 bfloat16_matmul.defvjp(_bfloat16_matmul_fwd, _bfloat16_matmul_bwd)
 
 
 def bfloat16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """`jax.lax.dot_general` for `flax.linen.Dense`: its product lhs [..., K] @ rhs [K, N] from
-    bfloat16 operands, float32 result: through `bfloat16_matmul`, or with a batch split over a
-    mesh in context through XLA's own dot (which XLA partitions; it would gather the custom
-    call's operands onto every device). Any other contraction unchanged."""
+    """`jax.lax.dot_general` for `flax.linen.Dense`: its product lhs [..., K] @ rhs [K, N] through
+    `bfloat16_matmul` (float32 result); any other contraction unchanged."""
     (lhs_contracting, rhs_contracting), batch = dimension_numbers
     if (tuple(lhs_contracting) == (lhs.ndim - 1,) and tuple(rhs_contracting) == (0,) and batch == ((), ())
             and rhs.ndim == 2):
-        rows = lhs.reshape(-1, lhs.shape[-1])
-        if batch_shards()[1] == 1:
-            y = bfloat16_matmul(rows, rhs)
-        else:
-            y = jnp.dot(rows.astype(jnp.bfloat16), rhs.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+        y = bfloat16_matmul(lhs.reshape(-1, lhs.shape[-1]), rhs)
         return y.reshape(*lhs.shape[:-1], rhs.shape[1])
     return lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
                            preferred_element_type=preferred_element_type)
@@ -194,9 +197,12 @@ def bfloat16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_
 
 def Dense(features: int, *, dtype, **kwargs) -> nn.Dense:  # noqa: N802 (a layer, named as flax's)
     """`flax.linen.Dense(features, dtype=dtype, **kwargs)`, except on the CPU in bfloat16: float32
-    parameters, inputs and outputs, the product computed by `bfloat16_matmul`. (There XLA computes
-    a bfloat16 dot with a bfloat16 result in float32, and flax's own bfloat16 layer would round
-    the weights and their gradients in passes of their own: VGG16's fc6 holds 103M weights.)"""
+    parameters, inputs and outputs, the product computed by `bfloat16_matmul` (float32 throughout
+    where the patches op is not built: its x^T is what makes the kernel gradient fast). There XLA
+    computes a bfloat16 dot with a bfloat16 result in float32, and flax's own bfloat16 layer would
+    round the weights and their gradients in passes of their own: VGG16's fc6 holds 103M weights."""
     if dtype == jnp.bfloat16 and _native.current_platform() == "cpu":
+        if not _native.patches_built():
+            return nn.Dense(features, dtype=jnp.float32, **kwargs)
         return nn.Dense(features, dtype=jnp.float32, dot_general=bfloat16_dot_general, **kwargs)
     return nn.Dense(features, dtype=dtype, **kwargs)

@@ -10,9 +10,9 @@
 //               where both matrices of the product are read along their rows), made from the
 //               image with its channels first, [C, N, H, W]: each row is then a shifted copy of
 //               one channel plane.
-// float32 elements are rounded to the nearest bfloat16, ties to even, as XLA converts them
-// (NaNs stay NaNs, quieted). Every read is checked against the image bounds; the pixels outside
-// are written as zeros, never read.
+// float32 elements are rounded to the nearest bfloat16, ties to even, as XLA converts them (a
+// NaN becomes the quiet NaN of its sign, its payload dropped). Every read is checked against the
+// image bounds; the pixels outside are written as zeros, never read.
 //
 // Work is split by image rows (n, y), or by rows of the transposed result, over XLA's intra-op
 // thread pool (cpu_common.h); each writes its own disjoint part of the result. The result is
@@ -32,18 +32,32 @@ namespace ffi = xla::ffi;
 namespace patches {
 namespace {
 
+// Without branches, so that the loop below is vectorized: NaNs are selected, not branched to.
 inline uint16_t ToBFloat16(float value) {
   uint32_t u;
   std::memcpy(&u, &value, sizeof(u));
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // NaN
-  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest, ties to even
-  return static_cast<uint16_t>(u >> 16);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // round to nearest, ties to even
+  const uint32_t quiet_nan = ((u >> 16) & 0x8000u) | 0x7fc0u;  // XLA's NaN of that sign, payload dropped
+  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
 }
-inline uint16_t ToBFloat16(uint16_t bits) { return bits; }
 
-template <typename T>
-inline void Convert(const T* src, int64_t count, uint16_t* dst) {
+// Compiled for AVX-512, AVX2 and the baseline (which the build otherwise targets), the best the
+// CPU has chosen when the library loads. target_clones needs the loader's ifunc support: glibc on
+// x86-64, and a compiler that knows the attribute; elsewhere the baseline loop alone.
+#if defined(__has_attribute)
+#if defined(__x86_64__) && defined(__GLIBC__) && __has_attribute(target_clones)
+#define PATCHES_TARGET_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef PATCHES_TARGET_CLONES
+#define PATCHES_TARGET_CLONES
+#endif
+
+PATCHES_TARGET_CLONES void Convert(const float* src, int64_t count, uint16_t* dst) {
   for (int64_t i = 0; i < count; ++i) dst[i] = ToBFloat16(src[i]);
+}
+inline void Convert(const uint16_t* src, int64_t count, uint16_t* dst) {
+  std::memcpy(dst, src, sizeof(uint16_t) * count);
 }
 
 struct Dims {
