@@ -728,14 +728,17 @@ def format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def requested_device(argv: Sequence[str]) -> str:
-    """The --device of a command line ("--device cpu" or "--device=cpu"; the last one given),
-    read before the parser runs; "auto" when there is none."""
+    """The --device of a command line ("--device cpu", "--device=cpu", or an abbreviation the
+    parser accepts, such as "--d cpu"; the last one given), read before the parser runs;
+    "auto" when there is none."""
     device = "auto"
     for i, arg in enumerate(argv):
-        if arg == "--device" and i + 1 < len(argv):
-            device = argv[i + 1]
-        elif arg.startswith("--device="):
-            device = arg.split("=", 1)[1]
+        flag, equals, value = arg.partition("=")
+        if len(flag) > len("--") and "--device".startswith(flag):
+            if equals:
+                device = value
+            elif i + 1 < len(argv):
+                device = argv[i + 1]
     return device
 
 

@@ -138,7 +138,9 @@ def test_with_a_gpu_plugin_the_command_still_retains_freed_memory_for_the_cpu(tm
 @pytest.mark.parametrize("argv, device", [(["train"], "auto"), (["train", "--device", "cpu"], "cpu"),
                                           (["eval", "--device=gpu", "--workdir", "w"], "gpu"),
                                           (["train", "--device", "gpu", "--device=cpu"], "cpu"),
-                                          (["train", "--device"], "auto")])
+                                          (["train", "--device"], "auto"),
+                                          (["train", "--dev", "cpu"], "cpu"), (["train", "--devi=cpu"], "cpu"),
+                                          (["train", "--d", "cpu"], "cpu"), (["train", "--", "cpu"], "auto")])
 def test_the_device_is_read_before_the_parser(argv, device):
     from jaxdet import cli
 
