@@ -14,10 +14,11 @@ Usage:
 import argparse
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
+
+import reports
 
 VARIANTS = ("default", "retained")
 
@@ -36,13 +37,9 @@ def run_variant(args):
     import jax
 
     import bench_train
-    from jaxdet.configs import load_config
-    from jaxdet.training.inputs import model_num_classes
     from jaxdet.training.step import step_key
 
-    name, image_hw, max_boxes = bench_train.PRESETS[args.preset]
-    config = load_config(name)
-    batch = bench_train.synthetic_batch(args.batch_size, image_hw, max_boxes, model_num_classes(config))
+    config, batch = bench_train.preset_inputs(args.preset, args.batch_size)
     _, state, batch, lowered = bench_train.prepared_variant(config, args.dtype, batch)
     start = time.perf_counter()
     step = lowered.compile()
@@ -100,16 +97,12 @@ def main(argv=None):
             raise SystemExit(f"the {variant} process failed:\n{done.stderr[-3000:]}")
         results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{variant}: done", flush=True)
-    shown = ["experiments/bench_host_memory.py"] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
+    command = reports.command_line("experiments/bench_host_memory.py", argv)
     lines = [f"### Host memory, {args.preset} {args.dtype} batch {args.batch_size}, {args.idle:g} s idle before "
-             f"each step, {time.strftime('%Y-%m-%d %H:%M %Z')}", "", f"Command: `python {' '.join(shown)}`", "",
+             f"each step, {time.strftime('%Y-%m-%d %H:%M %Z')}", "", f"Command: `python {command}`", "",
              f"Steps 2-{args.steps} of each process (the first step maps everything for the first time):", ""]
     lines += table(results, first_timed=1)
-    report = "\n".join(lines) + "\n"
-    print("\n" + report)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + report)
+    reports.publish("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,7 @@ Usage:
 """
 
 import argparse
-import shlex
 import statistics
-import sys
 import time
 
 if __name__ == "__main__":  # before JAX starts its threads, as the jaxdet command does
@@ -35,9 +33,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import bench_train  # noqa: E402
-from jaxdet.configs import load_config  # noqa: E402
+import reports  # noqa: E402
 from jaxdet.models import mixed_precision, roi_head  # noqa: E402
-from jaxdet.training.inputs import model_num_classes  # noqa: E402
 from jaxdet.training.step import step_key  # noqa: E402
 
 
@@ -79,9 +76,7 @@ def main(argv=None):
     parser.add_argument("--out", help="append the table and the command to this markdown file")
     args = parser.parse_args(argv)
 
-    name, image_hw, max_boxes = bench_train.PRESETS[args.preset]
-    config = load_config(name)
-    batch = bench_train.synthetic_batch(args.batch_size, image_hw, max_boxes, model_num_classes(config))
+    config, batch = bench_train.preset_inputs(args.preset, args.batch_size)
     runs, losses = {}, {}
     for variant in args.variants:
         step, state, device_batch = compiled_variant(variant, config, batch)
@@ -102,20 +97,16 @@ def main(argv=None):
               flush=True)
 
     first = statistics.median(seconds[args.variants[0]])
-    shown = ["experiments/bench_mixed_precision.py"] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)]
+    command = reports.command_line("experiments/bench_mixed_precision.py", argv)
     lines = [f"### bfloat16 step variants, {args.preset} batch {args.batch_size}, {time.strftime('%Y-%m-%d %H:%M %Z')}",
-             "", f"Command: `PYTHONPATH=. python {' '.join(shown)}`", "",
+             "", f"Command: `PYTHONPATH=. python {command}`", "",
              f"| variant | step s, median (min-max) of {args.rounds} | against {args.variants[0]} | first loss |",
              "|---|---:|---:|---:|"]
     for variant in args.variants:
         values = seconds[variant]
         lines.append(f"| {variant} | {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}) | "
                      f"{first / statistics.median(values):.2f}x | {losses[variant]:.4f} |")
-    report = "\n".join(lines) + "\n"
-    print("\n" + report)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + report)
+    reports.publish("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,6 @@ import argparse
 import functools
 import multiprocessing
 import platform
-import shlex
 import sys
 import time
 from typing import NamedTuple
@@ -63,6 +62,7 @@ import numpy as np
 
 import bench_roi_pool
 import bench_train
+import reports
 from jaxdet import host_memory
 from jaxdet.configs import load_config
 from jaxdet.inference import predict
@@ -412,9 +412,8 @@ def main(argv=None):
             notes += n
     load_end = os.getloadavg()
 
-    script = sys.argv[0] if argv is None else "experiments/bench_peers.py"
-    command = " ".join(["PYTHONPATH=. python", script] + [shlex.quote(a) for a in (sys.argv[1:] if argv is None
-                                                                                   else argv)])
+    command = "PYTHONPATH=. python " + reports.command_line(
+        sys.argv[0] if argv is None else "experiments/bench_peers.py", argv)
     lines = [f"### jaxdet against torchvision, {time.strftime('%Y-%m-%d %H:%M %Z')}", "",
              f"Command: `{command}`", "", f"Machine: {machine_line(load_start, load_end)}", "",
              "Each row times one call of each side per round, alternating which goes first; the ratio is "
@@ -424,11 +423,7 @@ def main(argv=None):
     lines += table_lines(rows)
     if notes:
         lines += ["", "Checks:", ""] + notes
-    report = "\n".join(lines) + "\n"
-    print("\n" + report, flush=True)
-    if args.out:
-        with open(args.out, "a") as f:
-            f.write("\n" + report)
+    reports.publish("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -68,6 +68,13 @@ def synthetic_batch(batch_size, image_hw, max_boxes, num_classes, seed=0):
     }
 
 
+def preset_inputs(preset, batch_size, seed=0):
+    """(config, synthetic batch of `batch_size` images) of a preset in PRESETS."""
+    name, image_hw, max_boxes = PRESETS[preset]
+    config = load_config(name)
+    return config, synthetic_batch(batch_size, image_hw, max_boxes, model_num_classes(config), seed)
+
+
 def seconds(fn):
     start = time.perf_counter()
     jax.block_until_ready(fn())

@@ -29,8 +29,6 @@ if __name__ == "__main__":  # before JAX starts its threads, as the jaxdet comma
 import jax  # noqa: E402
 
 import bench_train  # noqa: E402
-from jaxdet.configs import load_config  # noqa: E402
-from jaxdet.training.inputs import model_num_classes  # noqa: E402
 from jaxdet.training.step import step_key  # noqa: E402
 
 # An HLO instruction: its name, result shape and the op_name of its metadata.
@@ -71,9 +69,7 @@ def main(argv=None):
     parser.add_argument("--timeline", action="store_true", help="list the operations over 5 ms in the order they ran")
     args = parser.parse_args(argv)
 
-    name, image_hw, max_boxes = bench_train.PRESETS[args.preset]
-    config = load_config(name)
-    batch = bench_train.synthetic_batch(args.batch_size, image_hw, max_boxes, model_num_classes(config))
+    config, batch = bench_train.preset_inputs(args.preset, args.batch_size)
     _, state, batch, lowered = bench_train.prepared_variant(config, args.dtype, batch)
     step = lowered.compile()
     instructions = {m.group(1): (m.group(2), m.group(3)) for m in _INSTRUCTION.finditer(step.as_text())}

@@ -18,8 +18,8 @@ mallocs from several threads, takes 0.8-4.6 s longer with one arena.
 The settings must be made before any thread other than the main one has malloc'd, since a
 thread keeps the arena it was given: before any thread starts, in practice before importing
 numpy or jax (numpy's BLAS starts one). The `jaxdet` command calls it first thing, unless a JAX
-GPU plugin is installed and the command is not given `--device cpu`. In your own script, call it first, or set the same through the
-environment of the process:
+GPU plugin is installed and the command is not given `--device cpu`. In your own script, call it
+first, or set the same through the environment of the process:
     MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 python train.py
 """
 
