@@ -4,6 +4,9 @@ Extension modules, each exposing `registrations()` (a dict of FFI handler capsul
   xla_ops._roi_pool_cpu   C++ RoI pooling kernels, always built.
   xla_ops._patches_cpu    C++ image patches in bfloat16 (the convolutions of
                           jaxdet.models.mixed_precision), always built.
+  xla_ops._bf16_dot_cpu   C++ products of bfloat16 matrices into float32 on x86's AMX tiles
+                          (the same convolutions and fully connected layers), always built;
+                          it reports at run time whether the CPU has the tiles.
   xla_ops._roi_pool_cuda  CUDA kernels, built when nvcc is found. JAXDET_CUDA=1 forces it
                           (and fails loudly without nvcc), JAXDET_CUDA=0 skips it.
 and, for the tests only (`make build` asks for it; a wheel does not ship it):
@@ -141,6 +144,15 @@ def extensions():
         Extension(
             "xla_ops._patches_cpu",
             sources=[os.path.join(CSRC, "patches_cpu.cc")],
+            depends=[os.path.join(CSRC, "cpu_common.h")],
+            include_dirs=include_dirs,
+            extra_compile_args=cpu_flags,
+            extra_link_args=cpu_link,
+            language="c++",
+        ),
+        Extension(
+            "xla_ops._bf16_dot_cpu",
+            sources=[os.path.join(CSRC, "bf16_dot_cpu.cc")],
             depends=[os.path.join(CSRC, "cpu_common.h")],
             include_dirs=include_dirs,
             extra_compile_args=cpu_flags,

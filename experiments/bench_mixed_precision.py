@@ -6,8 +6,11 @@ Variants (names for --variants):
                    convolutions over 256 channels and more (the choice before 2026-12-02)
   patch2304        fc layers through `bfloat16_matmul`; patch path from 256 channels
   patch1152        the same, patch path from 128 channels (adds VGG16's conv2_2 and conv3_1)
-  patch576         the same, patch path from 64 channels (adds conv1_2 and conv2_1; as shipped)
-  patch27          the same, every 3x3 convolution (adds conv1_1, over 3 channels)
+  patch576         the same, patch path from 64 channels (adds conv1_2 and conv2_1), the
+                   products through XLA's dot (the choice before the AMX products)
+  amx576           the same, the products through `xla_ops.bf16_dot` on the AMX tiles where the
+                   CPU has them (as shipped)
+  amx27            the same, every 3x3 convolution (adds conv1_1, over 3 channels)
 
 Each variant's step is traced and compiled on its own (jax's caches cleared between them), run
 once, then the variants take turns for --rounds rounds, in reversed order every other round.
@@ -15,7 +18,7 @@ The process keeps the host memory XLA frees, as the jaxdet command does (jaxdet.
 
 Usage:
   python experiments/bench_mixed_precision.py --batch-size 1 --rounds 10
-  python experiments/bench_mixed_precision.py --variants patch576 patch27 --rounds 8
+  python experiments/bench_mixed_precision.py --variants patch576 amx576 amx27 --rounds 8
   add --out experiments/results/peers.md to append the table and the command there.
 """
 
@@ -36,6 +39,7 @@ import bench_train  # noqa: E402
 import reports  # noqa: E402
 from jaxdet.models import mixed_precision, roi_head  # noqa: E402
 from jaxdet.training.step import step_key  # noqa: E402
+from xla_ops import _native, matmul  # noqa: E402
 
 
 def float32_dense(features, *, dtype, **kwargs):
@@ -43,26 +47,30 @@ def float32_dense(features, *, dtype, **kwargs):
     return nn.Dense(features, dtype=jnp.float32 if dtype == jnp.bfloat16 else dtype, **kwargs)
 
 
-# name: (the fully connected layer, the patch path's PATCH_DEPTH_FROM)
+# name: (the fully connected layer, the patch path's PATCH_DEPTH_FROM, products on the AMX tiles)
 VARIANTS = {
-    "fc32_patch2304": (float32_dense, 3 * 3 * 256),
-    "patch2304": (mixed_precision.Dense, 3 * 3 * 256),
-    "patch1152": (mixed_precision.Dense, 3 * 3 * 128),
-    "patch576": (mixed_precision.Dense, 3 * 3 * 64),
-    "patch27": (mixed_precision.Dense, 3 * 3 * 3),
+    "fc32_patch2304": (float32_dense, 3 * 3 * 256, False),
+    "patch2304": (mixed_precision.Dense, 3 * 3 * 256, False),
+    "patch1152": (mixed_precision.Dense, 3 * 3 * 128, False),
+    "patch576": (mixed_precision.Dense, 3 * 3 * 64, False),
+    "amx576": (mixed_precision.Dense, 3 * 3 * 64, True),
+    "amx27": (mixed_precision.Dense, 3 * 3 * 3, True),
 }
 
 
 def compiled_variant(name, config, batch):
     """(compiled step, train state, batch) of one variant, its choices made while it is traced."""
-    dense, depth = VARIANTS[name]
+    dense, depth, amx = VARIANTS[name]
+    if amx and not matmul.amx_usable():
+        raise SystemExit(f"variant {name} needs the AMX products: {_native.why_bf16_dot_not_usable()}")
     jax.clear_caches()  # the model's modules compare equal across variants: trace each anew
-    shipped = roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM
+    shipped = roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM, matmul.amx_usable
     roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM = dense, depth
+    matmul.amx_usable = matmul.amx_usable if amx else (lambda: False)
     try:
         _, state, batch, lowered = bench_train.prepared_variant(config, "bfloat16", batch)
     finally:
-        roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM = shipped
+        roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM, matmul.amx_usable = shipped
     return lowered.compile(), state, batch
 
 
@@ -72,7 +80,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                        default=["fc32_patch2304", "patch2304", "patch1152", "patch576"])
+                        default=["patch576", "amx576"])
     parser.add_argument("--out", help="append the table and the command to this markdown file")
     args = parser.parse_args(argv)
 

@@ -6,7 +6,7 @@
 # Usage (from the repository root, after `make build`):
 #   bash experiments/sanitize_roi_pool.sh [MODE ...]        default: --cpu --emulated
 # Modes:
-#   --cpu        the CPU extension and the CUDA emulation module built with AddressSanitizer,
+#   --cpu        the CPU extensions and the CUDA emulation module built with AddressSanitizer,
 #                under the RoI pooling tests (adversarial RoIs, NaN/inf, empty maps, K = 0, vmap,
 #                backward, dtypes) and tests/test_roi_pool_cuda_emulated.py; the image-patches
 #                extension under tests/test_mixed_precision.py (window sizes 1-7 on images down
@@ -16,6 +16,9 @@
 #   --gpu        the same program built by nvcc for the GPU found, under compute-sanitizer
 #                --tool memcheck and --tool racecheck (skipped, with a message, without the tool)
 #   --plant-off-by-one  proves the harness: the forward reads one row past each bin (y <= end);
+#                AddressSanitizer must report it. Exits 0 only if it did.
+#   --plant-tile-overread  proves the harness for the AMX products (xla_ops/csrc/bf16_dot_cpu.cc):
+#                tiles crossing a's last row are read in place, past the end of a;
 #                AddressSanitizer must report it. Exits 0 only if it did.
 #   --plant-race        proves the harness: the deterministic backward loses the barrier between
 #                writing the compacted RoI list to shared memory and reading it; ThreadSanitizer
@@ -40,13 +43,21 @@ build_check() {
     || { cat "$binary.build.log" >&2; return 1; }
 }
 
-run_cpu() {
-  echo "== CPU extension and CUDA emulation module, AddressSanitizer, under pytest"
-  local lib=$work/lib
+# sanitized_build LIB [TREE]: the CPU extensions and the CUDA emulation module built with
+# AddressSanitizer into LIB, from the sources under TREE (default: this checkout).
+sanitized_build() {
+  local lib=$1 tree=${2:-$repo}
   mkdir -p "$lib/xla_ops"
-  cp xla_ops/*.py "$lib/xla_ops/"
-  JAXDET_SANITIZE=address JAXDET_CUDA=0 JAXDET_CUDA_EMULATION=1 \
-    "$PY" setup.py -q build_ext --build-lib "$lib" --build-temp "$lib/tmp" >/dev/null 2>&1
+  cp "$tree"/xla_ops/*.py "$lib/xla_ops/"
+  (cd "$tree" && JAXDET_SANITIZE=address JAXDET_CUDA=0 JAXDET_CUDA_EMULATION=1 \
+    "$repo/$PY" setup.py -q build_ext --build-lib "$lib" --build-temp "$lib/tmp" >/dev/null 2>&1)
+}
+
+# under_asan LIB ARGS...: python ARGS with AddressSanitizer loaded, importing xla_ops from LIB
+# (checked first).
+under_asan() {
+  local lib=$1
+  shift
   (
     # libstdc++ preloaded too, or ASan's __cxa_throw interceptor fails inside jaxlib.
     export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
@@ -56,14 +67,54 @@ run_cpu() {
     cd "$lib"
     PYTHONPATH="$lib" "$repo/$PY" -c "
 import sys, xla_ops._roi_pool_cpu as a, xla_ops._roi_pool_cuda_emulated as b, xla_ops._patches_cpu as c
-sys.exit(not all(m.__file__.startswith('$lib') for m in (a, b, c)))" \
+import xla_ops._bf16_dot_cpu as d
+sys.exit(not all(m.__file__.startswith('$lib') for m in (a, b, c, d)))" \
       || { echo "the sanitized extensions were not the ones imported" >&2; exit 1; }
-    PYTHONPATH="$lib" "$repo/$PY" -m pytest -q -p no:cacheprovider --rootdir "$repo/tests" \
-      "$repo/tests/test_roi_pool.py" "$repo/tests/test_roi_pool_cuda_emulated.py" \
-      -k "adversarial or empty or nan or native_gradient or vmap or dtypes or emulated or launch or threads"
-    PYTHONPATH="$lib" "$repo/$PY" -m pytest -q -p no:cacheprovider --rootdir "$repo/tests" \
-      "$repo/tests/test_mixed_precision.py"
+    PYTHONPATH="$lib" "$repo/$PY" "$@"
   )
+}
+
+run_cpu() {
+  echo "== CPU extensions and CUDA emulation module, AddressSanitizer, under pytest"
+  local lib=$work/lib
+  sanitized_build "$lib"
+  # --capture=sys: a sanitizer report goes to file descriptor 2 as the process aborts; pytest must
+  # not be holding that descriptor.
+  local pytest=(-m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo/tests")
+  under_asan "$lib" "${pytest[@]}" "$repo/tests/test_roi_pool.py" "$repo/tests/test_roi_pool_cuda_emulated.py" \
+    -k "adversarial or empty or nan or native_gradient or vmap or dtypes or emulated or launch or threads"
+  under_asan "$lib" "${pytest[@]}" "$repo/tests/test_mixed_precision.py" "$repo/tests/test_bf16_dot.py"
+}
+
+# The AMX products' tiles read a in place where they lie inside it: planted, every tile that
+# starts inside a is read in place, so those crossing a's last row read past its end. AddressSanitizer sees the
+# tile instructions only through the kernel's touches (CheckRows): it must report this.
+plant_tile_overread() {
+  local tree=$work/planted_tile_overread lib=$work/planted_tile_overread_lib
+  mkdir -p "$tree/xla_ops"
+  cp setup.py pyproject.toml "$tree/"
+  cp -r xla_ops/*.py xla_ops/csrc "$tree/xla_ops/"
+  local source=$tree/xla_ops/csrc/bf16_dot_cpu.cc
+  perl -pi -e 's/row \+ kTileRows <= d\.m && k \+ kTileK <= d\.k/row < d.m \&\& k < d.k/' "$source"
+  if cmp -s xla_ops/csrc/bf16_dot_cpu.cc "$source"; then
+    echo "plant tile-overread: the line to change is not in bf16_dot_cpu.cc" >&2
+    return 1
+  fi
+  echo "== planted bug (tile-overread): bf16_dot_cpu.cc with"
+  diff xla_ops/csrc/bf16_dot_cpu.cc "$source" || true
+  sanitized_build "$lib" "$tree"
+  if under_asan "$lib" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo/tests" \
+      "$repo/tests/test_bf16_dot.py::test_products_of_small_integers_are_exact[17-33-15-b]" \
+      >"$OUT/planted_tile_overread.log" 2>&1; then
+    echo "planted bug (tile-overread) NOT caught by the address sanitizer" >&2
+    return 1
+  fi
+  grep -m1 -A3 "ERROR: AddressSanitizer" "$OUT/planted_tile_overread.log" | cut -c1-160 || {
+    echo "planted bug (tile-overread): the tests failed, but not with a sanitizer report:" >&2
+    tail -n 20 "$OUT/planted_tile_overread.log" >&2
+    return 1
+  }
+  echo "planted bug (tile-overread) caught by the address sanitizer"
 }
 
 run_emulated() {
@@ -145,6 +196,7 @@ for mode in "${modes[@]}"; do
     --plant-off-by-one)
       plant off-by-one address "for (int64_t y = rows.begin; y < rows.end; ++y)" \
         "for (int64_t y = rows.begin; y <= rows.end; ++y)" ;;
+    --plant-tile-overread) plant_tile_overread ;;
     --plant-race)
       plant race thread $'static_cast<int32_t>(k);\n      __syncthreads();' 'static_cast<int32_t>(k);' ;;
     *) echo "unknown mode $mode (see the header of $0)" >&2; exit 2 ;;

@@ -2,7 +2,8 @@
 `jaxdet.models.mixed_precision`): the native patches against the jnp reference and hand-written
 cases, `patch_conv` and its two gradients against XLA's convolution of the same bfloat16-rounded
 operands, and which convolutions take that path; `bfloat16_matmul` and its gradients against
-float32 products of the rounded operands, and the fully connected layers made of it."""
+float32 products of the rounded operands, and the fully connected layers made of it. The products
+run both ways: through `xla_ops.bf16_dot` on the AMX tiles, and through XLA's dot."""
 
 import flax.linen as nn
 import jax
@@ -15,13 +16,24 @@ from jaxdet.compiler_options import jit
 from jaxdet.models.backbones import VGG
 from jaxdet.models.mixed_precision import (Conv, Dense, bfloat16_matmul, conv_general_dilated, patch_conv,
                                            takes_patch_path)
-from xla_ops import _native
+from xla_ops import _native, matmul
 from xla_ops.patches import image_patches, image_patches_reference
 
 needs_native = pytest.mark.skipif(not _native.patches_built(),
                                   reason=f"patches op not built: {_native.why_patches_not_built()}")
 IMPLS = [pytest.param(image_patches, marks=needs_native, id="native"),
          pytest.param(image_patches_reference, id="reference")]
+
+
+@pytest.fixture(params=[pytest.param(True, id="amx", marks=pytest.mark.skipif(
+    not _native.bf16_dot_usable(), reason="no AMX products here")), pytest.param(False, id="xla_dot")])
+def products(request, monkeypatch):
+    """The layers' products on the AMX tiles (`xla_ops.bf16_dot`), or through XLA's dot."""
+    if not request.param:
+        monkeypatch.setattr(matmul, "amx_usable", lambda: False)
+    jax.clear_caches()  # traced anew with this choice
+    yield request.param
+    jax.clear_caches()
 
 
 def bits(x):
@@ -110,7 +122,8 @@ def reference_conv(x, kernel):
 @needs_native
 @pytest.mark.parametrize("shape, size, out_channels", [((2, 6, 5, 8), 3, 5), ((1, 7, 9, 3), 1, 4),
                                                        ((1, 5, 4, 6), 5, 2)])
-def test_patch_conv_and_its_gradients_match_the_convolution_of_rounded_operands(shape, size, out_channels):
+def test_patch_conv_and_its_gradients_match_the_convolution_of_rounded_operands(shape, size, out_channels,
+                                                                                products):
     kx, kk, kg = jax.random.split(jax.random.key(size), 3)
     x = jax.random.normal(kx, shape)
     kernel = jax.random.normal(kk, (size, size, shape[-1], out_channels))
@@ -204,7 +217,7 @@ def test_bfloat16_vgg_trains_through_the_patches():
 
 
 @pytest.mark.parametrize("m, k, n", [(5, 7, 3), (128, 300, 40), (1, 1, 1)])
-def test_bfloat16_matmul_and_its_gradients_match_float32_products_of_rounded_operands(m, k, n):
+def test_bfloat16_matmul_and_its_gradients_match_float32_products_of_rounded_operands(m, k, n, products):
     kx, kk, kg = jax.random.split(jax.random.key(m + k + n), 3)
     x, kernel = jax.random.normal(kx, (m, k)), jax.random.normal(kk, (k, n))
     cotangent = rounded(jax.random.normal(kg, (m, n)))  # exact in bfloat16, as the backward rounds it

@@ -1,0 +1,136 @@
+"""`xla_ops.bf16_dot`, the products of bfloat16 matrices into float32 on the AMX tiles, against
+float64 products of the same bfloat16 values (numpy) and XLA's dot, on shapes that exercise every
+edge of the kernel's tiling: rows, columns and depths that are not multiples of the 16 x 32 tiles,
+several chunks of the depth, several groups of rows, and b given transposed."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+
+from xla_ops import _native, matmul
+from xla_ops.matmul import bf16_dot, bf16_dot_reference
+
+needs_amx = pytest.mark.skipif(not _native.bf16_dot_usable(),
+                               reason=f"no AMX products here: {_native.why_bf16_dot_not_usable()}")
+
+
+def operands(m, k, n, transposed, seed=0, integers=False):
+    rng = np.random.default_rng(seed)
+    draw = (lambda shape: rng.integers(-4, 5, shape)) if integers else rng.standard_normal
+    a = jnp.asarray(draw((m, k)), jnp.bfloat16)
+    b = jnp.asarray(draw((n, k) if transposed else (k, n)), jnp.bfloat16)
+    return a, b
+
+
+def exact_product(a, b, transposed):
+    """float64 a @ b of the bfloat16 values, and |a| @ |b| (the scale of its rounding error)."""
+    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if transposed:
+        b64 = b64.T
+    return a64 @ b64, np.abs(a64) @ np.abs(b64)
+
+
+def native(a, b, transposed):
+    return jax.jit(lambda a, b: bf16_dot(a, b, b_transposed=transposed))(a, b)
+
+
+# (M, K, N): tiles are 16 rows x 32 depth, blocks 32 x 32; the depth comes in chunks of about
+# 16384 for 32 columns; rows in groups of 256 blocks for 32 columns.
+SHAPES = [(1, 1, 1), (16, 32, 16), (32, 64, 32), (17, 33, 15), (5, 7, 3), (33, 65, 47), (100, 2, 70),
+          (3, 300, 200), (40, 20000, 20), (9000, 40, 20)]
+
+
+@needs_amx
+@pytest.mark.parametrize("transposed", [False, True], ids=["b", "b_transposed"])
+@pytest.mark.parametrize("m, k, n", SHAPES)
+def test_products_of_small_integers_are_exact(m, k, n, transposed):
+    """Sums of products of integers up to 16 stay exact in float32 whatever their order: every
+    element must equal the float64 product, so a wrong row, column, pair or padding shows."""
+    a, b = operands(m, k, n, transposed, integers=True)
+    got = native(a, b, transposed)
+    assert got.shape == (m, n) and got.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(got, np.float64), exact_product(a, b, transposed)[0])
+
+
+@needs_amx
+@pytest.mark.parametrize("transposed", [False, True], ids=["b", "b_transposed"])
+@pytest.mark.parametrize("m, k, n", SHAPES)
+def test_products_are_within_float32_summation_error(m, k, n, transposed):
+    """Any order of K float32 sums is within K * 2^-24 * (|a| @ |b|) of the exact product (the
+    products of two bfloat16 values are exact in float32)."""
+    a, b = operands(m, k, n, transposed, seed=k)
+    expected, scale = exact_product(a, b, transposed)
+    error = np.abs(np.asarray(native(a, b, transposed), np.float64) - expected)
+    assert np.all(error <= k * 2.0**-24 * scale)
+
+
+@needs_amx
+def test_agrees_with_xla_dot_on_a_convolution_sized_product():
+    a, b = operands(1000, 576, 64, False, seed=3)
+    np.testing.assert_allclose(native(a, b, False), bf16_dot_reference(a, b), rtol=1e-5, atol=1e-4)
+
+
+@needs_amx
+def test_nan_and_inf_stay_in_their_row_and_column():
+    """A NaN in a poisons only its row of c, an infinity in b only its column: the zero padding
+    of the edge tiles never multiplies them into other elements."""
+    a, b = operands(35, 70, 33, False, seed=1)
+    a = a.at[20, 69].set(jnp.nan)  # last depth, in the edge tile of rows 16-31
+    b = b.at[69, 32].set(jnp.inf)  # b's last row and column
+    got = np.asarray(native(a, b, False))
+    nan_rows = np.isnan(got).all(axis=1)
+    assert nan_rows[20] and nan_rows.sum() == 1
+    rest = np.delete(got, 20, axis=0)
+    assert np.isinf(rest[:, 32]).all() and np.isfinite(np.delete(rest, 32, axis=1)).all()
+
+
+@needs_amx
+def test_denormal_operands_count_as_zero_as_in_xla_dot():
+    """bfloat16 values below float32's normal range (under 2^-126) are read as zero, by the AMX
+    instruction as by XLA's CPU dot (bf16_dot's docstring says so); normal ones are not."""
+    a = jnp.full((2, 4), 2.0**-130, jnp.bfloat16).at[1].set(2.0**-120)
+    b = jnp.ones((4, 3), jnp.bfloat16)
+    expected = np.array([[0.0] * 3, [4 * 2.0**-120] * 3])
+    np.testing.assert_array_equal(native(a, b, False), expected)
+    np.testing.assert_array_equal(bf16_dot_reference(a, b), expected)
+
+
+@needs_amx
+def test_empty_shapes():
+    a, b = operands(5, 0, 3, False)
+    np.testing.assert_array_equal(native(a, b, False), np.zeros((5, 3)))  # K = 0: sums of nothing
+    assert native(*operands(0, 4, 3, False), False).shape == (0, 3)
+    assert native(*operands(5, 4, 0, True), True).shape == (5, 0)
+
+
+@needs_amx
+def test_xla_bfloat16_dots_in_the_same_program_are_unchanged():
+    """The kernel puts back the tile configuration a thread had; XLA's own bfloat16 dots (its
+    libraries use the tiles too) computed around it in one program stay XLA's results."""
+    a, b = operands(200, 300, 100, False, seed=4)
+    product = jax.jit(lambda a, b: (lax.dot(a, b, preferred_element_type=jnp.float32), bf16_dot(a, b),
+                                    lax.dot(a, b, preferred_element_type=jnp.float32)))
+    before, ours, after = product(a, b)
+    alone = jax.jit(lambda a, b: lax.dot(a, b, preferred_element_type=jnp.float32))(a, b)
+    np.testing.assert_array_equal(before, alone)
+    np.testing.assert_array_equal(after, alone)
+    np.testing.assert_allclose(ours, alone, rtol=1e-5, atol=1e-4)
+
+
+def test_without_amx_it_is_xla_dot(monkeypatch):
+    monkeypatch.setattr(matmul, "amx_usable", lambda: False)
+    a, b = operands(20, 40, 10, True, seed=5)
+    np.testing.assert_array_equal(native(a, b, True), bf16_dot_reference(a, b, b_transposed=True))
+    assert "custom_call" not in jax.jit(lambda a, b: bf16_dot(a, b, b_transposed=True)).lower(a, b).as_text()
+
+
+def test_bad_arguments_are_named():
+    a, b = operands(4, 6, 5, False)
+    with pytest.raises(ValueError, match="must be matrices"):
+        bf16_dot(a[None], b)
+    with pytest.raises(TypeError, match="must be bfloat16, got float32 and bfloat16"):
+        bf16_dot(a.astype(jnp.float32), b)
+    with pytest.raises(ValueError, match=r"a \(4, 6\) and b \(6, 5\) \(transposed\) do not chain"):
+        bf16_dot(a, b, b_transposed=True)

@@ -1,0 +1,52 @@
+"""Products of bfloat16 matrices into float32 on the AMX tiles of x86 CPUs, as a native CPU
+custom call, with XLA's dot as the reference and the fallback.
+
+XLA's CPU backend (through YNNPACK) computed the bfloat16 products of VGG16's convolutions at
+140-280 GFLOP/s on the 2-core machine of experiments/results/, where the CPU's AMX tiles reach
+about 1 TFLOP/s per core; the native kernel packs b for the tiles once per call and reads a in
+place (xla_ops/csrc/bf16_dot_cpu.cc). Not differentiable itself: the layers that use it
+(`jaxdet.models.mixed_precision`) define their own gradients.
+"""
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from xla_ops import _native
+
+
+def bf16_dot(a: jax.Array, b: jax.Array, *, b_transposed: bool = False) -> jax.Array:
+    """a [M, K] @ b [K, N] (b given as [N, K] when `b_transposed`): [M, N] float32.
+
+    Both operands are bfloat16 (others are an error: round them first, where the rounding can
+    fuse with the work that makes them). Products and sums are float32, inputs below float32's
+    normal range (denormals) count as zero, as in XLA's CPU dot; the AMX kernel sums in another
+    order than XLA's, so the two agree to float32 rounding, not bit for bit.
+
+    On a CPU with AMX tiles that the OS lets the process use (`amx_usable()`) the native kernel;
+    elsewhere `bf16_dot_reference`.
+    """
+    if a.ndim != 2 or b.ndim != 2:
+        raise ValueError(f"bf16_dot: a and b must be matrices, got shapes {a.shape} and {b.shape}")
+    if a.dtype != jnp.bfloat16 or b.dtype != jnp.bfloat16:
+        raise TypeError(f"bf16_dot: a and b must be bfloat16, got {a.dtype} and {b.dtype}")
+    n, k = b.shape if b_transposed else b.shape[::-1]
+    if a.shape[1] != k:
+        raise ValueError(f"bf16_dot: a {a.shape} and b {b.shape}{' (transposed)' if b_transposed else ''} "
+                         "do not chain: a's columns must equal b's rows")
+    if not amx_usable():
+        return bf16_dot_reference(a, b, b_transposed=b_transposed)
+    return jax.ffi.ffi_call(_native.BF16_DOT_TARGET, jax.ShapeDtypeStruct((a.shape[0], n), jnp.float32))(
+        a, b, b_transposed=b_transposed)
+
+
+def bf16_dot_reference(a: jax.Array, b: jax.Array, *, b_transposed: bool = False) -> jax.Array:
+    """`bf16_dot` as XLA's dot_general with a float32 result."""
+    contracting = 1 if b_transposed else 0
+    return lax.dot_general(a, b, (((1,), (contracting,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def amx_usable() -> bool:
+    """Whether `bf16_dot` runs the native kernel where it is called: on the CPU, with the
+    extension built, on a CPU with AMX tiles the OS lets this process use."""
+    return _native.current_platform() == "cpu" and _native.bf16_dot_usable()
