@@ -8,8 +8,10 @@ Variants (names for --variants):
   patch1152        the same, patch path from 128 channels (adds VGG16's conv2_2 and conv3_1)
   patch576         the same, patch path from 64 channels (adds conv1_2 and conv2_1), the
                    products through XLA's dot (the choice before the AMX products)
-  amx576           the same, the products through `xla_ops.bf16_dot` on the AMX tiles where the
-                   CPU has them (as shipped)
+  amx576_written   the same, the products on the AMX tiles where the CPU has them, over the
+                   patches written out (`xla_ops.bf16_dot`)
+  amx576           the same, the forward's and input gradient's patches read from the image by
+                   the product (`xla_ops.bf16_patch_dot`; as shipped)
   amx27            the same, every 3x3 convolution (adds conv1_1, over 3 channels)
 
 Each variant's step is traced and compiled on its own (jax's caches cleared between them), run
@@ -18,7 +20,7 @@ The process keeps the host memory XLA frees, as the jaxdet command does (jaxdet.
 
 Usage:
   python experiments/bench_mixed_precision.py --batch-size 1 --rounds 10
-  python experiments/bench_mixed_precision.py --variants patch576 amx576 amx27 --rounds 8
+  python experiments/bench_mixed_precision.py --variants amx576 amx27 --rounds 8
   add --out experiments/results/peers.md to append the table and the command there.
 """
 
@@ -47,30 +49,35 @@ def float32_dense(features, *, dtype, **kwargs):
     return nn.Dense(features, dtype=jnp.float32 if dtype == jnp.bfloat16 else dtype, **kwargs)
 
 
-# name: (the fully connected layer, the patch path's PATCH_DEPTH_FROM, products on the AMX tiles)
+# name: (the fully connected layer, the patch path's PATCH_DEPTH_FROM, products on the AMX tiles,
+# the patches of the forward and input gradient read from the image by the product)
 VARIANTS = {
-    "fc32_patch2304": (float32_dense, 3 * 3 * 256, False),
-    "patch2304": (mixed_precision.Dense, 3 * 3 * 256, False),
-    "patch1152": (mixed_precision.Dense, 3 * 3 * 128, False),
-    "patch576": (mixed_precision.Dense, 3 * 3 * 64, False),
-    "amx576": (mixed_precision.Dense, 3 * 3 * 64, True),
-    "amx27": (mixed_precision.Dense, 3 * 3 * 3, True),
+    "fc32_patch2304": (float32_dense, 3 * 3 * 256, False, False),
+    "patch2304": (mixed_precision.Dense, 3 * 3 * 256, False, False),
+    "patch1152": (mixed_precision.Dense, 3 * 3 * 128, False, False),
+    "patch576": (mixed_precision.Dense, 3 * 3 * 64, False, False),
+    "amx576_written": (mixed_precision.Dense, 3 * 3 * 64, True, False),
+    "amx576": (mixed_precision.Dense, 3 * 3 * 64, True, True),
+    "amx27": (mixed_precision.Dense, 3 * 3 * 3, True, True),
 }
 
 
 def compiled_variant(name, config, batch):
     """(compiled step, train state, batch) of one variant, its choices made while it is traced."""
-    dense, depth, amx = VARIANTS[name]
+    dense, depth, amx, patches_read = VARIANTS[name]
     if amx and not matmul.amx_usable():
         raise SystemExit(f"variant {name} needs the AMX products: {_native.why_bf16_dot_not_usable()}")
     jax.clear_caches()  # the model's modules compare equal across variants: trace each anew
-    shipped = roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM, matmul.amx_usable
+    shipped = roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM, matmul.amx_usable, mixed_precision.bf16_patch_dot
     roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM = dense, depth
     matmul.amx_usable = matmul.amx_usable if amx else (lambda: False)
+    if not patches_read:
+        mixed_precision.bf16_patch_dot = matmul.bf16_patch_dot_reference
     try:
         _, state, batch, lowered = bench_train.prepared_variant(config, "bfloat16", batch)
     finally:
-        roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM, matmul.amx_usable = shipped
+        (roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM, matmul.amx_usable,
+         mixed_precision.bf16_patch_dot) = shipped
     return lowered.compile(), state, batch
 
 
@@ -80,7 +87,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
-                        default=["patch576", "amx576"])
+                        default=["patch576", "amx576_written", "amx576"])
     parser.add_argument("--out", help="append the table and the command to this markdown file")
     args = parser.parse_args(argv)
 

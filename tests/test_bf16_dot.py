@@ -1,7 +1,8 @@
 """`xla_ops.bf16_dot`, the products of bfloat16 matrices into float32 on the AMX tiles, against
 float64 products of the same bfloat16 values (numpy) and XLA's dot, on shapes that exercise every
 edge of the kernel's tiling: rows, columns and depths that are not multiples of the 16 x 32 tiles,
-several chunks of the depth, several groups of rows, and b given transposed."""
+several chunks of the depth, several groups of rows, and b given transposed. `bf16_patch_dot`,
+which reads an image's patches tile by tile, against `bf16_dot` of the written patches."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import pytest
 from jax import lax
 
 from xla_ops import _native, matmul
-from xla_ops.matmul import bf16_dot, bf16_dot_reference
+from xla_ops.matmul import bf16_dot, bf16_dot_reference, bf16_patch_dot, bf16_patch_dot_reference
 
 needs_amx = pytest.mark.skipif(not _native.bf16_dot_usable(),
                                reason=f"no AMX products here: {_native.why_bf16_dot_not_usable()}")
@@ -134,3 +135,49 @@ def test_bad_arguments_are_named():
         bf16_dot(a.astype(jnp.float32), b)
     with pytest.raises(ValueError, match=r"a \(4, 6\) and b \(6, 5\) \(transposed\) do not chain"):
         bf16_dot(a, b, b_transposed=True)
+
+
+def patch_operands(shape, size, out_channels, seed=0):
+    keys = jax.random.split(jax.random.key(seed), 2)
+    x = jax.random.normal(keys[0], shape, jnp.bfloat16)
+    return x, jax.random.normal(keys[1], (size, size, shape[3], out_channels), jnp.bfloat16)
+
+
+@needs_amx
+@pytest.mark.parametrize("shape, size, out_channels", [
+    ((1, 5, 7, 32), 3, 16),     # rows narrower than a tile: every tile gathered
+    ((1, 4, 16, 32), 3, 32),    # a tile per image row
+    ((2, 9, 37, 64), 3, 40),    # tiles across image rows and images, in place in between
+    ((1, 3, 40, 96), 5, 33),    # a 5x5 window: taps two pixels out
+    ((1, 6, 20, 32), 1, 30),    # 1x1: every tile inside the image
+    ((3, 1, 1, 32), 3, 8),      # 1x1 images: every tap but the centre outside
+    ((1, 8, 20, 352), 7, 20),   # K = 17248: two K chunks (of at most 16384 for 32 columns)
+])
+def test_patch_dot_equals_the_product_of_the_written_patches_bit_for_bit(shape, size, out_channels):
+    """The same products, summed in the same order as `bf16_dot` over the patches
+    `image_patches` writes: equal in every bit, NaN and zero padding included."""
+    x, kernel = patch_operands(shape, size, out_channels)
+    x = x.at[0, -1, -1, 0].set(jnp.nan)  # its patches' rows become NaN, the others must not
+    got = jax.jit(bf16_patch_dot)(x, kernel)
+    want = jax.jit(bf16_patch_dot_reference)(x, kernel)
+    assert got.shape == (x.shape[0] * x.shape[1] * x.shape[2], out_channels) and got.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(want).view(np.uint32))
+    assert "jaxdet_bf16_patch_dot" in jax.jit(bf16_patch_dot).lower(x, kernel).as_text()
+
+
+def test_patch_dot_without_the_tiles_or_with_other_channels_is_the_written_patches(monkeypatch):
+    x, kernel = patch_operands((1, 5, 6, 24), 3, 7)  # 24 channels: not whole tiles
+    assert "jaxdet_bf16_patch_dot" not in jax.jit(bf16_patch_dot).lower(x, kernel).as_text()
+    monkeypatch.setattr(matmul, "amx_usable", lambda: False)
+    x, kernel = patch_operands((1, 5, 6, 32), 3, 7)
+    np.testing.assert_array_equal(jax.jit(bf16_patch_dot)(x, kernel), jax.jit(bf16_patch_dot_reference)(x, kernel))
+
+
+def test_patch_dot_bad_arguments_are_named():
+    x, kernel = patch_operands((1, 4, 4, 32), 3, 5)
+    with pytest.raises(ValueError, match=r"kernel \[k, k, C, O\] with k odd"):
+        bf16_patch_dot(x, kernel[:2, :2])
+    with pytest.raises(TypeError, match="must be bfloat16, got float32 and bfloat16"):
+        bf16_patch_dot(x.astype(jnp.float32), kernel)
+    with pytest.raises(ValueError, match=r"input channels \(16\) are not x's \(32\)"):
+        bf16_patch_dot(x, kernel[:, :, :16])

@@ -13,6 +13,7 @@ FORWARD_TARGET = "jaxdet_roi_pool_fwd"
 BACKWARD_TARGET = "jaxdet_roi_pool_bwd"
 PATCHES_TARGET = "jaxdet_image_patches"
 BF16_DOT_TARGET = "jaxdet_bf16_dot"
+BF16_PATCH_DOT_TARGET = "jaxdet_bf16_patch_dot"
 
 # JAX platform name -> (extension module, XLA platform name used for registration).
 _EXTENSIONS = {"cpu": ("xla_ops._roi_pool_cpu", "cpu"), "cuda": ("xla_ops._roi_pool_cuda", "CUDA")}

@@ -1,5 +1,6 @@
-"""Products of bfloat16 matrices into float32 on the AMX tiles of x86 CPUs, as a native CPU
-custom call, with XLA's dot as the reference and the fallback.
+"""Products of bfloat16 matrices into float32 on the AMX tiles of x86 CPUs, as native CPU
+custom calls, with XLA's dot as the reference and the fallback: `bf16_dot` of two matrices, and
+`bf16_patch_dot` of an image's patches (im2col, never written out) and a convolution kernel.
 
 XLA's CPU backend (through YNNPACK) computed the bfloat16 products of VGG16's convolutions at
 140-280 GFLOP/s on the 2-core machine of experiments/results/, where the CPU's AMX tiles reach
@@ -10,9 +11,11 @@ place (xla_ops/csrc/bf16_dot_cpu.cc). Not differentiable itself: the layers that
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from xla_ops import _native
+from xla_ops.patches import image_patches
 
 
 def bf16_dot(a: jax.Array, b: jax.Array, *, b_transposed: bool = False) -> jax.Array:
@@ -38,6 +41,40 @@ def bf16_dot(a: jax.Array, b: jax.Array, *, b_transposed: bool = False) -> jax.A
         return bf16_dot_reference(a, b, b_transposed=b_transposed)
     return jax.ffi.ffi_call(_native.BF16_DOT_TARGET, jax.ShapeDtypeStruct((a.shape[0], n), jnp.float32))(
         a, b, b_transposed=b_transposed)
+
+
+def bf16_patch_dot(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The stride-1 "same" convolution of x with an odd k x k kernel as one product of bfloat16
+    matrices: `image_patches(x, k) @ kernel.reshape(k * k * C, O)`, [N * H * W, O] float32.
+
+    Args:
+      x: [N, H, W, C] bfloat16.
+      kernel: [k, k, C, O] (HWIO) bfloat16, k odd.
+
+    On the AMX tiles with C a multiple of 32, the patches are read from x tile by tile, never
+    written out (implicit im2col; VGG16's conv1_2 would write 691 MB of them), and the result is
+    the same as `bf16_dot` of the written patches, bit for bit (the same products summed in the
+    same order). Elsewhere `bf16_patch_dot_reference`.
+    """
+    if x.ndim != 4 or kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or kernel.shape[0] % 2 == 0:
+        raise ValueError(f"bf16_patch_dot: x must be [N, H, W, C] and kernel [k, k, C, O] with k odd, got "
+                         f"shapes {x.shape} and {kernel.shape}")
+    if x.dtype != jnp.bfloat16 or kernel.dtype != jnp.bfloat16:
+        raise TypeError(f"bf16_patch_dot: x and kernel must be bfloat16, got {x.dtype} and {kernel.dtype}")
+    if kernel.shape[2] != x.shape[3]:
+        raise ValueError(f"bf16_patch_dot: the kernel's input channels ({kernel.shape[2]}) are not x's ({x.shape[3]})")
+    n, h, w, c = x.shape
+    k, o = kernel.shape[0], kernel.shape[3]
+    if not amx_usable() or c % 32 != 0:
+        return bf16_patch_dot_reference(x, kernel)
+    return jax.ffi.ffi_call(_native.BF16_PATCH_DOT_TARGET, jax.ShapeDtypeStruct((n * h * w, o), jnp.float32))(
+        x, kernel.reshape(k * k * c, o), size=np.int64(k))
+
+
+def bf16_patch_dot_reference(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`bf16_patch_dot` as `bf16_dot` of the patches `xla_ops.image_patches` writes out."""
+    k, _, c, o = kernel.shape
+    return bf16_dot(image_patches(x, k), kernel.reshape(k * k * c, o))
 
 
 def bf16_dot_reference(a: jax.Array, b: jax.Array, *, b_transposed: bool = False) -> jax.Array:

@@ -12,7 +12,7 @@ activations and pooling. The fully connected layers (`Dense`) likewise multiply 
 operands into float32 (`bfloat16_matmul`), with float32 parameters, outputs and gradients.
 
 `patch_conv` writes a k x k convolution with padding k // 2 as three matrix products over image
-patches (`xla_ops.image_patches`, im2col), bfloat16 operands accumulated in float32:
+patches (im2col), bfloat16 operands accumulated in float32:
 
   forward          Y  [M, O]       = P(x)    [M, k*k*C] @ K    [k*k*C, O]
   input gradient   dX [M, C]       = P(dY)   [M, k*k*O] @ K'   [k*k*O, C]  (K' = K rotated 180
@@ -21,11 +21,13 @@ patches (`xla_ops.image_patches`, im2col), bfloat16 operands accumulated in floa
                    dK^T [O, k*k*C] = dY^T    [O, M]     . P(x)^T [k*k*C, M] (XLA's dot: both
                                                                            operands along rows)
 
-where M = N * H * W. The products, and the kernel gradient of `bfloat16_matmul`, run on the CPU's
-AMX tiles through `xla_ops.bf16_dot` where the CPU has them (Intel Sapphire Rapids and later):
-1.2-5x faster than XLA's dot on VGG16's convolutions, and the training step 1.4x faster
-(experiments/bench_bf16_dot.py, experiments/results/peers.md). Elsewhere they are XLA's dot, in
-the forms it computes fastest.
+where M = N * H * W. Where the CPU has AMX tiles (Intel Sapphire Rapids and later) the products,
+and the kernel gradient of `bfloat16_matmul`, run on them: the forward and the input gradient
+through `xla_ops.bf16_patch_dot`, which reads the patches from the image tile by tile (C a
+multiple of 32) instead of writing them out, the kernel gradients through `xla_ops.bf16_dot`
+over the patches `xla_ops.image_patches` writes (experiments/bench_bf16_dot.py and
+bench_mixed_precision.py, experiments/results/peers.md). Elsewhere they are XLA's dot over the
+written patches, in the forms it computes fastest.
 
 `Conv` is `flax.linen.Conv` with `conv_general_dilated` below, which decides per convolution, by
 what was measured on that machine (VGG16's training step at 600x1000, batch 1, the variants
@@ -50,7 +52,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from xla_ops import _native, matmul
-from xla_ops.matmul import bf16_dot
+from xla_ops.matmul import bf16_dot, bf16_patch_dot
 from xla_ops.patches import image_patches
 from xla_ops.sharding import batch_shards
 
@@ -61,9 +63,8 @@ def patch_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     k // 2: [N, H, W, O] float32, from bfloat16 operands accumulated in float32. The gradients
     have the dtypes of x and the kernel."""
     n, h, w, _ = x.shape
-    k, _, c, o = kernel.shape
-    y = bf16_dot(image_patches(x, k), kernel.astype(jnp.bfloat16).reshape(k * k * c, o))
-    return y.reshape(n, h, w, o)
+    y = bf16_patch_dot(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
+    return y.reshape(n, h, w, kernel.shape[3])
 
 
 def _patch_conv_fwd(x, kernel):
@@ -75,11 +76,11 @@ def _patch_conv_bwd(residuals, grad):
     n, h, w, c = x.shape
     k, _, _, o = kernel.shape
     # Rounded once, by XLA inside the fusion that makes the cotangent (the ReLU's mask), so that
-    # both patch builds below copy bfloat16 instead of rounding float32 each.
+    # both products below read bfloat16.
     grad = grad.astype(jnp.bfloat16)
     # K' [k, k, O, C]: tap (ty, tx) of the input gradient is tap (k-1-ty, k-1-tx) of the forward.
-    flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).astype(jnp.bfloat16).reshape(k * k * o, c)
-    grad_x = bf16_dot(image_patches(grad, k), flipped)
+    flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).astype(jnp.bfloat16)
+    grad_x = bf16_patch_dot(grad, flipped)
     patches_t = image_patches(x, k, transposed=True)  # P(x)^T [k*k*C, M]
     if matmul.amx_usable():
         grad_kernel = bf16_dot(patches_t, grad.reshape(n * h * w, o)).reshape(k, k, c, o)

@@ -1,9 +1,12 @@
 // Matrix products of bfloat16 operands into float32 on the AMX tiles of x86 CPUs (Intel Sapphire
-// Rapids and later), as an XLA FFI custom call:
+// Rapids and later), as two XLA FFI custom calls:
 //
-//   c [M, N] float32 = a [M, K] @ b [K, N]          (b_transposed: b is given as [N, K])
+//   bf16_dot        c [M, N] float32 = a [M, K] @ b [K, N]   (b_transposed: b is given as [N, K])
+//   bf16_patch_dot  c [M, N] float32 = P(x) [M, k*k*C] @ b [k*k*C, N], P(x) the k x k patches of
+//                   an image x [N_, H, W, C] (M = N_ * H * W, C a multiple of 32), read from x
+//                   tile by tile and never written out (implicit im2col)
 //
-// with a and b bfloat16, row-major. The products and sums are float32 as the AMX instruction
+// with a, x and b bfloat16, row-major. The products and sums are float32 as the AMX instruction
 // TDPBF16PS makes them (denormal inputs and results flushed to zero, as XLA's CPU dot does too;
 // rounding to nearest even); the order of the sums differs from XLA's dot, so results agree to
 // float32 rounding.
@@ -13,7 +16,10 @@
 //    the pairs of rows (k, k + 1) interleaved, [N/16][K/2][16][2], zero-padded to K a multiple
 //    of 32 and N a multiple of 32. Every read of b is inside [K, N] (or [N, K]).
 //  * a is read in place, 16 rows x 32 elements a tile, except where a tile would cross the last
-//    row or column: that tile is copied to a zero-padded buffer first. No read leaves a.
+//    row or column: that tile is copied to a zero-padded buffer first. No read leaves a. The
+//    patches' tiles are 16 pixels of an image row x 32 channels of one tap: rows of x, C apart,
+//    read in place where they stay inside one image row and the tap inside the image, else
+//    gathered (zeros outside the image). No read leaves x.
 //  * c is computed in 32 x 32 blocks (2 x 2 accumulator tiles, 2 A tiles, 2 B tiles: the 8 tile
 //    registers), K in chunks whose packed b fits the L2 cache. Blocks on the edges of c are
 //    stored through a buffer; no write leaves c.
@@ -31,6 +37,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
 #define BF16_DOT_AMX 1
@@ -193,20 +200,65 @@ void PackPanel(const uint16_t* b, bool transposed, const Dims& d, int64_t n0, in
   }
 }
 
-// The 16 x 32 A tile at (row, k) and its row stride in bytes: in place when inside a, else
-// copied into `edge` (zero-padded).
+// Where the kernel reads a 16 x 32 tile of a: its first row and the stride of its rows in bytes.
 struct TileSource {
   const uint16_t* base;
   int64_t stride_bytes;
 };
-inline TileSource ATile(const uint16_t* a, const Dims& d, int64_t row, int64_t k, uint16_t* edge) {
-  if (row + kTileRows <= d.m && k + kTileK <= d.k) return {a + row * d.k + k, d.k * 2};
-  std::memset(edge, 0, sizeof(uint16_t) * kTileRows * kTileK);
-  const int64_t rows = std::max<int64_t>(0, std::min(kTileRows, d.m - row));
-  const int64_t cols = std::max<int64_t>(0, std::min(kTileK, d.k - k));
-  for (int64_t r = 0; r < rows; ++r) std::memcpy(edge + r * kTileK, a + (row + r) * d.k + k, sizeof(uint16_t) * cols);
-  return {edge, kTileK * 2};
-}
+
+// a given as a row-major matrix [M, K]. A tile is read in place when it lies inside a, else
+// copied into `edge` (zero-padded).
+struct Matrix {
+  const uint16_t* a;
+  using Rows = int64_t;  // the tile's first row
+  Rows RowsAt(int64_t row) const { return row; }
+  TileSource Tile(int64_t row, int64_t k, const Dims& d, uint16_t* edge) const {
+    if (row + kTileRows <= d.m && k + kTileK <= d.k) return {a + row * d.k + k, d.k * 2};
+    std::memset(edge, 0, sizeof(uint16_t) * kTileRows * kTileK);
+    const int64_t rows = std::max<int64_t>(0, std::min(kTileRows, d.m - row));
+    const int64_t cols = std::max<int64_t>(0, std::min(kTileK, d.k - k));
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(edge + r * kTileK, a + (row + r) * d.k + k, sizeof(uint16_t) * cols);
+    return {edge, kTileK * 2};
+  }
+};
+
+// a = the k x k patches of an image x [N, H, W, C] (xla_ops.image_patches: row (n * H + y) * W + x_,
+// column (ty * k + tx) * C + c holds x[n, y + ty - k / 2, x_ + tx - k / 2, c], zero outside the
+// image), never written out: with C a multiple of 32, the 32 columns of a tile are 32 channels
+// of one tap, and 16 pixels of one image row whose tap stays inside the image are 16 rows of x
+// C elements apart. Such a tile is read from x in place; the others (crossing an image row or
+// the image's border) are gathered into `edge`.
+struct ImagePatches {
+  const uint16_t* x;
+  int64_t n, h, w, c, size;
+  struct Rows {
+    int64_t row, image, y, x;  // the tile's first row and its pixel
+  };
+  Rows RowsAt(int64_t row) const {
+    const int64_t image = row / (h * w), rest = row % (h * w);
+    return {row, image, rest / w, rest % w};
+  }
+  TileSource Tile(const Rows& r, int64_t k, const Dims& d, uint16_t* edge) const {
+    const int64_t tap = k / c, channel = k % c, pad = size / 2;
+    const int64_t dy = tap / size - pad, dx = tap % size - pad;
+    const int64_t sy = r.y + dy, sx = r.x + dx;
+    if (r.row + kTileRows <= d.m && r.x + kTileRows <= w && sy >= 0 && sy < h && sx >= 0 && sx + kTileRows <= w) {
+      return {x + ((r.image * h + sy) * w + sx) * c + channel, c * 2};
+    }
+    for (int64_t i = 0; i < kTileRows; ++i) {
+      uint16_t* dst = edge + i * kTileK;
+      const int64_t row = r.row + i;
+      const int64_t image = row / (h * w), rest = row % (h * w);
+      const int64_t py = rest / w + dy, px = rest % w + dx;
+      if (row < d.m && py >= 0 && py < h && px >= 0 && px < w) {
+        std::memcpy(dst, x + ((image * h + py) * w + px) * c + channel, sizeof(uint16_t) * kTileK);
+      } else {
+        std::memset(dst, 0, sizeof(uint16_t) * kTileK);
+      }
+    }
+    return {edge, kTileK * 2};
+  }
+};
 
 // The C tile at (row, col) of c is inside c.
 inline bool Inside(const Dims& d, int64_t row, int64_t col) {
@@ -246,17 +298,19 @@ inline void CopyEdgeIn(const float* c, float* tile, const Dims& d, int64_t row, 
 
 // c[m0:m0+32, n0:n0+32] (+)= a[m0:m0+32, k0:k1] @ b[k0:k1, n0:n0+32], k0 and k1 multiples of 32,
 // with b's two column tiles packed from k0 on at b0 and b1.
-void Block(const uint16_t* a, const uint16_t* b0, const uint16_t* b1, float* c, const Dims& d, int64_t m0,
+template <typename A>
+void Block(const A& a, const uint16_t* b0, const uint16_t* b1, float* c, const Dims& d, int64_t m0,
            int64_t n0, int64_t k0, int64_t k1, bool first) {
   alignas(64) uint16_t edge_a0[kTileRows * kTileK], edge_a1[kTileRows * kTileK];
   alignas(64) float edge_c[kTileRows * kTileCols];
   const int64_t m1 = m0 + kTileRows, n1 = n0 + kTileCols;
+  const typename A::Rows rows0 = a.RowsAt(m0), rows1 = a.RowsAt(m1);
   LOAD_C(0, m0, n0);
   LOAD_C(1, m0, n1);
   LOAD_C(2, m1, n0);
   LOAD_C(3, m1, n1);
   for (int64_t k = k0; k < k1; k += kTileK) {
-    const TileSource a0 = ATile(a, d, m0, k, edge_a0), a1 = ATile(a, d, m1, k, edge_a1);
+    const TileSource a0 = a.Tile(rows0, k, d, edge_a0), a1 = a.Tile(rows1, k, d, edge_a1);
     TILE_LOAD(4, a0.base, a0.stride_bytes);
     TILE_LOAD(5, a1.base, a1.stride_bytes);
     TILE_LOAD(6, b0 + (k - k0) * kTileCols, 64);
@@ -289,7 +343,8 @@ Buffer Allocate(int64_t elements) {
 // b packed whole once, shared; the threads take groups of 32-row panels of c (and, where there
 // are too few groups to share, parts of their columns). Per group, K in chunks: the chunk of
 // packed b and the group's rows of c both stay in the L2 cache, and a is read once per part.
-ffi::Error Product(ffi::ThreadPool& pool, const uint16_t* a, const uint16_t* b, bool transposed, float* c,
+template <typename A>
+ffi::Error Product(ffi::ThreadPool& pool, const A& a, const uint16_t* b, bool transposed, float* c,
                    const Dims& d) {
   const int64_t kp = d.k_padded(), np = d.n_padded();
   const int64_t row_blocks = RoundUp(d.m, kBlock) / kBlock, col_blocks = np / kBlock;
@@ -325,18 +380,19 @@ ffi::Error Product(ffi::ThreadPool& pool, const uint16_t* a, const uint16_t* b, 
 
 #endif  // BF16_DOT_AMX
 
-ffi::Error Bf16DotImpl(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> c,
-                       bool b_transposed) {
-  const auto ad = a.dimensions(), bd = b.dimensions(), cd = c->dimensions();
-  if (ad.size() != 2 || bd.size() != 2 || a.element_type() != ffi::BF16 || b.element_type() != ffi::BF16) {
-    return ffi::Error::InvalidArgument("bf16_dot: a and b must be bfloat16 matrices");
+// c = a @ b for any a (Matrix or ImagePatches), after the checks both custom calls share.
+template <typename A>
+ffi::Error Run(ffi::ThreadPool& pool, const A& a, ffi::AnyBuffer b, bool b_transposed, ffi::Result<ffi::AnyBuffer>& c,
+               const Dims& d, const char* name) {
+  const auto bd = b.dimensions(), cd = c->dimensions();
+  if (bd.size() != 2 || b.element_type() != ffi::BF16) {
+    return ffi::Error::InvalidArgument(std::string(name) + ": b must be a bfloat16 matrix");
   }
-  const Dims d{ad[0], ad[1], b_transposed ? bd[0] : bd[1]};
-  if ((b_transposed ? bd[1] : bd[0]) != d.k) {
-    return ffi::Error::InvalidArgument("bf16_dot: a's columns and b's rows (columns, transposed) differ");
+  if ((b_transposed ? bd[1] : bd[0]) != d.k || (b_transposed ? bd[0] : bd[1]) != d.n) {
+    return ffi::Error::InvalidArgument(std::string(name) + ": b's rows (columns, transposed) must match a's columns");
   }
   if (cd.size() != 2 || cd[0] != d.m || cd[1] != d.n || c->element_type() != ffi::F32) {
-    return ffi::Error::InvalidArgument("bf16_dot: the result must be float32 [M, N]");
+    return ffi::Error::InvalidArgument(std::string(name) + ": the result must be float32 [M, N]");
   }
   auto* out = c->typed_data<float>();
   if (d.m == 0 || d.n == 0) return ffi::Error::Success();
@@ -346,16 +402,38 @@ ffi::Error Bf16DotImpl(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b,
   }
   if (!AmxAvailable()) {
     return ffi::Error(ffi::ErrorCode::kUnimplemented,
-                      "bf16_dot: this CPU or OS gives no AMX tiles (xla_ops.bf16_dot falls back to XLA's dot)");
+                      std::string(name) + ": this CPU or OS gives no AMX tiles (xla_ops.matmul falls back to XLA's dot)");
   }
 #if BF16_DOT_AMX
   xla_ops::AdviseHugePages(out, sizeof(float) * d.m * d.n);
-  const auto* a_data = reinterpret_cast<const uint16_t*>(a.untyped_data());
-  const auto* b_data = reinterpret_cast<const uint16_t*>(b.untyped_data());
-  return Product(pool, a_data, b_data, b_transposed, out, d);
+  return Product(pool, a, reinterpret_cast<const uint16_t*>(b.untyped_data()), b_transposed, out, d);
 #else
   return ffi::Error::Success();
 #endif
+}
+
+ffi::Error Bf16DotImpl(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> c,
+                       bool b_transposed) {
+  const auto ad = a.dimensions(), bd = b.dimensions();
+  if (ad.size() != 2 || bd.size() != 2 || a.element_type() != ffi::BF16) {
+    return ffi::Error::InvalidArgument("bf16_dot: a and b must be bfloat16 matrices");
+  }
+  const Dims d{ad[0], ad[1], b_transposed ? bd[0] : bd[1]};
+  return Run(pool, Matrix{reinterpret_cast<const uint16_t*>(a.untyped_data())}, b, b_transposed, c, d, "bf16_dot");
+}
+
+ffi::Error Bf16PatchDotImpl(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> c,
+                            int64_t size) {
+  const auto xd = x.dimensions(), bd = b.dimensions();
+  if (xd.size() != 4 || x.element_type() != ffi::BF16) {
+    return ffi::Error::InvalidArgument("bf16_patch_dot: x must be bfloat16 [N, H, W, C]");
+  }
+  if (size < 1 || size % 2 == 0 || xd[3] % kTileK != 0 || bd.size() != 2) {
+    return ffi::Error::InvalidArgument("bf16_patch_dot: the window size must be odd, C a multiple of 32");
+  }
+  const ImagePatches a{reinterpret_cast<const uint16_t*>(x.untyped_data()), xd[0], xd[1], xd[2], xd[3], size};
+  const Dims d{a.n * a.h * a.w, size * size * a.c, bd[1]};
+  return Run(pool, a, b, false, c, d, "bf16_patch_dot");
 }
 
 }  // namespace
@@ -369,10 +447,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Bf16DotCpu, bf16_dot::Bf16DotImpl,
                                   .Ret<ffi::AnyBuffer>()  // c [M, N] float32
                                   .Attr<bool>("b_transposed"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(Bf16PatchDotCpu, bf16_dot::Bf16PatchDotImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()  // x [N, H, W, C] bfloat16, C a multiple of 32
+                                  .Arg<ffi::AnyBuffer>()  // b [k * k * C, O] bfloat16
+                                  .Ret<ffi::AnyBuffer>()  // c [N * H * W, O] float32
+                                  .Attr<int64_t>("size"));
+
 PYBIND11_MODULE(_bf16_dot_cpu, m) {
   m.def("registrations", []() {
     pybind11::dict d;
     d["jaxdet_bf16_dot"] = pybind11::capsule(reinterpret_cast<void*>(Bf16DotCpu));
+    d["jaxdet_bf16_patch_dot"] = pybind11::capsule(reinterpret_cast<void*>(Bf16PatchDotCpu));
     return d;
   });
   m.def("amx_available", &bf16_dot::AmxAvailable,
