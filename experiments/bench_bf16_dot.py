@@ -1,5 +1,6 @@
 """`xla_ops.bf16_dot` (the AMX kernel) against XLA's dot, on the products of VGG16's bfloat16
-training step at 600x1000, alternating in one process.
+training step at 600x1000, alternating in one process; and `xla_ops.matmul.bf16_patch_dot`, which
+reads a convolution's patches from the image, against `bf16_dot` of the patches written out.
 
 For each product, XLA's side is the form jaxdet computes it in without the AMX kernel (the form
 XLA's CPU dot ran fastest in): the same for the forward and the input gradient; for a
@@ -23,6 +24,7 @@ from jax import lax
 import reports
 from jaxdet.compiler_options import jit
 from xla_ops import _native, bf16_dot
+from xla_ops.matmul import bf16_patch_dot, bf16_patch_dot_reference
 
 # name: (M, K, N, the kernel's b is transposed, XLA's form: "same" or "dK" (dY^T . P^T))
 PRODUCTS = {
@@ -36,6 +38,22 @@ PRODUCTS = {
     "fc6 forward (128x25088 @ 25088x4096)": (128, 25088, 4096, False, "same"),
     "fc6 input gradient (128x4096 @ (25088x4096)^T)": (128, 4096, 25088, True, "same"),
 }
+
+
+# name: the image [1, H, W, C] and the kernel's output channels O of a 3x3 convolution
+PATCH_PRODUCTS = {
+    "conv1_2 (600x1000x64 -> 64)": (600, 1000, 64, 64),
+    "conv3_2 (150x250x256 -> 256)": (150, 250, 256, 256),
+    "conv4_2 (75x125x512 -> 512)": (75, 125, 512, 512),
+    "conv5_2 (37x62x512 -> 512)": (37, 62, 512, 512),
+}
+
+
+def patch_sides(h, w, c, o):
+    keys = jax.random.split(jax.random.key(h + c), 2)
+    x = jax.random.normal(keys[0], (1, h, w, c), jnp.bfloat16)
+    kernel = jax.random.normal(keys[1], (3, 3, c, o), jnp.bfloat16)
+    return jit(bf16_patch_dot), (x, kernel), jit(bf16_patch_dot_reference), (x, kernel)
 
 
 def sides(m, k, n, transposed, xla_form):
@@ -69,30 +87,41 @@ def main(argv=None):
     if not _native.bf16_dot_usable():
         raise SystemExit(f"no AMX kernel to measure: {_native.why_bf16_dot_not_usable()}")
 
+    def alternate(kernel, kernel_args, other, other_args):
+        """Median ms of each side, and the per-round ratios other / kernel."""
+        timed(kernel, kernel_args), timed(other, other_args)
+        seconds = {"kernel": [], "other": []}
+        for round_index in range(args.rounds):
+            order = ("kernel", "other") if round_index % 2 == 0 else ("other", "kernel")
+            for side in order:
+                fun, fun_args = (kernel, kernel_args) if side == "kernel" else (other, other_args)
+                seconds[side].append(timed(fun, fun_args))
+        ratios = [o / k for o, k in zip(seconds["other"], seconds["kernel"])]
+        return 1e3 * statistics.median(seconds["kernel"]), 1e3 * statistics.median(seconds["other"]), ratios
+
+    def row(name, flops, kernel_ms, other_ms, ratios):
+        return (f"| {name} | {kernel_ms:.1f} ({flops / kernel_ms / 1e6:.0f}) | {other_ms:.1f} "
+                f"({flops / other_ms / 1e6:.0f}) | {statistics.median(ratios):.2f}x "
+                f"({min(ratios):.2f}-{max(ratios):.2f}) |")
+
     rows = []
     for name, (m, k, n, transposed, xla_form) in PRODUCTS.items():
-        kernel, kernel_args, xla, xla_args = sides(m, k, n, transposed, xla_form)
-        timed(kernel, kernel_args), timed(xla, xla_args)
-        seconds = {"kernel": [], "xla": []}
-        for round_index in range(args.rounds):
-            order = ("kernel", "xla") if round_index % 2 == 0 else ("xla", "kernel")
-            for side in order:
-                fun, fun_args = (kernel, kernel_args) if side == "kernel" else (xla, xla_args)
-                seconds[side].append(timed(fun, fun_args))
-        ratios = [x / y for x, y in zip(seconds["xla"], seconds["kernel"])]
-        kernel_ms, xla_ms = (1e3 * statistics.median(seconds[s]) for s in ("kernel", "xla"))
-        flops = 2 * m * k * n
-        rows.append(f"| {name} | {kernel_ms:.1f} ({flops / kernel_ms / 1e6:.0f}) | {xla_ms:.1f} "
-                    f"({flops / xla_ms / 1e6:.0f}) | {statistics.median(ratios):.2f}x "
-                    f"({min(ratios):.2f}-{max(ratios):.2f}) |")
+        rows.append(row(name, 2 * m * k * n, *alternate(*sides(m, k, n, transposed, xla_form))))
         print(rows[-1], flush=True)
+    patch_rows = []
+    for name, (h, w, c, o) in PATCH_PRODUCTS.items():
+        patch_rows.append(row(name, 2 * h * w * 9 * c * o, *alternate(*patch_sides(h, w, c, o))))
+        print(patch_rows[-1], flush=True)
 
     command = reports.command_line("experiments/bench_bf16_dot.py", argv)
     lines = [f"### bfloat16 products: the AMX kernel against XLA's dot, {time.strftime('%Y-%m-%d %H:%M %Z')}",
              "", f"Command: `PYTHONPATH=. python {command}`", "",
              f"| product | kernel ms (GFLOP/s), median of {args.rounds} | XLA's dot ms (GFLOP/s) | "
              "XLA's time / kernel's, median (min-max of the rounds) |",
-             "|---|---:|---:|---:|", *rows]
+             "|---|---:|---:|---:|", *rows, "",
+             f"| 3x3 convolution, forward | patches read from the image (`bf16_patch_dot`) ms (GFLOP/s) | "
+             "patches written, then `bf16_dot` | written / read, median (min-max) |",
+             "|---|---:|---:|---:|", *patch_rows]
     reports.publish("\n".join(lines) + "\n", args.out)
 
 

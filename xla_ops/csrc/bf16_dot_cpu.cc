@@ -166,40 +166,6 @@ struct Dims {
   int64_t pairs() const { return k_padded() / 2; }
 };
 
-#if BF16_DOT_AMX
-
-// One panel of b in the layout of B tiles: columns [n0, n0 + 32), rows [k0, k1) (k0, k1
-// multiples of 32), as two 16-column tiles one after the other, each [(k1 - k0) / 2 pairs][16][2]:
-//   dst[((t * pairs + p) * 16 + col) * 2 + e] = b[k0 + 2p + e, n0 + 16t + col], zero outside b.
-void PackPanel(const uint16_t* b, bool transposed, const Dims& d, int64_t n0, int64_t k0, int64_t k1,
-               uint16_t* dst) {
-  const int64_t pairs = (k1 - k0) / 2;
-  const int64_t k_end = std::min(k1, d.k);          // rows of b inside it
-  const int64_t cols = std::min(kBlock, d.n - n0);  // columns of b inside it
-  // Element (k, column i of the panel) goes to dst[Offset(k, i)].
-  const auto offset = [&](int64_t k, int64_t i) {
-    return ((i / kTileCols * pairs + (k - k0) / 2) * kTileCols + i % kTileCols) * 2 + (k - k0) % 2;
-  };
-  if (transposed) {  // b is [N, K]: rows n of it read along
-    for (int64_t i = 0; i < cols; ++i) {
-      const uint16_t* src = b + (n0 + i) * d.k;
-      for (int64_t k = k0; k < k_end; ++k) dst[offset(k, i)] = src[k];
-    }
-  } else {  // b is [K, N]: the panel's part of rows k read along
-    for (int64_t k = k0; k < k_end; ++k) {
-      const uint16_t* src = b + k * d.n + n0;
-      for (int64_t i = 0; i < cols; ++i) dst[offset(k, i)] = src[i];
-    }
-  }
-  // Zeros past b's last column and last row.
-  for (int64_t i = cols; i < kBlock; ++i) {
-    for (int64_t k = k0; k < k1; ++k) dst[offset(k, i)] = 0;
-  }
-  for (int64_t i = 0; i < cols; ++i) {
-    for (int64_t k = k_end; k < k1; ++k) dst[offset(k, i)] = 0;
-  }
-}
-
 // Where the kernel reads a 16 x 32 tile of a: its first row and the stride of its rows in bytes.
 struct TileSource {
   const uint16_t* base;
@@ -245,20 +211,56 @@ struct ImagePatches {
     if (r.row + kTileRows <= d.m && r.x + kTileRows <= w && sy >= 0 && sy < h && sx >= 0 && sx + kTileRows <= w) {
       return {x + ((r.image * h + sy) * w + sx) * c + channel, c * 2};
     }
+    int64_t image = r.image, y = r.y, px = r.x;  // pixel of row r.row + i, advanced without division
     for (int64_t i = 0; i < kTileRows; ++i) {
       uint16_t* dst = edge + i * kTileK;
-      const int64_t row = r.row + i;
-      const int64_t image = row / (h * w), rest = row % (h * w);
-      const int64_t py = rest / w + dy, px = rest % w + dx;
-      if (row < d.m && py >= 0 && py < h && px >= 0 && px < w) {
-        std::memcpy(dst, x + ((image * h + py) * w + px) * c + channel, sizeof(uint16_t) * kTileK);
+      if (r.row + i < d.m && y + dy >= 0 && y + dy < h && px + dx >= 0 && px + dx < w) {
+        std::memcpy(dst, x + ((image * h + y + dy) * w + px + dx) * c + channel, sizeof(uint16_t) * kTileK);
       } else {
         std::memset(dst, 0, sizeof(uint16_t) * kTileK);
+      }
+      if (++px == w) {
+        px = 0;
+        if (++y == h) y = 0, ++image;
       }
     }
     return {edge, kTileK * 2};
   }
 };
+
+#if BF16_DOT_AMX
+
+// One panel of b in the layout of B tiles: columns [n0, n0 + 32), rows [k0, k1) (k0, k1
+// multiples of 32), as two 16-column tiles one after the other, each [(k1 - k0) / 2 pairs][16][2]:
+//   dst[((t * pairs + p) * 16 + col) * 2 + e] = b[k0 + 2p + e, n0 + 16t + col], zero outside b.
+void PackPanel(const uint16_t* b, bool transposed, const Dims& d, int64_t n0, int64_t k0, int64_t k1,
+               uint16_t* dst) {
+  const int64_t pairs = (k1 - k0) / 2;
+  const int64_t k_end = std::min(k1, d.k);          // rows of b inside it
+  const int64_t cols = std::min(kBlock, d.n - n0);  // columns of b inside it
+  // Element (k, column i of the panel) goes to dst[Offset(k, i)].
+  const auto offset = [&](int64_t k, int64_t i) {
+    return ((i / kTileCols * pairs + (k - k0) / 2) * kTileCols + i % kTileCols) * 2 + (k - k0) % 2;
+  };
+  if (transposed) {  // b is [N, K]: rows n of it read along
+    for (int64_t i = 0; i < cols; ++i) {
+      const uint16_t* src = b + (n0 + i) * d.k;
+      for (int64_t k = k0; k < k_end; ++k) dst[offset(k, i)] = src[k];
+    }
+  } else {  // b is [K, N]: the panel's part of rows k read along
+    for (int64_t k = k0; k < k_end; ++k) {
+      const uint16_t* src = b + k * d.n + n0;
+      for (int64_t i = 0; i < cols; ++i) dst[offset(k, i)] = src[i];
+    }
+  }
+  // Zeros past b's last column and last row.
+  for (int64_t i = cols; i < kBlock; ++i) {
+    for (int64_t k = k0; k < k1; ++k) dst[offset(k, i)] = 0;
+  }
+  for (int64_t i = 0; i < cols; ++i) {
+    for (int64_t k = k_end; k < k1; ++k) dst[offset(k, i)] = 0;
+  }
+}
 
 // The C tile at (row, col) of c is inside c.
 inline bool Inside(const Dims& d, int64_t row, int64_t col) {
