@@ -36,14 +36,22 @@ int main(void) {
   _tile_loadconfig(&config);
   static uint16_t operand[16 * 32] __attribute__((aligned(64)));
   static float result[16 * 16];
-  _tile_zero(0), _tile_zero(1), _tile_zero(2), _tile_zero(3);
-  _tile_loadd(4, operand, 64), _tile_loadd(5, operand, 64);
-  _tile_loadd(6, operand, 64), _tile_loadd(7, operand, 64);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  _tile_loadd(4, operand, 64);
+  _tile_loadd(5, operand, 64);
+  _tile_loadd(6, operand, 64);
+  _tile_loadd(7, operand, 64);
   const long iterations = 50000000;
   struct timespec start, end;
   clock_gettime(CLOCK_MONOTONIC, &start);
   for (long i = 0; i < iterations; ++i) {
-    _tile_dpbf16ps(0, 4, 6), _tile_dpbf16ps(1, 4, 7), _tile_dpbf16ps(2, 5, 6), _tile_dpbf16ps(3, 5, 7);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
   }
   clock_gettime(CLOCK_MONOTONIC, &end);
   _tile_stored(0, result, 64);
