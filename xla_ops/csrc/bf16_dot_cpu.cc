@@ -21,10 +21,11 @@
 //    read in place where they stay inside one image row and the tap inside the image, else
 //    gathered (zeros outside the image). No read leaves x.
 //  * c is computed in 32 x 32 blocks (2 x 2 accumulator tiles, 2 A tiles, 2 B tiles: the 8 tile
-//    registers), K in chunks whose packed b fits the L2 cache. Blocks on the edges of c are
-//    stored through a buffer; no write leaves c.
-//  * Work is split in panels of 32 rows of c (or 32 columns when N > M) over XLA's intra-op
-//    thread pool (cpu_common.h); each panel writes its own part of c.
+//    registers), K in chunks whose packed b fits the L2 cache, rows in groups whose part of c
+//    does too. Blocks on the edges of c are stored through a buffer; no write leaves c.
+//  * Work is split in groups of rows of c (and, where there are too few groups for the threads,
+//    parts of their columns) over XLA's intra-op thread pool (cpu_common.h); each writes its own
+//    part of c.
 //
 // Using the tiles needs the Linux permission for their state (arch_prctl ARCH_REQ_XCOMP_PERM),
 // asked once per process; `amx_available()` says whether the CPU has the tiles and the OS gave
@@ -37,6 +38,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
@@ -59,8 +61,8 @@ constexpr int64_t kTileRows = 16;  // rows of an A, B (pairs of k) or C tile
 constexpr int64_t kTileK = 32;     // bfloat16 elements of k in an A tile row (64 bytes)
 constexpr int64_t kTileCols = 16;  // columns of a B or C tile
 constexpr int64_t kBlock = 32;     // rows and columns of c per block: 2 x 2 tiles
-// What the loops keep in the L2 cache for reuse (a chunk of packed b, a group's rows of c, a
-// chunk of a): each within this.
+// What the loops keep in the L2 cache for reuse (a chunk of packed b, a group's rows of c): each
+// within this.
 constexpr int64_t kReuseBytes = int64_t{1} << 20;
 constexpr int64_t kWorkItemsPerThread = 4;  // at least, for the threads to share the work evenly
 
@@ -69,12 +71,15 @@ int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 #if BF16_DOT_AMX
 
 // AddressSanitizer does not see what inline assembly reads and writes: in its builds
-// (experiments/sanitize_roi_pool.sh), the first and last byte of each 64-byte row a tile
-// instruction reads or writes are touched first, so that it checks those.
+// (experiments/sanitize_roi_pool.sh), each 64-byte row a tile instruction reads or writes is
+// touched first, a byte in every 8 (its shadow granularity), so that it checks the rows.
 #if defined(__SANITIZE_ADDRESS__)
 inline void CheckRows(const void* base, int64_t stride_bytes) {
   const volatile char* p = static_cast<const volatile char*>(base);
-  for (int64_t r = 0; r < kTileRows; ++r) (void)(p[r * stride_bytes] + p[r * stride_bytes + 63]);
+  for (int64_t r = 0; r < kTileRows; ++r) {
+    for (int64_t byte = 0; byte < 64; byte += 8) (void)p[r * stride_bytes + byte];
+    (void)p[r * stride_bytes + 63];
+  }
 }
 #else
 inline void CheckRows(const void*, int64_t) {}
@@ -271,12 +276,14 @@ inline bool Inside(const Dims& d, int64_t row, int64_t col) {
 inline void CopyEdgeOut(const float* tile, float* c, const Dims& d, int64_t row, int64_t col) {
   const int64_t rows = std::max<int64_t>(0, std::min(kTileRows, d.m - row));
   const int64_t cols = std::max<int64_t>(0, std::min(kTileCols, d.n - col));
+  if (cols == 0) return;  // the tile lies right of c: no pointer into it is formed
   for (int64_t r = 0; r < rows; ++r) std::memcpy(c + (row + r) * d.n + col, tile + r * kTileCols, sizeof(float) * cols);
 }
 inline void CopyEdgeIn(const float* c, float* tile, const Dims& d, int64_t row, int64_t col) {
   std::memset(tile, 0, sizeof(float) * kTileRows * kTileCols);
   const int64_t rows = std::max<int64_t>(0, std::min(kTileRows, d.m - row));
   const int64_t cols = std::max<int64_t>(0, std::min(kTileCols, d.n - col));
+  if (cols == 0) return;
   for (int64_t r = 0; r < rows; ++r) std::memcpy(tile + r * kTileCols, c + (row + r) * d.n + col, sizeof(float) * cols);
 }
 
@@ -298,25 +305,34 @@ inline void CopyEdgeIn(const float* c, float* tile, const Dims& d, int64_t row, 
     CopyEdgeOut(edge_c, c, d, row, col);                         \
   }
 
-// c[m0:m0+32, n0:n0+32] (+)= a[m0:m0+32, k0:k1] @ b[k0:k1, n0:n0+32], k0 and k1 multiples of 32,
-// with b's two column tiles packed from k0 on at b0 and b1.
+// The A tiles of rows [m0, m0 + 32) over K steps [k0, k0 + 32 * steps): tiles[2 s] and
+// tiles[2 s + 1] for step s, the gathered ones in edges (2 * steps tiles of 16 x 32). Made once
+// for all the column blocks that use them.
 template <typename A>
-void Block(const A& a, const uint16_t* b0, const uint16_t* b1, float* c, const Dims& d, int64_t m0,
-           int64_t n0, int64_t k0, int64_t k1, bool first) {
-  alignas(64) uint16_t edge_a0[kTileRows * kTileK], edge_a1[kTileRows * kTileK];
+void PrepareTiles(const A& a, const Dims& d, int64_t m0, int64_t k0, int64_t steps, TileSource* tiles,
+                  uint16_t* edges) {
+  const typename A::Rows rows0 = a.RowsAt(m0), rows1 = a.RowsAt(m0 + kTileRows);
+  for (int64_t s = 0; s < steps; ++s) {
+    tiles[2 * s] = a.Tile(rows0, k0 + s * kTileK, d, edges + 2 * s * kTileRows * kTileK);
+    tiles[2 * s + 1] = a.Tile(rows1, k0 + s * kTileK, d, edges + (2 * s + 1) * kTileRows * kTileK);
+  }
+}
+
+// c[m0:m0+32, n0:n0+32] (+)= a[m0:m0+32, k0:k0+32*steps] @ b[k0:k0+32*steps, n0:n0+32], with a's
+// tiles from PrepareTiles and b's two column tiles packed from k0 on at b0 and b1.
+void Block(const TileSource* tiles, const uint16_t* b0, const uint16_t* b1, float* c, const Dims& d, int64_t m0,
+           int64_t n0, int64_t steps, bool first) {
   alignas(64) float edge_c[kTileRows * kTileCols];
   const int64_t m1 = m0 + kTileRows, n1 = n0 + kTileCols;
-  const typename A::Rows rows0 = a.RowsAt(m0), rows1 = a.RowsAt(m1);
   LOAD_C(0, m0, n0);
   LOAD_C(1, m0, n1);
   LOAD_C(2, m1, n0);
   LOAD_C(3, m1, n1);
-  for (int64_t k = k0; k < k1; k += kTileK) {
-    const TileSource a0 = a.Tile(rows0, k, d, edge_a0), a1 = a.Tile(rows1, k, d, edge_a1);
-    TILE_LOAD(4, a0.base, a0.stride_bytes);
-    TILE_LOAD(5, a1.base, a1.stride_bytes);
-    TILE_LOAD(6, b0 + (k - k0) * kTileCols, 64);
-    TILE_LOAD(7, b1 + (k - k0) * kTileCols, 64);
+  for (int64_t s = 0; s < steps; ++s) {
+    TILE_LOAD(4, tiles[2 * s].base, tiles[2 * s].stride_bytes);
+    TILE_LOAD(5, tiles[2 * s + 1].base, tiles[2 * s + 1].stride_bytes);
+    TILE_LOAD(6, b0 + s * kTileK * kTileCols, 64);
+    TILE_LOAD(7, b1 + s * kTileK * kTileCols, 64);
     TILE_DP(0, 4, 6);
     TILE_DP(1, 4, 7);
     TILE_DP(2, 5, 6);
@@ -361,22 +377,32 @@ ffi::Error Product(ffi::ThreadPool& pool, const A& a, const uint16_t* b, bool tr
   const int64_t groups = (row_blocks + group - 1) / group;
   const int64_t parts = std::min(col_blocks, (kWorkItemsPerThread * std::max<int64_t>(1, pool.num_threads()) + groups - 1) / groups);
   const int64_t part = (col_blocks + parts - 1) / parts;  // column blocks per part
+  std::atomic<bool> out_of_memory{false};
   xla_ops::ParallelFor(pool, groups * parts, 1, [&](int64_t begin, int64_t end) {
+    const int64_t max_steps = chunk / kTileK;
+    std::unique_ptr<TileSource[]> tiles(new (std::nothrow) TileSource[2 * max_steps]);
+    Buffer edges = Allocate(2 * max_steps * kTileRows * kTileK);
+    if (tiles == nullptr || edges == nullptr) {
+      out_of_memory = true;
+      return;
+    }
     TileScope scope;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t g = item / parts, p = item % parts;
       const int64_t rb_end = std::min(row_blocks, (g + 1) * group), cb_end = std::min(col_blocks, (p + 1) * part);
       for (int64_t k0 = 0; k0 < kp; k0 += chunk) {
-        const int64_t k1 = std::min(kp, k0 + chunk);
+        const int64_t steps = (std::min(kp, k0 + chunk) - k0) / kTileK;
         for (int64_t rb = g * group; rb < rb_end; ++rb) {
+          PrepareTiles(a, d, rb * kBlock, k0, steps, tiles.get(), edges.get());
           for (int64_t cb = p * part; cb < cb_end; ++cb) {
             const uint16_t* b0 = packed.get() + cb * kp * kBlock + k0 * kTileCols;
-            Block(a, b0, b0 + kp * kTileCols, c, d, rb * kBlock, cb * kBlock, k0, k1, k0 == 0);
+            Block(tiles.get(), b0, b0 + kp * kTileCols, c, d, rb * kBlock, cb * kBlock, steps, k0 == 0);
           }
         }
       }
     }
   });
+  if (out_of_memory) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "bf16_dot: no memory for the A tiles");
   return ffi::Error::Success();
 }
 
