@@ -131,34 +131,15 @@ def extensions():
         cpu_flags = [f for f in cpu_flags if f != "-O3"] + ["-O1", "-g", f"-fsanitize={sanitize}",
                                                              "-fno-omit-frame-pointer"]
         cpu_link = [f"-fsanitize={sanitize}"]
+    def cpu_extension(name, source, depends):
+        return Extension(name, sources=[os.path.join(CSRC, source)], depends=depends, include_dirs=include_dirs,
+                         extra_compile_args=cpu_flags, extra_link_args=cpu_link, language="c++")
+
+    common = [os.path.join(CSRC, "cpu_common.h")]
     exts = [
-        Extension(
-            "xla_ops._roi_pool_cpu",
-            sources=[os.path.join(CSRC, "roi_pool_cpu.cc")],
-            depends=HEADERS,
-            include_dirs=include_dirs,
-            extra_compile_args=cpu_flags,
-            extra_link_args=cpu_link,
-            language="c++",
-        ),
-        Extension(
-            "xla_ops._patches_cpu",
-            sources=[os.path.join(CSRC, "patches_cpu.cc")],
-            depends=[os.path.join(CSRC, "cpu_common.h")],
-            include_dirs=include_dirs,
-            extra_compile_args=cpu_flags,
-            extra_link_args=cpu_link,
-            language="c++",
-        ),
-        Extension(
-            "xla_ops._bf16_dot_cpu",
-            sources=[os.path.join(CSRC, "bf16_dot_cpu.cc")],
-            depends=[os.path.join(CSRC, "cpu_common.h")],
-            include_dirs=include_dirs,
-            extra_compile_args=cpu_flags,
-            extra_link_args=cpu_link,
-            language="c++",
-        ),
+        cpu_extension("xla_ops._roi_pool_cpu", "roi_pool_cpu.cc", HEADERS),
+        cpu_extension("xla_ops._patches_cpu", "patches_cpu.cc", common),
+        cpu_extension("xla_ops._bf16_dot_cpu", "bf16_dot_cpu.cc", common),
     ]
     if os.environ.get("JAXDET_CUDA_EMULATION") == "1":
         exts.append(Extension(

@@ -103,18 +103,8 @@ plant_tile_overread() {
   echo "== planted bug (tile-overread): bf16_dot_cpu.cc with"
   diff xla_ops/csrc/bf16_dot_cpu.cc "$source" || true
   sanitized_build "$lib" "$tree"
-  if under_asan "$lib" -m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo/tests" \
-      "$repo/tests/test_bf16_dot.py::test_products_of_small_integers_are_exact[17-33-15-b]" \
-      >"$OUT/planted_tile_overread.log" 2>&1; then
-    echo "planted bug (tile-overread) NOT caught by the address sanitizer" >&2
-    return 1
-  fi
-  grep -m1 -A3 "ERROR: AddressSanitizer" "$OUT/planted_tile_overread.log" | cut -c1-160 || {
-    echo "planted bug (tile-overread): the tests failed, but not with a sanitizer report:" >&2
-    tail -n 20 "$OUT/planted_tile_overread.log" >&2
-    return 1
-  }
-  echo "planted bug (tile-overread) caught by the address sanitizer"
+  expect_report tile-overread address under_asan "$lib" -m pytest -q -p no:cacheprovider --capture=sys \
+    --rootdir "$repo/tests" "$repo/tests/test_bf16_dot.py::test_products_of_small_integers_are_exact[17-33-15-b]"
 }
 
 run_emulated() {
@@ -174,7 +164,15 @@ plant() {
   echo "== planted bug ($name): roi_pool_cuda.cu with"
   diff xla_ops/csrc/roi_pool_cuda.cu "$planted/roi_pool_cuda.cu" || true
   build_check "$sanitizer" "$work/check_$name" "$planted"
-  if TSAN_OPTIONS=halt_on_error=1 ASAN_OPTIONS=halt_on_error=1 "$work/check_$name" >"$OUT/planted_$name.log" 2>&1; then
+  expect_report "$name" "$sanitizer" env TSAN_OPTIONS=halt_on_error=1 ASAN_OPTIONS=halt_on_error=1 "$work/check_$name"
+}
+
+# expect_report NAME SANITIZER COMMAND...: runs COMMAND (output in $OUT/planted_NAME.log), which
+# must fail with a report of the sanitizer; prints the report's first lines.
+expect_report() {
+  local name=$1 sanitizer=$2
+  shift 2
+  if "$@" >"$OUT/planted_$name.log" 2>&1; then
     echo "planted bug ($name) NOT caught by the $sanitizer sanitizer" >&2
     return 1
   fi
