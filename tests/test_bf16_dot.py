@@ -128,11 +128,9 @@ def test_xla_bfloat16_dots_chained_with_it_in_one_program():
 
 @pytest.fixture
 def without_amx(monkeypatch):
-    """`amx_usable()` False, and no trace kept across the switch (jit caches by function)."""
+    """`amx_usable()` False. The choice is made when a function is traced: the tests jit fresh
+    lambdas (jit caches traces by function)."""
     monkeypatch.setattr(matmul, "amx_usable", lambda: False)
-    jax.clear_caches()
-    yield
-    jax.clear_caches()
 
 
 def test_without_amx_it_is_xla_dot(without_amx):
@@ -172,23 +170,28 @@ def test_patch_dot_equals_the_product_of_the_written_patches_bit_for_bit(shape, 
     `image_patches` writes: equal in every bit, NaN and zero padding included."""
     x, kernel = patch_operands(shape, size, out_channels)
     x = x.at[0, -1, -1, 0].set(jnp.nan)  # its patches' rows become NaN, the others must not
-    got = jax.jit(bf16_patch_dot)(x, kernel)
-    want = jax.jit(bf16_patch_dot_reference)(x, kernel)
+    patch_dot = jax.jit(lambda x, kernel: bf16_patch_dot(x, kernel))  # a fresh trace
+    got = patch_dot(x, kernel)
+    want = jax.jit(lambda x, kernel: bf16_patch_dot_reference(x, kernel))(x, kernel)
     assert got.shape == (x.shape[0] * x.shape[1] * x.shape[2], out_channels) and got.dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(want).view(np.uint32))
-    assert "jaxdet_bf16_patch_dot" in jax.jit(bf16_patch_dot).lower(x, kernel).as_text()
+    assert "jaxdet_bf16_patch_dot" in patch_dot.lower(x, kernel).as_text()
+
+
+def assert_written_patches(x, kernel):
+    """bf16_patch_dot(x, kernel) is the reference, without the custom call (fresh traces)."""
+    patch_dot = jax.jit(lambda x, kernel: bf16_patch_dot(x, kernel))
+    assert "jaxdet_bf16_patch_dot" not in patch_dot.lower(x, kernel).as_text()
+    reference = jax.jit(lambda x, kernel: bf16_patch_dot_reference(x, kernel))
+    np.testing.assert_array_equal(patch_dot(x, kernel), reference(x, kernel))
 
 
 def test_patch_dot_with_other_channels_is_the_written_patches():
-    x, kernel = patch_operands((1, 5, 6, 24), 3, 7)  # 24 channels: not whole tiles
-    assert "jaxdet_bf16_patch_dot" not in jax.jit(bf16_patch_dot).lower(x, kernel).as_text()
-    np.testing.assert_array_equal(jax.jit(bf16_patch_dot)(x, kernel), jax.jit(bf16_patch_dot_reference)(x, kernel))
+    assert_written_patches(*patch_operands((1, 5, 6, 24), 3, 7))  # 24 channels: not whole tiles
 
 
 def test_patch_dot_without_the_tiles_is_the_written_patches(without_amx):
-    x, kernel = patch_operands((1, 5, 6, 32), 3, 7)
-    assert "jaxdet_bf16_patch_dot" not in jax.jit(bf16_patch_dot).lower(x, kernel).as_text()
-    np.testing.assert_array_equal(jax.jit(bf16_patch_dot)(x, kernel), jax.jit(bf16_patch_dot_reference)(x, kernel))
+    assert_written_patches(*patch_operands((1, 5, 6, 32), 3, 7))
 
 
 def test_patch_dot_bad_arguments_are_named():

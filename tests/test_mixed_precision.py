@@ -28,12 +28,12 @@ IMPLS = [pytest.param(image_patches, marks=needs_native, id="native"),
 @pytest.fixture(params=[pytest.param(True, id="amx", marks=pytest.mark.skipif(
     not _native.bf16_dot_usable(), reason="no AMX products here")), pytest.param(False, id="xla_dot")])
 def products(request, monkeypatch):
-    """The layers' products on the AMX tiles (`xla_ops.bf16_dot`), or through XLA's dot."""
+    """The layers' products on the AMX tiles (`xla_ops.bf16_dot`), or through XLA's dot. The
+    choice is made when a function is traced: tests using this jit a fresh lambda (jit caches
+    traces by function)."""
     if not request.param:
         monkeypatch.setattr(matmul, "amx_usable", lambda: False)
-    jax.clear_caches()  # traced anew with this choice
-    yield request.param
-    jax.clear_caches()
+    return request.param
 
 
 def bits(x):
@@ -131,7 +131,7 @@ def test_patch_conv_and_its_gradients_match_the_convolution_of_rounded_operands(
     kernel = jax.random.normal(kk, (size, size, shape[-1], out_channels))
     # A cotangent exact in bfloat16: the backward rounds it, as it rounds x and the kernel.
     cotangent = rounded(jax.random.normal(kg, shape[:3] + (out_channels,)))
-    out, vjp = jax.vjp(jit(patch_conv), x, kernel)
+    out, vjp = jax.vjp(jit(lambda x, kernel: patch_conv(x, kernel)), x, kernel)
     expected, expected_vjp = jax.vjp(reference_conv, rounded(x), rounded(kernel))
     assert out.dtype == jnp.float32
     # The same products of bfloat16 values, summed in float32 in another order.
@@ -224,7 +224,7 @@ def test_bfloat16_matmul_and_its_gradients_match_float32_products_of_rounded_ope
     kx, kk, kg = jax.random.split(jax.random.key(m + k + n), 3)
     x, kernel = jax.random.normal(kx, (m, k)), jax.random.normal(kk, (k, n))
     cotangent = rounded(jax.random.normal(kg, (m, n)))  # exact in bfloat16, as the backward rounds it
-    out, vjp = jax.vjp(jit(bfloat16_matmul), x, kernel)
+    out, vjp = jax.vjp(jit(lambda x, kernel: bfloat16_matmul(x, kernel)), x, kernel)
     exact = lambda a, b: jnp.dot(a, b, precision=lax.Precision.HIGHEST)  # noqa: E731
     expected, expected_vjp = jax.vjp(exact, rounded(x), rounded(kernel))
     assert out.dtype == jnp.float32
