@@ -52,7 +52,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from xla_ops import _native, matmul
-from xla_ops.matmul import bf16_dot, bf16_patch_dot
+from xla_ops.matmul import bf16_dot, bf16_dot_reference, bf16_patch_dot
 from xla_ops.patches import image_patches
 from xla_ops.sharding import batch_shards
 
@@ -164,12 +164,12 @@ def bfloat16_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     The rounded operands are kept for the backward pass: rounding VGG16's fc6 (103M weights) again
     would cost as much as its input gradient.
     """
-    return jnp.dot(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16), preferred_element_type=jnp.float32)
+    return bf16_dot_reference(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
 
 
 def _bfloat16_matmul_fwd(x, kernel):
     x_bf16, kernel_bf16 = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
-    y = jnp.dot(x_bf16, kernel_bf16, preferred_element_type=jnp.float32)
+    y = bf16_dot_reference(x_bf16, kernel_bf16)  # XLA's dot: the AMX kernel would pack fc6's weights per call
     # Zeros of the operands' dtypes, which the gradients take (residuals are arrays).
     return y, (x_bf16, kernel_bf16, jnp.zeros((), x.dtype), jnp.zeros((), kernel.dtype))
 
@@ -178,13 +178,13 @@ def _bfloat16_matmul_bwd(residuals, grad):
     x_bf16, kernel_bf16, x_zero, kernel_zero = residuals
     m, k = x_bf16.shape
     grad_bf16 = grad.astype(jnp.bfloat16)
-    grad_x = lax.dot_general(grad_bf16, kernel_bf16, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    grad_x = bf16_dot_reference(grad_bf16, kernel_bf16, b_transposed=True)  # XLA's dot, as the forward
     if batch_shards()[1] == 1:
         # x^T through the custom call: XLA folds a transposed operand into the dot, then computes it in float32.
         x_t = image_patches(x_bf16.reshape(1, 1, m, k), 1, transposed=True)  # [K, M]
         grad_kernel = bf16_dot(x_t, grad_bf16)
     else:  # XLA partitions these; it would gather the custom calls' operands onto every device
-        grad_kernel = jnp.dot(x_bf16.T, grad_bf16, preferred_element_type=jnp.float32)
+        grad_kernel = bf16_dot_reference(x_bf16.T, grad_bf16)
     return grad_x.astype(x_zero.dtype), grad_kernel.astype(kernel_zero.dtype)
 
 

@@ -168,7 +168,6 @@ struct Dims {
   int64_t m, k, n;
   int64_t k_padded() const { return RoundUp(k, kTileK); }
   int64_t n_padded() const { return RoundUp(n, kBlock); }
-  int64_t pairs() const { return k_padded() / 2; }
 };
 
 // Where the kernel reads a 16 x 32 tile of a: its first row and the stride of its rows in bytes.
