@@ -4,7 +4,7 @@ custom calls, with XLA's dot as the reference and the fallback: `bf16_dot` of tw
 
 XLA's CPU backend (through YNNPACK) computed the bfloat16 products of VGG16's convolutions at
 140-280 GFLOP/s inside its training step (380-740 GFLOP/s measured alone) on the 2-core machine
-of experiments/results/, where the CPU's AMX tiles reach about 1 TFLOP/s per core; the native
+of experiments/results/, where the CPU's AMX tiles reach about 2 TFLOP/s per core; the native
 kernel packs b for the tiles once per call and reads a in place (xla_ops/csrc/bf16_dot_cpu.cc).
 Not differentiable itself: the layers that use it (`jaxdet.models.mixed_precision`) define their
 own gradients.
