@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-import reports
+import common
 from jaxdet.compiler_options import jit
 from xla_ops import _native, bf16_dot
 from xla_ops.matmul import bf16_patch_dot, bf16_patch_dot_reference
@@ -113,7 +113,7 @@ def main(argv=None):
         patch_rows.append(row(name, 2 * h * w * 9 * c * o, *alternate(*patch_sides(h, w, c, o))))
         print(patch_rows[-1], flush=True)
 
-    command = reports.command_line("experiments/bench_bf16_dot.py", argv)
+    command = common.command_line("experiments/bench_bf16_dot.py", argv)
     lines = [f"### bfloat16 products: the AMX kernel against XLA's dot, {time.strftime('%Y-%m-%d %H:%M %Z')}",
              "", f"Command: `PYTHONPATH=. python {command}`", "",
              f"| product | kernel ms (GFLOP/s), median of {args.rounds} | XLA's dot ms (GFLOP/s) | "
@@ -122,7 +122,7 @@ def main(argv=None):
              f"| 3x3 convolution, forward | patches read from the image (`bf16_patch_dot`) ms (GFLOP/s) | "
              "patches written, then `bf16_dot` | written / read, median (min-max) |",
              "|---|---:|---:|---:|", *patch_rows]
-    reports.publish("\n".join(lines) + "\n", args.out)
+    common.publish("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ import subprocess
 import sys
 import time
 
-import reports
-
 VARIANTS = ("default", "retained")
 
 
@@ -36,11 +34,11 @@ def run_variant(args):
 
     import jax
 
-    import bench_train
+    import common
     from jaxdet.training.step import step_key
 
-    config, batch = bench_train.preset_inputs(args.preset, args.batch_size)
-    _, state, batch, lowered = bench_train.prepared_variant(config, args.dtype, batch)
+    config, batch = common.preset_inputs(args.preset, args.batch_size)
+    _, state, batch, lowered = common.prepared_variant(config, args.dtype, batch)
     start = time.perf_counter()
     step = lowered.compile()
     compile_s = time.perf_counter() - start
@@ -97,12 +95,14 @@ def main(argv=None):
             raise SystemExit(f"the {variant} process failed:\n{done.stderr[-3000:]}")
         results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
         print(f"{variant}: done", flush=True)
-    command = reports.command_line("experiments/bench_host_memory.py", argv)
+    import common  # here, not above: a child process changes malloc's settings before numpy starts
+
+    command = common.command_line("experiments/bench_host_memory.py", argv)
     lines = [f"### Host memory, {args.preset} {args.dtype} batch {args.batch_size}, {args.idle:g} s idle before "
              f"each step, {time.strftime('%Y-%m-%d %H:%M %Z')}", "", f"Command: `python {command}`", "",
              f"Steps 2-{args.steps} of each process (the first step maps everything for the first time):", ""]
     lines += table(results, first_timed=1)
-    reports.publish("\n".join(lines) + "\n", args.out)
+    common.publish("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

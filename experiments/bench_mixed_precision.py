@@ -37,8 +37,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-import bench_train  # noqa: E402
-import reports  # noqa: E402
+import common  # noqa: E402
 from jaxdet.models import mixed_precision, roi_head  # noqa: E402
 from jaxdet.training.step import step_key  # noqa: E402
 from xla_ops import _native, matmul  # noqa: E402
@@ -74,7 +73,7 @@ def compiled_variant(name, config, batch):
     if not patches_read:
         mixed_precision.bf16_patch_dot = matmul.bf16_patch_dot_reference
     try:
-        _, state, batch, lowered = bench_train.prepared_variant(config, "bfloat16", batch)
+        _, state, batch, lowered = common.prepared_variant(config, "bfloat16", batch)
     finally:
         (roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM, matmul.amx_usable,
          mixed_precision.bf16_patch_dot) = shipped
@@ -83,7 +82,7 @@ def compiled_variant(name, config, batch):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=list(bench_train.PRESETS), default="vgg16")
+    parser.add_argument("--preset", choices=list(common.PRESETS), default="vgg16")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
@@ -91,7 +90,7 @@ def main(argv=None):
     parser.add_argument("--out", help="append the table and the command to this markdown file")
     args = parser.parse_args(argv)
 
-    config, batch = bench_train.preset_inputs(args.preset, args.batch_size)
+    config, batch = common.preset_inputs(args.preset, args.batch_size)
     runs, losses = {}, {}
     for variant in args.variants:
         step, state, device_batch = compiled_variant(variant, config, batch)
@@ -112,7 +111,7 @@ def main(argv=None):
               flush=True)
 
     first = statistics.median(seconds[args.variants[0]])
-    command = reports.command_line("experiments/bench_mixed_precision.py", argv)
+    command = common.command_line("experiments/bench_mixed_precision.py", argv)
     lines = [f"### bfloat16 step variants, {args.preset} batch {args.batch_size}, {time.strftime('%Y-%m-%d %H:%M %Z')}",
              "", f"Command: `PYTHONPATH=. python {command}`", "",
              f"| variant | step s, median (min-max) of {args.rounds} | against {args.variants[0]} | first loss |",
@@ -121,7 +120,7 @@ def main(argv=None):
         values = seconds[variant]
         lines.append(f"| {variant} | {statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f}) | "
                      f"{first / statistics.median(values):.2f}x | {losses[variant]:.4f} |")
-    reports.publish("\n".join(lines) + "\n", args.out)
+    common.publish("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

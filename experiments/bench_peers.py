@@ -10,7 +10,7 @@ the platform JAX runs on (the CPU; the GPU when there is one, torch then on CUDA
             the same way; their forward outputs are compared value for value.
   tiny      the tiny_shapes config at 128x128, batch 8: jaxdet.training.step.train_step and
             jaxdet.inference.predict as a user calls them, against torchvision's FasterRCNN
-            matched to the config (experiments/bench_train.py's torchvision_faster_rcnn: a torch
+            matched to the config (experiments/common.py's torchvision_faster_rcnn: a torch
             port of TinyVGG, the same anchors, proposal counts, sampling, RoIPool, head and
             optimizer; its transform neither resizes nor pads).
   vgg16     the vgg16_voc07 config's training step at 600x1000, batch 1 and batch 2 (random
@@ -60,9 +60,7 @@ from unittest import mock
 import jax
 import numpy as np
 
-import bench_roi_pool
-import bench_train
-import reports
+import common
 from jaxdet import host_memory
 from jaxdet.configs import load_config
 from jaxdet.inference import predict
@@ -141,8 +139,8 @@ def table_lines(rows, slow=SLOW):
 # --- the measurements --------------------------------------------------------------------------
 
 def alternate(jaxdet_fn, torchvision_fn, rounds, warmup):
-    """Summary of `rounds` ABBA rounds (bench_roi_pool.in_rounds) after `warmup` calls of each."""
-    t = bench_roi_pool.in_rounds({"jaxdet": jaxdet_fn, "torchvision": torchvision_fn}, rounds, warmup)
+    """Summary of `rounds` ABBA rounds (common.in_rounds) after `warmup` calls of each."""
+    t = common.in_rounds({"jaxdet": jaxdet_fn, "torchvision": torchvision_fn}, rounds, warmup)
     return summarise(t["jaxdet"], t["torchvision"])
 
 
@@ -154,10 +152,10 @@ def roi_pool_part(rounds, warmup):
     """(rows, notes): forward and forward+backward at the three ROI_SHAPES."""
     rows, notes = [], []
     for shape, (n, h, w, c), num_rois, image_hw in ROI_SHAPES:
-        features, rois = bench_roi_pool.make_inputs(num_rois, channels=c, image_hw=image_hw, feature_hw=(h, w),
+        features, rois = common.make_inputs(num_rois, channels=c, image_hw=image_hw, feature_hw=(h, w),
                                                     num_images=n)
-        fwd, fwd_bwd = bench_roi_pool.jax_fns(features, rois, "ffi", rounding="round")
-        tv, tv_out = bench_roi_pool.torchvision_fns(features, rois, bench_roi_pool.cotangent(num_rois, c))
+        fwd, fwd_bwd = common.jax_fns(features, rois, "ffi", rounding="round")
+        tv, tv_out = common.torchvision_fns(features, rois, common.cotangent(num_rois, c))
         diff = np.asarray(fwd()) != tv_out
         notes.append(f"- RoI pooling {shape}: {int(diff.sum())} of {diff.size} output values differ between "
                      f"the two sides")
@@ -203,10 +201,10 @@ def loss_note(what, jaxdet_loss, torchvision_loss):
 def tiny_part(rounds, warmup):
     """(rows, notes): the tiny config's training step and predict at batch 8."""
     config = load_config("tiny_shapes")
-    _, image_hw, max_boxes = bench_train.PRESETS["tiny"]
+    _, image_hw, max_boxes = common.PRESETS["tiny"]
     batch_size = config.train.batch_size
-    batch = bench_train.synthetic_batch(batch_size, image_hw, max_boxes, model_num_classes(config))
-    jd, tv = JaxdetSide(config, batch), bench_train.TorchvisionSide(config, batch)
+    batch = common.synthetic_batch(batch_size, image_hw, max_boxes, model_num_classes(config))
+    jd, tv = JaxdetSide(config, batch), common.TorchvisionSide(config, batch)
     where = f"tiny_shapes, batch {batch_size}, {image_hw[0]}x{image_hw[1]}"
     rows = []
     for what, jf, tf in ((f"{where}: training step (forward, losses, backward, optimizer update)",
@@ -228,11 +226,11 @@ VGG16_DTYPES = ("float32/float32", "bfloat16/float32", "bfloat16/bfloat16")
 def build_vgg16_side(library, dtype, batch_sizes):
     """One side of the VGG16 rows: ("jaxdet" or "torchvision", its dtype) on the vgg16_voc07
     config at 600x1000, with a synthetic batch per size -> (side, batches, last_loss)."""
-    _, image_hw, max_boxes = bench_train.PRESETS["vgg16"]
+    _, image_hw, max_boxes = common.PRESETS["vgg16"]
     config = load_config("vgg16_voc07")
     if library == "jaxdet":
         config.model.compute_dtype = dtype
-    batches = {b: bench_train.synthetic_batch(b, image_hw, max_boxes, model_num_classes(config))
+    batches = {b: common.synthetic_batch(b, image_hw, max_boxes, model_num_classes(config))
                for b in batch_sizes}
     if library == "jaxdet":
         side = JaxdetSide(config, batches[batch_sizes[0]])
@@ -240,7 +238,7 @@ def build_vgg16_side(library, dtype, batch_sizes):
     import torch
 
     torch.set_num_threads(os.cpu_count())
-    side = bench_train.TorchvisionSide(config, batches[batch_sizes[0]], dtype=dtype)
+    side = common.TorchvisionSide(config, batches[batch_sizes[0]], dtype=dtype)
     return side, batches, lambda: float(side.loss)
 
 
@@ -310,7 +308,7 @@ def vgg16_part(rounds, warmup, batch_sizes=(1, 2), dtype_pairs=VGG16_DTYPES, pro
     each side in a process of its own (`processes="two"`) or both in this one ("one"). The
     libraries named in `retain_host_memory` run with jaxdet.host_memory's malloc settings (in
     processes of their own only)."""
-    _, image_hw, _ = bench_train.PRESETS["vgg16"]
+    _, image_hw, _ = common.PRESETS["vgg16"]
     if processes == "two":
         layout = f"a process each, freed memory retained by {' and '.join(retain_host_memory) or 'neither'}"
     else:
@@ -412,7 +410,7 @@ def main(argv=None):
             notes += n
     load_end = os.getloadavg()
 
-    command = "PYTHONPATH=. python " + reports.command_line(
+    command = "PYTHONPATH=. python " + common.command_line(
         sys.argv[0] if argv is None else "experiments/bench_peers.py", argv)
     lines = [f"### jaxdet against torchvision, {time.strftime('%Y-%m-%d %H:%M %Z')}", "",
              f"Command: `{command}`", "", f"Machine: {machine_line(load_start, load_end)}", "",
@@ -423,7 +421,7 @@ def main(argv=None):
     lines += table_lines(rows)
     if notes:
         lines += ["", "Checks:", ""] + notes
-    reports.publish("\n".join(lines) + "\n", args.out)
+    common.publish("\n".join(lines) + "\n", args.out)
 
 
 if __name__ == "__main__":

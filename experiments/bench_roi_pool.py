@@ -46,31 +46,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from common import OUTPUT, STRIDE, cotangent, in_rounds, jax_fns, make_inputs, torchvision_fns, unique_bytes
 from xla_ops import _native, roi_pool, roi_pool_with_argmax
 from xla_ops.reference import map_rois, bin_ranges
-
-IMAGE = 800
-STRIDE = 16
-OUTPUT = (7, 7)
-
-
-def make_inputs(num_rois, seed=0, channels=512, dtype="float32", image_hw=(IMAGE, IMAGE), feature_hw=None,
-                num_images=1):
-    """(features [num_images, h, w, channels], rois [num_rois, 5] float32): random normal
-    features of an image_hw image at stride 16 (feature_hw, default image_hw // 16), and
-    proposal-like RoIs 16 to 400 pixels a side inside the image, the first num_rois / num_images
-    on image 0, the next on image 1, ..."""
-    rng = np.random.default_rng(seed)
-    if feature_hw is None:
-        feature_hw = (image_hw[0] // STRIDE, image_hw[1] // STRIDE)
-    features = rng.normal(size=(num_images, *feature_hw, channels)).astype(jnp.dtype(dtype))
-    size = rng.uniform(16, 400, (num_rois, 2))
-    x1 = rng.uniform(0, image_hw[1] - size[:, 0])
-    y1 = rng.uniform(0, image_hw[0] - size[:, 1])
-    image = np.arange(num_rois) * num_images // num_rois
-    rois = np.stack([image, x1, y1, x1 + size[:, 0], y1 + size[:, 1]], 1)
-    return features, rois.astype(np.float32)
-
 
 def timed(fn, repeats, warmup=2):
     """Median seconds of fn() over `repeats` runs after `warmup` runs."""
@@ -88,12 +66,6 @@ def timed_together(fns, repeats, warmup=2):
     """Median seconds of each fn of `fns` (name -> fn), all run in one loop, one after the other
     (in reverse order every other round), so that they share whatever load the machine has."""
     return {name: statistics.median(t) for name, t in in_rounds(fns, repeats, warmup).items()}
-
-
-def unique_bytes(features, num_rois):
-    """The forward's bytes moved once each: the features read, the output and argmax written."""
-    outputs = num_rois * OUTPUT[0] * OUTPUT[1] * features.shape[3]
-    return features.nbytes + outputs * (features.itemsize + 4)
 
 
 def bin_bytes(features, rois):
@@ -132,60 +104,6 @@ def bandwidth_lines(features, rois, repeats):
             f"bytes {t['copy'] * 1e3:.2f} ms = {gbs(t['copy']):.2f} GB/s; **ratio {t['copy'] / t['kernel']:.2f}**",
             f"  - XLA fill of the same output and argmax (fresh buffers, no reads): "
             f"{t['fill'] * 1e3:.2f} ms = {t['copy'] / t['fill']:.2f} of the copy"]
-
-
-def in_rounds(fns, repeats, warmup=3):
-    """{name: [seconds per round]} of each fn of `fns`, all called in turn in every round (in
-    reverse order every other round) after `warmup` calls each."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in fns}
-    for i in range(repeats):
-        for name in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
-            start = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - start)
-    return {name: np.array(t) for name, t in times.items()}
-
-
-def torchvision_fns(features, rois, cot):
-    """({name: fn}, output NHWC): torchvision.ops.roi_pool's forward and forward+backward (its
-    backward is atomicAdd) and a torch copy_ of the forward's unique bytes, on the device JAX
-    uses (the GPU where there is one)."""
-    import torch
-    from torchvision.ops import roi_pool as tv_roi_pool
-
-    device = "cuda" if jax.default_backend() == "gpu" else "cpu"
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    # NCHW, converted once, outside the timed calls.
-    f = torch.tensor(np.ascontiguousarray(np.asarray(features).transpose(0, 3, 1, 2)), device=device,
-                     requires_grad=True)
-    boxes = torch.tensor(rois, device=device)
-    g = torch.tensor(np.ascontiguousarray(np.asarray(cot).transpose(0, 3, 1, 2)), device=device)
-
-    def forward():
-        with torch.no_grad():
-            tv_roi_pool(f, boxes, OUTPUT, 1 / STRIDE)
-        sync()
-
-    def forward_backward():
-        f.grad = None
-        tv_roi_pool(f, boxes, OUTPUT, 1 / STRIDE).backward(g)
-        sync()
-
-    with torch.no_grad():
-        out = tv_roi_pool(f, boxes, OUTPUT, 1 / STRIDE).permute(0, 2, 3, 1).cpu().numpy()
-    moved = unique_bytes(np.asarray(features), rois.shape[0])
-    src = torch.ones(moved // 2 // 4, device=device)
-    dst = torch.empty_like(src)
-
-    def copy():
-        dst.copy_(src)
-        sync()
-
-    return {"torchvision forward": forward, "torchvision forward+backward": forward_backward,
-            "torch copy_ of the same bytes": copy}, out
 
 
 def side_by_side_lines(num_rois, repeats, torchvision):
@@ -293,22 +211,6 @@ def baseline_lines(features, rois, baseline, repeats):
         lines.append(f"| {rois.shape[0]} | {list(features.shape)} {features.dtype} | {part} | {old * 1e3:.2f} | "
                      f"{new * 1e3:.2f} | **{old / new:.2f}x** |")
     return lines
-
-
-def cotangent(num_rois, channels):
-    """The output gradient the forward+backward timings pull back: normal, seed 1, float32."""
-    return jnp.asarray(np.random.default_rng(1).normal(size=(num_rois, *OUTPUT, channels)).astype(np.float32))
-
-
-def jax_fns(features, rois, impl, rounding="none"):
-    """(forward, forward+backward) of roi_pool, jitted, each returning its result when ready; the
-    backward pulls back `cotangent` to the features."""
-    cot = cotangent(rois.shape[0], features.shape[3])
-    pool = functools.partial(roi_pool, output_size=OUTPUT, spatial_scale=1 / STRIDE, rounding=rounding, impl=impl)
-    fwd = jax.jit(pool)
-    fwd_bwd = jax.jit(jax.grad(lambda f, r: jnp.vdot(pool(f, r), cot)))
-    f, r = jnp.asarray(features), jnp.asarray(rois)
-    return (lambda: fwd(f, r).block_until_ready()), (lambda: fwd_bwd(f, r).block_until_ready())
 
 
 def torch_fns(features, rois, device):

@@ -10,7 +10,7 @@ measured back to back so that their ratios mean something on a shared machine. T
 steps are compiled at once, in threads (their compile times overlap). "ffi" is the
 native custom call, "reference" the pure-jnp RoI pooling (the same model otherwise). With
 --torchvision (needs torch and torchvision; on the device JAX uses), torchvision's FasterRCNN
-matched to the preset's config (`torchvision_faster_rcnn`: the same trunk, anchors, proposal
+matched to the preset's config (common.torchvision_faster_rcnn: the same trunk, anchors, proposal
 counts, sampling, RoIPool, head and optimizer; no resize or padding) is timed in the same run,
 after the jaxdet rows (not alternating with them: experiments/bench_peers.py does that).
 
@@ -21,8 +21,6 @@ Usage:
 """
 
 import argparse
-import concurrent.futures
-import copy
 import functools
 import os
 import platform
@@ -35,75 +33,16 @@ if __name__ == "__main__":  # before JAX starts its threads, as the jaxdet comma
     host_memory.retain_freed_memory_without_gpu()
 
 import jax  # noqa: E402
-import numpy as np
 
-import jaxdet.models.detector as detector_module
-from jaxdet.configs import load_config
-from jaxdet.inference import predict
-from jaxdet.models import backbones
-from jaxdet.settings import DetectorSettings
-from jaxdet.training import create_train_state
-from jaxdet.training.inputs import model_num_classes
-from jaxdet.training.state import build_model
-from jaxdet.training.step import step_key, train_step
-from xla_ops import roi_pool
-
-PRESETS = {"tiny": ("tiny_shapes", (128, 128), 8), "vgg16": ("vgg16_voc07", (600, 1000), 20)}
-
-
-def synthetic_batch(batch_size, image_hw, max_boxes, num_classes, seed=0):
-    """Random images with 1..max_boxes random boxes of 1/10 to 1/2 the image side each."""
-    rng = np.random.default_rng(seed)
-    height, width = image_hw
-    size = rng.uniform(0.1, 0.5, (batch_size, max_boxes, 2)) * np.array([width, height])
-    corner = rng.uniform(0, 1, (batch_size, max_boxes, 2)) * (np.array([width, height]) - size)
-    count = rng.integers(1, max_boxes + 1, batch_size)
-    return {
-        "images": rng.normal(size=(batch_size, height, width, 3)).astype(np.float32),
-        "boxes": np.concatenate([corner, corner + size], -1).astype(np.float32),
-        "labels": rng.integers(0, num_classes, (batch_size, max_boxes)).astype(np.int32),
-        "valid": np.arange(max_boxes)[None, :] < count[:, None],
-        "image_hw": np.tile(np.array(image_hw, np.int32), (batch_size, 1)),
-        "scale": np.ones((batch_size,), np.float32),
-    }
-
-
-def preset_inputs(preset, batch_size, seed=0):
-    """(config, synthetic batch of `batch_size` images) of a preset in PRESETS."""
-    name, image_hw, max_boxes = PRESETS[preset]
-    config = load_config(name)
-    return config, synthetic_batch(batch_size, image_hw, max_boxes, model_num_classes(config), seed)
-
-
-def seconds(fn):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    return time.perf_counter() - start
-
-
-def prepared_variant(config, dtype, batch):
-    """(config, train state, batch on the device, lowered train step) of one row."""
-    config = copy.deepcopy(config)
-    config.model.compute_dtype = dtype
-    state = create_train_state(config, jax.random.PRNGKey(0))
-    batch = jax.device_put(batch)
-    return config, state, batch, train_step.lower(state, batch, step_key(state))
-
-
-def compile_concurrently(lowered):
-    """{row: Lowered} -> {row: (Compiled, seconds)}. XLA compiles without holding the GIL, so the
-    rows' train steps compile at once in threads, on as many cores: the GPU check's six VGG16
-    variants, compiled one after the other, would not fit its time limit. Each row's seconds
-    overlap the others'."""
-    def compile_one(lowered_step):
-        start = time.perf_counter()
-        compiled = lowered_step.compile()
-        return compiled, time.perf_counter() - start
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=len(lowered)) as pool:
-        futures = {row: pool.submit(compile_one, step) for row, step in lowered.items()}
-        return {row: future.result() for row, future in futures.items()}
-
+import jaxdet.models.detector as detector_module  # noqa: E402
+from common import (PRESETS, TorchvisionSide, compile_concurrently, prepared_variant, seconds,  # noqa: E402
+                    synthetic_batch)
+from jaxdet.configs import load_config  # noqa: E402
+from jaxdet.inference import predict  # noqa: E402
+from jaxdet.settings import DetectorSettings  # noqa: E402
+from jaxdet.training.inputs import model_num_classes  # noqa: E402
+from jaxdet.training.step import step_key  # noqa: E402
+from xla_ops import roi_pool  # noqa: E402
 
 def bench_jaxdet(config, state, batch, compiled_step, steps, with_predict=True):
     """(train images/s, predict compile s, predict images/s) of one row, its train step
@@ -132,199 +71,6 @@ def bench_jaxdet(config, state, batch, compiled_step, steps, with_predict=True):
     jax.block_until_ready(out)
     predict_ips = steps * n / (time.perf_counter() - start)
     return train_ips, compile_predict, predict_ips
-
-
-def torch_trunk(config):
-    """The torch counterpart of `config.model.backbone`, with the same frozen stages (their
-    parameters requires_grad=False: no gradient, no update, as jaxdet's stop_gradient and
-    optimizer mask): "vgg16" is torchvision's own `vgg16().features[:30]` (conv1_1 to conv5_3
-    with their ReLUs, no last max pool, as jaxdet's VGG16); any other plain VGG of
-    `jaxdet.models.backbones` (e.g. "tiny_vgg") is ported layer for layer from its `stages`
-    (3x3 convolutions with padding 1 and ReLU, a 2x2/2 max pool before every stage but the
-    first). Has `out_channels` and `stride` attributes."""
-    import torch
-    import torchvision
-
-    backbone = build_model(config).backbone
-    if not isinstance(backbone, backbones.VGG) or backbone.batch_norm:
-        raise ValueError(f"no torch counterpart for backbone {config.model.backbone!r} (plain VGGs only)")
-    if config.model.backbone == "vgg16":
-        trunk = torchvision.models.vgg16().features[:30]
-    else:
-        layers, in_channels = [], 3
-        for s, widths in enumerate(backbone.stages, start=1):
-            if s > 1:
-                layers.append(torch.nn.MaxPool2d(2, 2))
-            for width in widths:
-                layers += [torch.nn.Conv2d(in_channels, width, 3, padding=1), torch.nn.ReLU(inplace=True)]
-                in_channels = width
-        trunk = torch.nn.Sequential(*layers)
-    stage = 1  # torchvision's VGG pools after a stage, the port before one: either way a pool starts the next
-    for layer in trunk:
-        if isinstance(layer, torch.nn.MaxPool2d):
-            stage += 1
-        elif stage <= backbone.frozen_stages:
-            layer.requires_grad_(False)
-    convs = [layer for layer in trunk if isinstance(layer, torch.nn.Conv2d)]
-    assert [c.out_channels for c in convs] == [w for widths in backbone.stages for w in widths], "not the same trunk"
-    trunk.out_channels = backbone.out_channels
-    trunk.stride = backbone.stride
-    return trunk
-
-
-def torchvision_faster_rcnn(config, trunk, image_hw):
-    """torchvision's FasterRCNN built to match jaxdet's model of `config` as closely as the
-    library allows, for images of exactly `image_hw` (normalised already, as jaxdet's batches):
-    the given trunk (`torch_trunk`), one feature map, anchors of config.model.anchor_scales x
-    stride and anchor_ratios, an RPN head of config.model.rpn_channels, the config's pre/post-NMS
-    counts, NMS IoU, minimum proposal size, RPN and RoI IoU thresholds, sampling counts and
-    fractions; RoIPool of config.model.pooled_size at 1/stride (put in after construction: the
-    constructor accepts only MultiScaleRoIAlign there); fully connected layers of
-    config.model.head_hidden (TwoMLPHead when they are two of one width); the test-time score
-    threshold, NMS IoU and detection count. The transform neither resizes (min_size, max_size =
-    the image's sides; `_skip_resize` in training) nor pads (size_divisible=1) nor changes
-    values (mean 0, std 1). What still differs: experiments/results/peers.md."""
-    import torch
-    import torchvision
-    from torchvision.models.detection import FasterRCNN
-    from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
-    from torchvision.models.detection.rpn import AnchorGenerator, RPNHead
-
-    class RoIPoolAdapter(torch.nn.Module):
-        """RoIPool as RoIHeads calls its box_roi_pool: (features dict, proposals, image_sizes).
-        It pools in float32 under bfloat16 autocast, as torchvision's autocast rule for roi_pool
-        does on CUDA (its CPU kernel has no bfloat16)."""
-
-        def __init__(self, output_size, spatial_scale):
-            super().__init__()
-            self.pool = torchvision.ops.RoIPool(output_size, spatial_scale)
-
-        def forward(self, features, proposals, image_sizes):
-            return self.pool(features["0"].float(), [p.float() for p in proposals])
-
-    class WideRPNHead(torch.nn.Module):
-        """torchvision's RPNHead with a 3x3 conv of `channels` outputs instead of in_channels
-        (jaxdet's tiny model: 64 -> 128); the same initialisation and interface."""
-
-        def __init__(self, in_channels, channels, num_anchors):
-            super().__init__()
-            self.conv = torch.nn.Conv2d(in_channels, channels, 3, padding=1)
-            self.cls_logits = torch.nn.Conv2d(channels, num_anchors, 1)
-            self.bbox_pred = torch.nn.Conv2d(channels, num_anchors * 4, 1)
-            for layer in (self.conv, self.cls_logits, self.bbox_pred):
-                torch.nn.init.normal_(layer.weight, std=0.01)
-                torch.nn.init.constant_(layer.bias, 0)
-
-        def forward(self, x):
-            hidden = [torch.nn.functional.relu(self.conv(f)) for f in x]
-            return [self.cls_logits(t) for t in hidden], [self.bbox_pred(t) for t in hidden]
-
-    m, rpn, roi, test = config.model, config.rpn, config.roi, config.test
-    stride = trunk.stride
-    num_anchors = len(m.anchor_scales) * len(m.anchor_ratios)
-    if m.rpn_channels == trunk.out_channels:
-        rpn_head = RPNHead(trunk.out_channels, num_anchors)
-    else:
-        rpn_head = WideRPNHead(trunk.out_channels, m.rpn_channels, num_anchors)
-    pooled = tuple(m.pooled_size)
-    hidden = tuple(m.head_hidden)
-    flat = trunk.out_channels * pooled[0] * pooled[1]
-    if len(hidden) == 2 and hidden[0] == hidden[1]:
-        box_head = TwoMLPHead(flat, hidden[0])
-    else:
-        box_head = FastRCNNConvFCHead((trunk.out_channels, *pooled), [], list(hidden))
-    height, width = image_hw
-    model = FasterRCNN(
-        trunk, min_size=min(height, width), max_size=max(height, width), image_mean=[0.0] * 3,
-        image_std=[1.0] * 3, size_divisible=1, _skip_resize=True,
-        rpn_anchor_generator=AnchorGenerator(sizes=(tuple(stride * s for s in m.anchor_scales),),
-                                             aspect_ratios=(tuple(m.anchor_ratios),)),
-        rpn_head=rpn_head,
-        rpn_pre_nms_top_n_train=rpn.train_pre_nms, rpn_post_nms_top_n_train=rpn.train_post_nms,
-        rpn_pre_nms_top_n_test=rpn.test_pre_nms, rpn_post_nms_top_n_test=rpn.test_post_nms,
-        rpn_nms_thresh=rpn.nms_iou, rpn_fg_iou_thresh=rpn.positive_iou, rpn_bg_iou_thresh=rpn.negative_iou,
-        rpn_batch_size_per_image=rpn.num_samples, rpn_positive_fraction=rpn.positive_fraction,
-        box_head=box_head, box_predictor=FastRCNNPredictor(hidden[-1], model_num_classes(config) + 1),
-        box_fg_iou_thresh=roi.foreground_iou, box_bg_iou_thresh=roi.background_iou[1],
-        box_batch_size_per_image=roi.num_samples, box_positive_fraction=roi.foreground_fraction,
-        bbox_reg_weights=tuple(1.0 / s for s in roi.box_stds),
-        box_score_thresh=test.score_threshold, box_nms_thresh=test.nms_iou, box_detections_per_img=test.max_detections)
-    model.roi_heads.box_roi_pool = RoIPoolAdapter(pooled, 1.0 / stride)
-    model.rpn.min_size = rpn.min_proposal_size  # an attribute, not a constructor argument (default 1e-3)
-    return model
-
-
-def torch_optimizer(config, model):
-    """(optimizer, clip_norm) of `config.optimizer` on the trainable parameters: SGD with momentum
-    or Adam at the base learning rate, weight decay on weights only (not biases), as jaxdet's
-    optimizer; clip_norm > 0: clip the gradient's global norm first (torch.nn.utils.clip_grad_norm_)."""
-    import torch
-
-    o = config.optimizer
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if p.ndim > 1], "weight_decay": o.weight_decay},
-              {"params": [p for p in trainable if p.ndim <= 1], "weight_decay": 0.0}]
-    if o.name == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=o.learning_rate, momentum=o.momentum)
-    elif o.name == "adam":
-        optimizer = torch.optim.Adam(groups, lr=o.learning_rate)
-    else:
-        raise ValueError(f"no torch counterpart for optimizer {o.name!r}")
-    return optimizer, o.clip_norm
-
-
-class TorchvisionSide:
-    """torchvision's FasterRCNN matched to `config` (`torchvision_faster_rcnn`) on one batch of
-    `synthetic_batch`, on the device JAX uses (the GPU where there is one): `train_once()` is one
-    optimizer step (forward, the four losses summed, backward, clipping if the config clips, the
-    update), `predict_once()` one detection pass under torch.inference_mode; both end with
-    torch.cuda.synchronize on a GPU. dtype "bfloat16": under torch.autocast."""
-
-    def __init__(self, config, batch, dtype="float32"):
-        import torch
-
-        self.torch = torch
-        self.device = "cuda" if jax.default_backend() == "gpu" else "cpu"
-        image_hw = batch["images"].shape[1:3]
-        self.model = torchvision_faster_rcnn(config, torch_trunk(config), image_hw).to(self.device)
-        self.optimizer, self.clip_norm = torch_optimizer(config, self.model)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.use_batch(batch)
-        self.autocast = functools.partial(torch.autocast, self.device, dtype=torch.bfloat16,
-                                          enabled=dtype == "bfloat16")
-        self.sync = torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
-        self.loss = None
-
-    def use_batch(self, batch):
-        """Another batch of the same image size: NCHW, contiguous, converted once outside the
-        timed calls; the labels 1..K (0 is torchvision's background), the valid boxes only."""
-        torch = self.torch
-        images = torch.from_numpy(np.ascontiguousarray(batch["images"].transpose(0, 3, 1, 2))).to(self.device)
-        self.images = list(images)
-        self.targets = [{"boxes": torch.from_numpy(b[v]).to(self.device),
-                         "labels": torch.from_numpy(l[v]).long().to(self.device) + 1}
-                        for b, l, v in zip(batch["boxes"], batch["labels"], batch["valid"])]
-
-    def train_once(self):
-        if not self.model.training:
-            self.model.train()
-        with self.autocast():
-            loss = sum(self.model(self.images, self.targets).values())
-        self.optimizer.zero_grad()
-        loss.backward()
-        if self.clip_norm > 0:
-            self.torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
-        self.optimizer.step()
-        self.sync()
-        self.loss = loss.detach()
-
-    def predict_once(self):
-        if self.model.training:
-            self.model.eval()
-        with self.torch.inference_mode(), self.autocast():
-            out = self.model(self.images)
-        self.sync()
-        return out
 
 
 def bench_torchvision(config, batch, steps, dtype, with_predict=True):

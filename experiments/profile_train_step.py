@@ -28,7 +28,7 @@ if __name__ == "__main__":  # before JAX starts its threads, as the jaxdet comma
 
 import jax  # noqa: E402
 
-import bench_train  # noqa: E402
+import common  # noqa: E402
 from jaxdet.training.step import step_key  # noqa: E402
 
 # An HLO instruction: its name, result shape and the op_name of its metadata.
@@ -61,7 +61,7 @@ def layer_of(op_name):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", choices=list(bench_train.PRESETS), default="vgg16")
+    parser.add_argument("--preset", choices=list(common.PRESETS), default="vgg16")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--warmup", type=int, default=3)
@@ -69,8 +69,8 @@ def main(argv=None):
     parser.add_argument("--timeline", action="store_true", help="list the operations over 5 ms in the order they ran")
     args = parser.parse_args(argv)
 
-    config, batch = bench_train.preset_inputs(args.preset, args.batch_size)
-    _, state, batch, lowered = bench_train.prepared_variant(config, args.dtype, batch)
+    config, batch = common.preset_inputs(args.preset, args.batch_size)
+    _, state, batch, lowered = common.prepared_variant(config, args.dtype, batch)
     step = lowered.compile()
     instructions = {m.group(1): (m.group(2), m.group(3)) for m in _INSTRUCTION.finditer(step.as_text())}
     for _ in range(args.warmup):
