@@ -7,6 +7,7 @@ Extension modules, each exposing `registrations()` (a dict of FFI handler capsul
   xla_ops._bf16_dot_cpu   C++ products of bfloat16 matrices into float32 on x86's AMX tiles
                           (the same convolutions and fully connected layers), always built;
                           it reports at run time whether the CPU has the tiles.
+  xla_ops._roi_align_cpu  C++ RoIAlign kernels (xla_ops.roi_align), always built.
   xla_ops._roi_pool_cuda  CUDA kernels, built when nvcc is found. JAXDET_CUDA=1 forces it
                           (and fails loudly without nvcc), JAXDET_CUDA=0 skips it.
 and, for the tests only (`make build` asks for it; a wheel does not ship it):
@@ -34,6 +35,8 @@ from setuptools.command.build_ext import build_ext
 
 CSRC = os.path.join("xla_ops", "csrc")
 HEADERS = [os.path.join(CSRC, name) for name in ("roi_pool_bins.h", "roi_pool_ffi.h", "cpu_common.h")]
+# RoIAlign (xla_ops.roi_align) shares roi_pool_bins.h's element types and batch-index rule.
+ALIGN_HEADERS = HEADERS + [os.path.join(CSRC, name) for name in ("roi_align_bins.h", "roi_align_ffi.h")]
 EMULATION = os.path.join(CSRC, "testing")
 
 
@@ -138,6 +141,7 @@ def extensions():
     common = [os.path.join(CSRC, "cpu_common.h")]
     exts = [
         cpu_extension("xla_ops._roi_pool_cpu", "roi_pool_cpu.cc", HEADERS),
+        cpu_extension("xla_ops._roi_align_cpu", "roi_align_cpu.cc", ALIGN_HEADERS),
         cpu_extension("xla_ops._patches_cpu", "patches_cpu.cc", common),
         cpu_extension("xla_ops._bf16_dot_cpu", "bf16_dot_cpu.cc", common),
     ]
@@ -150,6 +154,18 @@ def extensions():
             # testing/ first: its cuda_runtime.h stands in for the real one.
             include_dirs=[EMULATION] + include_dirs,
             # C++20 for std::atomic_ref (atomicAdd); -O2 keeps the build short.
+            extra_compile_args=[f.replace("c++17", "c++20") for f in cpu_flags if f != "-O3"]
+            + ([] if sanitize else ["-O2"]) + ["-pthread"],
+            extra_link_args=cpu_link + ["-pthread"],
+            language="c++",
+        ))
+        # The same for RoIAlign's CUDA kernels (roi_align_cuda.cu).
+        exts.append(Extension(
+            "xla_ops._roi_align_cuda_emulated",
+            sources=[os.path.join(EMULATION, "roi_align_cuda_emulated.cc")],
+            depends=ALIGN_HEADERS + [os.path.join(CSRC, "roi_align_cuda.cu"),
+                                     os.path.join(EMULATION, "cuda_runtime.h")],
+            include_dirs=[EMULATION] + include_dirs,
             extra_compile_args=[f.replace("c++17", "c++20") for f in cpu_flags if f != "-O3"]
             + ([] if sanitize else ["-O2"]) + ["-pthread"],
             extra_link_args=cpu_link + ["-pthread"],
@@ -174,6 +190,20 @@ def extensions():
         )
         cuda.nvcc = nvcc
         exts.append(cuda)
+        # RoIAlign's CUDA kernels, a module of their own.
+        align = Extension(
+            "xla_ops._roi_align_cuda",
+            sources=[os.path.join(CSRC, "roi_align_cuda_module.cc"),
+                     os.path.join(CSRC, "roi_align_cuda.cu")],
+            depends=ALIGN_HEADERS,
+            include_dirs=include_dirs + [os.path.join(cuda_home, "include")],
+            library_dirs=lib_dirs,
+            libraries=["cudart_static", "dl", "rt", "pthread"],
+            extra_compile_args=CXX_FLAGS,
+            language="c++",
+        )
+        align.nvcc = nvcc
+        exts.append(align)
     return exts
 
 
