@@ -13,8 +13,11 @@ for the products.
 from xla_ops._native import is_built
 from xla_ops.reference import roi_pool_reference
 from xla_ops.ops import roi_pool, roi_pool_with_argmax, rois_from_fractions
+from xla_ops.align import roi_align
+from xla_ops.roi_align_reference import roi_align_reference
 from xla_ops.patches import image_patches
 from xla_ops.matmul import bf16_dot
 
 __all__ = ["roi_pool", "roi_pool_with_argmax", "roi_pool_reference", "rois_from_fractions", "is_built",
            "image_patches", "bf16_dot"]
+__all__ += ["roi_align", "roi_align_reference"]  # RoIAlign: xla_ops.align
