@@ -556,3 +556,28 @@ def predict(model: FPNFasterRCNN, variables, images: jax.Array, image_hw: jax.Ar
                              min_size=settings.box_min_size, detections_per_img=settings.detections_per_img)
     detections = map_images(post)(head.logits, head.deltas, proposals.boxes, proposals.valid, image_hw)
     return FPNOutputs(proposals, detections)
+
+
+def model_from_config(model_config, dtype=None) -> FPNFasterRCNN:
+    """The `FPNFasterRCNN` of a config's `model` section (`jaxdet.configs.fasterrcnn_resnet50_fpn_coco`)."""
+    c = model_config
+    if dtype is None:
+        dtype = jnp.bfloat16 if c.get("compute_dtype", "float32") == "bfloat16" else jnp.float32
+    return FPNFasterRCNN(
+        num_classes=int(c.num_classes), stage_sizes=tuple(c.stage_sizes), width=int(c.width),
+        trainable_layers=int(c.trainable_layers), bn_eps=float(c.bn_eps), bn_affine_trainable=bool(c.bn_affine_trainable),
+        fpn_channels=int(c.fpn_channels), fpn_norm=bool(c.fpn_norm),
+        anchor_sizes=tuple(tuple(s) for s in c.anchor_sizes), anchor_ratios=tuple(c.anchor_ratios),
+        rpn_conv_depth=int(c.rpn_conv_depth), box_head=str(c.box_head), representation_size=int(c.representation_size),
+        pooled_size=int(c.pooled_size), sampling_ratio=int(c.sampling_ratio), canonical_scale=float(c.canonical_scale),
+        canonical_level=int(c.canonical_level), box_weights=tuple(float(w) for w in c.box_weights), dtype=dtype)
+
+
+def settings_from_config(config) -> FPNTestSettings:
+    """The `FPNTestSettings` of a config's rpn and test sections."""
+    return FPNTestSettings(
+        rpn_pre_nms_top_n=int(config.rpn.test_pre_nms), rpn_post_nms_top_n=int(config.rpn.test_post_nms),
+        rpn_nms_thresh=float(config.rpn.nms_iou), rpn_min_size=float(config.rpn.min_proposal_size),
+        box_score_thresh=float(config.test.score_threshold), box_nms_thresh=float(config.test.nms_iou),
+        box_min_size=float(config.test.get("min_box_size", 1e-2)),
+        detections_per_img=int(config.test.max_detections))
