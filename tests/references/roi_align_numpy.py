@@ -29,9 +29,10 @@ def _geometry(roi, scale, num_images, pooled, sampling_ratio, aligned):
     batch = int(b)
     offset = F(0.5) if aligned else F(0.0)
     scale = F(scale)
-    start_w, start_h = F(F(roi[1]) * scale) - offset, F(F(roi[2]) * scale) - offset
-    end_w, end_h = F(F(roi[3]) * scale) - offset, F(F(roi[4]) * scale) - offset
-    width, height = F(end_w - start_w), F(end_h - start_h)
+    with np.errstate(over="ignore", invalid="ignore"):
+        start_w, start_h = F(F(roi[1]) * scale) - offset, F(F(roi[2]) * scale) - offset
+        end_w, end_h = F(F(roi[3]) * scale) - offset, F(F(roi[4]) * scale) - offset
+        width, height = F(end_w - start_w), F(end_h - start_h)
     if not all(np.isfinite(v) for v in (start_w, start_h, width, height)):
         return None
     if not aligned:  # "Force malformed ROIs to be 1x1"
@@ -64,16 +65,24 @@ def _axis(v, size):
     return low, high, lv, F(F(1) - lv)
 
 
+def _positions(start, index, bin_size, grid):
+    """Every sample position of bin `index` along an axis (numpy float32, element by element as
+    torchvision's scalar code): start + index * bin + (i + 0.5) * bin / grid, i < grid."""
+    i = np.arange(max(grid, 0), dtype=F)
+    return F(start + F(F(index) * bin_size)) + (((i + F(0.5)) * bin_size) / F(grid))
+
+
 def _samples(g, ph, pw, height, width):
-    """The samples of bin (ph, pw) inside the map, in torchvision's order: (y axis, x axis)."""
+    """The samples of bin (ph, pw) inside the map, in torchvision's order: (y axis, x axis).
+    All positions are computed (vectorised), so that huge grids stay cheap where few samples
+    fall inside the map."""
     _, start_h, start_w, bin_h, bin_w, grid_h, grid_w, _ = g
-    for iy in range(max(grid_h, 0)):
-        yy = F(F(start_h + F(F(ph) * bin_h)) + F(F(F(F(iy) + F(0.5)) * bin_h) / F(grid_h)))
-        for ix in range(max(grid_w, 0)):
-            xx = F(F(start_w + F(F(pw) * bin_w)) + F(F(F(F(ix) + F(0.5)) * bin_w) / F(grid_w)))
-            y, x = _axis(yy, height), _axis(xx, width)
-            if y is None or x is None:
-                continue
+    ys = [_axis(v, height) for v in _positions(start_h, ph, bin_h, grid_h)
+          if v >= -1.0 and v <= height]
+    xs = [_axis(v, width) for v in _positions(start_w, pw, bin_w, grid_w)
+          if v >= -1.0 and v <= width]
+    for y in ys:
+        for x in xs:
             yield y, x
 
 
