@@ -106,6 +106,24 @@ def test_multiscale_roi_align_against_reference():
         np.testing.assert_allclose(got[i], want, rtol=1e-5, atol=1e-5)
 
 
+def test_multiscale_roi_align_equals_xla_ops_roi_align_per_level():
+    xla_ops = pytest.importorskip("xla_ops")
+    if not hasattr(xla_ops, "roi_align"):
+        pytest.skip("xla_ops.roi_align not available")
+    rng = np.random.default_rng(1)
+    strides = (4, 8, 16, 32)
+    features = [rng.standard_normal((96 // s, 128 // s, 5)).astype(np.float32) for s in strides]
+    xy = rng.uniform(-10, 130, (40, 2))
+    wh = rng.uniform(1, 300, (40, 2))
+    rois = np.concatenate([xy, xy + wh], axis=1).astype(np.float32)
+    got = np.asarray(multiscale_roi_align(features, jnp.asarray(rois), strides=strides))
+    levels = np.asarray(map_levels(jnp.asarray(rois)))
+    for level, stride in enumerate(strides):
+        want = np.asarray(xla_ops.roi_align(jnp.asarray(features[level])[None], jnp.asarray(rois)[None], 7,
+                                            1.0 / stride, 2, False, impl="reference"))[0]
+        np.testing.assert_allclose(got[levels == level], want[levels == level], rtol=1e-5, atol=1e-5)
+
+
 def bilinear_reference(image, size):
     """Half-pixel-centre bilinear resize in float64 loops (align_corners=False, source clamped at 0)."""
     h, w = image.shape[:2]
