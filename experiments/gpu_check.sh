@@ -20,6 +20,8 @@
 #   torchvision whether torch and torchvision are there (without them: the benchmarks below
 #               without their comparisons, and this step failed)
 #   roi-pool    experiments/bench_roi_pool.py --side-by-side --torchvision (roi_pool.md)
+#   roi-align   experiments/bench_roi_align.py --device gpu: RoIAlign against torchvision's CUDA
+#               kernel (atomicAdd and deterministic backwards) and an XLA copy (roi_align.md)
 #   nms         experiments/bench_nms.py: NMS of 12000 boxes per block size (nms.md)
 #   peers       experiments/bench_peers.py: RoI pooling, the tiny step and predict, the VGG16
 #               step against torchvision in one process (peers.md)
@@ -162,7 +164,7 @@ fi
 # other and the sanitizer: no process preallocates most of its memory.
 run_tests() {
   local shard args pids=() status=0 half="reference or division or products_apart or refuses"
-  for shard in gpu product-float32 product-bfloat16 product-float16 rest-1 rest-2; do
+  for shard in gpu product-float32 product-bfloat16 product-float16 rest-1 rest-2 roi-align; do
     case $shard in
       gpu) args=(-m gpu tests) ;;
       product-float32) args=(-m "not gpu" tests/test_roi_pool.py -k "over_the_product and float32") ;;
@@ -171,6 +173,7 @@ run_tests() {
         args=(-m "not gpu" tests/test_roi_pool.py -k "over_the_product and float16 and not bfloat16") ;;
       rest-1) args=(-m "not gpu" tests/test_roi_pool.py -k "not over_the_product and ($half)") ;;
       rest-2) args=(-m "not gpu" tests/test_roi_pool.py -k "not over_the_product and not ($half)") ;;
+      roi-align) args=(-m "not gpu" tests/xla_ops/test_roi_align.py -k "not shard_map") ;;
     esac
     XLA_PYTHON_CLIENT_PREALLOCATE=false "$PYTHON" -m pytest -q -rs -p no:cacheprovider "${args[@]}" \
       >"$OUT/tests-$shard.log" 2>&1 &
@@ -211,10 +214,14 @@ wait "$sanitize_pid"
 
 # --- benchmarks, one at a time on the GPU ----------------------------------------------------
 if [ -n "$PYTHON" ]; then
-  rm -f "$OUT/roi_pool.md" "$OUT/nms.md" "$OUT/peers.md" "$OUT/train_step.md"
+  rm -f "$OUT/roi_pool.md" "$OUT/roi_align.md" "$OUT/nms.md" "$OUT/peers.md" "$OUT/train_step.md"
   # torch shares the GPU with JAX in these processes: JAX takes half of its memory, not 75%.
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 step roi-pool 90 "$PYTHON" experiments/bench_roi_pool.py \
     --side-by-side "${torchvision[@]}" --rois 128 2000 --repeats 30 --out "$OUT/roi_pool.md"
+  if [ ${#torchvision[@]} -gt 0 ]; then
+    XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 step roi-align 60 "$PYTHON" experiments/bench_roi_align.py --device gpu \
+      --rounds 20 --out "$OUT/roi_align.md"
+  fi
   step nms 60 "$PYTHON" experiments/bench_nms.py --repeats 20 --out "$OUT/nms.md"
   XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 step peers 150 "$PYTHON" experiments/bench_peers.py \
     --roi-rounds 20 --tiny-rounds 10 --vgg16-rounds 5 --out "$OUT/peers.md"
@@ -259,6 +266,10 @@ failed=0
   echo "## RoI pooling against torchvision.ops.roi_pool and a copy"
   echo
   if [ -f "$OUT/roi_pool.md" ]; then cat "$OUT/roi_pool.md"; else echo "(none: see roi-pool.log)"; fi
+  echo
+  echo "## RoIAlign against torchvision.ops.roi_align and a copy"
+  echo
+  if [ -f "$OUT/roi_align.md" ]; then cat "$OUT/roi_align.md"; else echo "(none: see roi-align.log)"; fi
   echo
   echo "## NMS block size"
   echo

@@ -401,6 +401,44 @@ def test_scan_and_jit_match_reference():
     np.testing.assert_allclose(grad, grad_ref, rtol=1e-4, atol=1e-5)
 
 
+# On a GPU (`make gpu-check`): the CUDA kernels against the CPU extension.
+
+
+def _gpu_available():
+    try:
+        return bool(jax.devices("gpu")) and align.is_built("cuda")
+    except RuntimeError:
+        return False
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_available(), reason="needs an NVIDIA GPU and the CUDA extension")
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("sampling_ratio,aligned", [(2, True), (-1, False)])
+def test_cuda_equals_the_cpu_extension(dtype, sampling_ratio, aligned):
+    # The same float32 operations in the same order (no contraction on either side): the
+    # forward and the deterministic backward bit for bit; the atomicAdd backward to rounding.
+    rng = np.random.default_rng(31)
+    features_np = np.asarray(features_of(rng, (2, 30, 34, 40), dtype))
+    rois = np.concatenate([random_rois(rng, 200, 2, (30 * 16, 34 * 16)), INVALID_ROIS,
+                           EXTREME_ROIS * np.array([1, 8, 8, 8, 8], np.float32)])
+    cot = rng.normal(size=(rois.shape[0], 7, 7, 40)).astype(np.float32)
+    results = {}
+    for name, device, det in [("cuda", jax.devices("gpu")[0], False), ("cuda_det", jax.devices("gpu")[0], True),
+                              ("cpu", jax.devices("cpu")[0], None)]:
+        with jax.default_device(device):
+            f = jnp.asarray(features_np, dtype)
+            fn = lambda x: roi_align(x, rois, 7, 1 / 16, sampling_ratio, aligned, impl="ffi", deterministic=det)
+            grad = jax.grad(lambda x: jnp.vdot(fn(x).astype(jnp.float32), jnp.asarray(cot)))(f)
+            results[name] = (np.asarray(fn(f)), np.asarray(grad))
+    for name in ("cuda", "cuda_det"):
+        assert_same(results[name][0], results["cpu"][0])
+    assert_same(results["cuda_det"][1], results["cpu"][1])
+    tolerance = 1e-5 if dtype == jnp.float32 else float(jnp.finfo(dtype).eps)
+    np.testing.assert_allclose(np.asarray(results["cuda"][1], np.float32), np.asarray(results["cpu"][1], np.float32),
+                               rtol=tolerance, atol=tolerance)
+
+
 # shard_map: 4 simulated CPU devices, in a subprocess (this file run as a script).
 
 NUM_DEVICES = 4
