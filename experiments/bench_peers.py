@@ -66,7 +66,7 @@ from jaxdet.configs import load_config
 from jaxdet.inference import predict
 from jaxdet.settings import DetectorSettings
 from jaxdet.training import create_train_state
-from jaxdet.training.inputs import model_num_classes
+from jaxdet.data.build import model_num_classes
 from jaxdet.training.step import step_key, train_step
 
 SLOW = 1.5  # a round slower than this times its side's median is listed

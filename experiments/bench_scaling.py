@@ -41,12 +41,13 @@ import jax.numpy as jnp
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from jaxdet.cli import load_config  # noqa: E402
+from jaxdet.overrides import load_config  # noqa: E402
 from jaxdet.data import InputPipeline, ShapesConfig, make_shapes  # noqa: E402
 from jaxdet.training import create_train_state, step_key, train_step  # noqa: E402
-from jaxdet.training.parallel import (batch_layout, make_mesh, make_parallel_train_step, replicate,  # noqa: E402
-                                      replicated, shard_batch, split_batch)
-from jaxdet.training.state import FrozenStages, build_model, init_variables  # noqa: E402
+from jaxdet.devices import batch_layout, make_mesh, replicate, replicated, shard_batch, split_batch  # noqa: E402
+from jaxdet.models.build import build_model, init_variables  # noqa: E402
+from jaxdet.training.parallel import make_parallel_train_step  # noqa: E402
+from jaxdet.training.state import FrozenStages  # noqa: E402
 
 # name -> (config, image (H, W)); the VGG16 image is the paper's 600x1000 padded to a bucket.
 PRESETS = {"tiny": ("tiny_shapes", (128, 128)), "vgg16": ("vgg16_voc07", (608, 1024))}

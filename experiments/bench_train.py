@@ -40,7 +40,7 @@ from common import (PRESETS, TorchvisionSide, compile_concurrently, prepared_var
 from jaxdet.configs import load_config  # noqa: E402
 from jaxdet.inference import predict  # noqa: E402
 from jaxdet.settings import DetectorSettings  # noqa: E402
-from jaxdet.training.inputs import model_num_classes  # noqa: E402
+from jaxdet.data.build import model_num_classes  # noqa: E402
 from jaxdet.training.step import step_key  # noqa: E402
 from xla_ops import roi_pool  # noqa: E402
 

@@ -20,8 +20,8 @@ import numpy as np
 from jaxdet.configs import load_config
 from jaxdet.models import backbones
 from jaxdet.training import create_train_state
-from jaxdet.training.inputs import model_num_classes
-from jaxdet.training.state import build_model
+from jaxdet.data.build import model_num_classes
+from jaxdet.models.build import build_model
 from jaxdet.training.step import step_key, train_step
 from xla_ops import roi_pool
 

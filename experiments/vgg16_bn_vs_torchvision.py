@@ -2,7 +2,7 @@
 
 torchvision.models.vgg16_bn (random weights, and batch-normalisation statistics set far from
 the identity, as a trained network has) runs in eval mode up to conv5_3's ReLU; its state dict
-goes through jaxdet.training.weights.convert_vgg16 into `VGG16BN`, and the two feature maps are
+goes through jaxdet.models.weights.convert_vgg16 into `VGG16BN`, and the two feature maps are
 compared. Needs torch and torchvision (the optional `bench` extra):
 
     PYTHONPATH=. python experiments/vgg16_bn_vs_torchvision.py
@@ -15,7 +15,7 @@ import torch
 import torchvision
 
 from jaxdet.models import VGG16BN, FCHead, FasterRCNN
-from jaxdet.training.weights import convert_vgg16
+from jaxdet.models.weights import convert_vgg16
 
 
 def main():

@@ -1,7 +1,12 @@
 """A whole experiment in a work directory, as the `jaxdet` commands run one: train then evaluate
-(`train_and_evaluate`), evaluate a run's checkpoint again (`evaluate_checkpoint`), and the demo's
-data (`demo_data`). The layers it ties together, each crossed once: `jaxdet.training.loop` trains,
-`jaxdet.evaluation.run` evaluates, `jaxdet.workdir` names the files.
+(`train_and_evaluate`), evaluate a run's checkpoint again (`evaluate_checkpoint`), and the demo
+(`demo_data`, `run_demo`). The layers it ties together, each crossed once: `jaxdet.training.loop`
+trains, `jaxdet.evaluation.run` evaluates, `jaxdet.workdir` names the files.
+
+`run_train`, `run_eval` and `run_demo` are the commands `jaxdet train`, `eval` and `demo`: they
+check the settings before anything starts, pick the devices (`jaxdet.devices.select_devices`),
+join the other processes of a multi-host run (`jaxdet.distributed`) and return the figures the
+command shows (`jaxdet.reporting`).
 """
 
 from __future__ import annotations
@@ -11,11 +16,25 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from jaxdet import reporting, workdir as run_files
+from jaxdet import distributed, reporting, workdir as run_files
+from jaxdet.data import load_dataset, shapes_splits, with_class_names, write_shapes_dataset
+from jaxdet.devices import make_mesh, replicate, select_devices
 from jaxdet.evaluation import run as evaluation
-from jaxdet.training import distributed, loop, parallel
-from jaxdet.training.checkpoints import restore_trained
-from jaxdet.training.inputs import load_dataset, shapes_splits, with_class_names, write_shapes_dataset
+from jaxdet.inference.trained import restore_trained
+from jaxdet.training import loop
+
+
+def _training_figures(config: ml_collections.ConfigDict, result: loop.TrainResult) -> dict:
+    return {
+        "train_seconds": result.train_seconds,
+        "first_step_seconds": result.first_step_seconds,
+        "train_images_per_second": result.images_per_second,
+        "steps": result.final_step,
+        "start_step": result.start_step,
+        "batch_size": int(config.train.batch_size),
+        "batch_layout": result.layout,
+        "devices": [str(d) for d in result.state.step.sharding.device_set],
+    }
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
@@ -31,16 +50,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
     config = with_class_names(config, dataset.class_names)  # the test split is read with the same labels
     result = loop.train(config, workdir, resume=resume, devices=devices, show_progress=show_progress,
                         dataset=dataset)
-    figures = {
-        "train_seconds": result.train_seconds,
-        "first_step_seconds": result.first_step_seconds,
-        "train_images_per_second": result.images_per_second,
-        "steps": result.final_step,
-        "start_step": result.start_step,
-        "batch_size": int(config.train.batch_size),
-        "batch_layout": result.layout,
-        "devices": [str(d) for d in result.state.step.sharding.device_set],
-    }
+    figures = _training_figures(config, result)
     if distributed.is_main_process():
         reporting.plot_loss_curve(run_files.read_train_log(workdir), os.path.join(workdir, run_files.LOSS_CURVE))
         run_files.update_metrics_file(workdir, figures)
@@ -59,8 +69,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
     out = workdir if out is None else out
     run_files.check_writable(out)  # before the work, not after it
     config = with_class_names(config, run_files.read_class_names(workdir))
-    state = parallel.replicate(restore_trained(config, workdir, step=step), parallel.make_mesh(devices=devices))
-    return evaluation.evaluate(config, state, load_dataset(config, split), out, show_progress=show_progress)
+    detector = replicate(restore_trained(config, workdir, step=step), make_mesh(devices=devices))
+    return evaluation.evaluate(config, detector, load_dataset(config, split), out, show_progress=show_progress)
 
 
 def demo_data(config: ml_collections.ConfigDict, workdir: str) -> tuple:
@@ -77,3 +87,49 @@ def demo_data(config: ml_collections.ConfigDict, workdir: str) -> tuple:
         return root, True
     run_files.write_demo_data(workdir, description, lambda out: write_shapes_dataset(config, out))
     return root, False
+
+
+def run_train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, evaluate: bool = True,
+              device: str = "auto", num_devices: int | None = None,
+              processes: distributed.DistributedSettings | None = None, show_progress: bool = True) -> dict:
+    """`jaxdet train`: checks the config's counts, joins the run's processes (`processes`), trains on
+    the devices asked for, and evaluates the final model unless `evaluate` is False.
+
+    Returns:
+      metrics.json's content (`train_and_evaluate`), or without the evaluation the training's figures.
+    """
+    loop.check_train_settings(config)  # before anything starts or is written
+    distributed.initialize(processes or distributed.DistributedSettings())
+    devices = select_devices(device, num_devices)
+    reporting.announce_training(config, devices, f"a {config.model.kind} ({config.model.backbone})")
+    if evaluate:
+        return train_and_evaluate(config, workdir, resume=resume, devices=devices, show_progress=show_progress)
+    result = loop.train(config, workdir, resume=resume, devices=devices, show_progress=show_progress)
+    return _training_figures(config, result)
+
+
+def run_eval(config: ml_collections.ConfigDict, workdir: str, *, step: int | None = None, split: str = "test",
+             out: str | None = None, device: str = "auto", num_devices: int | None = None,
+             processes: distributed.DistributedSettings | None = None, show_progress: bool = True) -> dict:
+    """`jaxdet eval`: `evaluate_checkpoint` of the run in `workdir` on the devices asked for."""
+    distributed.initialize(processes or distributed.DistributedSettings())
+    devices = select_devices(device, num_devices)
+    return evaluate_checkpoint(config, workdir, step=step, split=split, devices=devices,
+                               show_progress=show_progress, out=out)
+
+
+def run_demo(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, device: str = "auto",
+             num_devices: int | None = None, show_progress: bool = True) -> dict:
+    """`jaxdet demo`: the demo's work directory claimed (`jaxdet.workdir.claim_for_demo`) and, unless
+    `resume`, its previous run cleared; its shapes data written (`demo_data`); then
+    `train_and_evaluate`. Returns metrics.json's content."""
+    loop.check_train_settings(config)  # before the previous demo's files are removed
+    devices = select_devices(device, num_devices)
+    run_files.claim_for_demo(workdir)  # refuses a directory with files the demo did not write
+    if not resume:
+        run_files.clear_demo_run(workdir)  # a new demo replaces the previous one's run (not its data)
+    config.data.root, reused = demo_data(config, workdir)
+    print(f"{'using the shapes dataset already in' if reused else 'wrote the shapes dataset to'} {config.data.root}",
+          flush=True)
+    reporting.announce_training(config, devices, "the tiny Faster R-CNN")
+    return train_and_evaluate(config, workdir, resume=resume, devices=devices, show_progress=show_progress)

@@ -17,9 +17,11 @@ mallocs from several threads, takes 0.8-4.6 s longer with one arena.
 
 The settings must be made before any thread other than the main one has malloc'd, since a
 thread keeps the arena it was given: before any thread starts, in practice before importing
-numpy or jax (numpy's BLAS starts one). The `jaxdet` command calls it first thing, unless a JAX
-GPU plugin is installed and the command is not given `--device cpu`. In your own script, call it
-first, or set the same through the environment of the process:
+numpy or jax (numpy's BLAS starts one). They are a choice, never a default: the `jaxdet` command
+makes them first thing (`tune_for_command`, from `jaxdet.__main__`, before it imports the rest)
+only when asked, with `--tune-malloc` or JAXDET_TUNE_MALLOC=1 in its environment, and then not
+where a JAX GPU plugin is installed and the command is not given `--device cpu`. In your own
+script, call `retain_freed_memory()` first, or set the same through the environment of the process:
     MALLOC_ARENA_MAX=1 MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1099511627776 python train.py
 """
 
@@ -29,6 +31,7 @@ import ctypes
 import importlib.util
 import os
 import platform
+from typing import Mapping, Sequence
 
 # mallopt(3) parameters, from glibc's malloc.h.
 M_TRIM_THRESHOLD = -1
@@ -38,6 +41,9 @@ M_ARENA_MAX = -8
 # and glibc stores it as a size_t: -1 is the largest size, never reached. (2**31 - 1, the largest
 # positive int, is not enough: a batch-2 VGG16 step frees more than 2 GiB at once.)
 NEVER_TRIM = -1
+
+FLAG = "--tune-malloc"  # the `jaxdet` commands' option that asks for the settings
+ENV_FLAG = "JAXDET_TUNE_MALLOC"  # ... and the environment variable: "1" asks for them
 
 # The same through the environment, read when the process starts. 1 TiB stands for "never": newer
 # glibc rejects a value at the edge of size_t's range and keeps its default.
@@ -79,7 +85,7 @@ def retain_freed_memory() -> str | None:
 
 
 def retain_freed_memory_without_gpu(device: str = "auto") -> str | None:
-    """`retain_freed_memory()` when JAX will compute on the CPU, as the `jaxdet` command calls it:
+    """`retain_freed_memory()` when JAX will compute on the CPU, as `tune_for_command` calls it:
     `device` "cpu", or no JAX GPU plugin installed; returns why not otherwise.
 
     Args:
@@ -87,3 +93,27 @@ def retain_freed_memory_without_gpu(device: str = "auto") -> str | None:
     if device != "cpu" and gpu_plugin_installed():
         return "a JAX GPU plugin is installed: XLA's temporaries are GPU memory"
     return retain_freed_memory()
+
+
+def requested_device(argv: Sequence[str]) -> str:
+    """The --device of a command line ("--device cpu", "--device=cpu", or an abbreviation the
+    parser accepts, such as "--d cpu"; the last one given), read before the parser runs;
+    "auto" when there is none."""
+    device = "auto"
+    for i, arg in enumerate(argv):
+        flag, equals, value = arg.partition("=")
+        if len(flag) > len("--") and "--device".startswith(flag):
+            if equals:
+                device = value
+            elif i + 1 < len(argv):
+                device = argv[i + 1]
+    return device
+
+
+def tune_for_command(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> str | None:
+    """`retain_freed_memory_without_gpu` for the command line `argv` when it asks for it (FLAG) or
+    the environment does (ENV_FLAG=1); returns None when the settings took effect, else why not."""
+    environ = os.environ if environ is None else environ
+    if FLAG not in argv and environ.get(ENV_FLAG) != "1":
+        return f"not asked for ({FLAG} or {ENV_FLAG}=1)"
+    return retain_freed_memory_without_gpu(requested_device(argv))

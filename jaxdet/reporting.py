@@ -1,5 +1,7 @@
 """What a run shows: a progress bar, TensorBoard scalars, the JSON-lines training log, the
-loss-curve picture and the summary table (the files' names and places: `jaxdet.workdir`).
+loss-curve picture (the files' names and places: `jaxdet.workdir`), and what the `jaxdet`
+commands print: the summary table of a run's figures, the list of its files, and each command's
+account of what it wrote (text returned, printed by `jaxdet.cli`).
 
 `train_log.jsonl` has one line per logging window: {"step", "images_per_second", and the means of
 the step metrics (losses, accuracies, learning_rate, ...) over the window}.
@@ -11,16 +13,21 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import sys
+import textwrap
 import time
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from jaxdet.workdir import TENSORBOARD, TRAIN_LOG
+from jaxdet import distributed
+from jaxdet.devices import batch_layout, make_mesh
+from jaxdet.overrides import as_flags
+from jaxdet.workdir import DESCRIPTIONS, TENSORBOARD, TRAIN_LOG
 
 # The bar shows these, shortened; everything else goes to the log and TensorBoard only.
 _BAR_FIELDS = (("loss", "loss"), ("rpn_cls_loss", "rpn_cls"), ("rpn_box_loss", "rpn_box"),
@@ -183,3 +190,114 @@ def summary_table(rows: Iterable[tuple], *, title: str = "") -> str:
     lines += [f"| {n.ljust(left)} | {v.rjust(right)} |" for n, v in cells]
     lines.append(rule)
     return "\n".join(lines)
+
+
+# metrics.json's figures the summary shows, in order, with their names.
+_SUMMARY_ROWS = (("steps", "training steps"), ("batch_layout", "batch"), ("train_seconds", "training time (s)"),
+                 ("first_step_seconds", "  of which compiling (s)"), ("train_images_per_second", "training images/s"),
+                 ("eval_images", "held-out images"), ("voc07_map", "VOC07 mAP@0.5 (11-point)"),
+                 ("voc_map", "VOC mAP@0.5 (area)"), ("coco_ap", "COCO AP@[.5:.95]"), ("coco_ap50", "COCO AP50"),
+                 ("coco_ap75", "COCO AP75"), ("eval_images_per_second", "detection images/s"))
+
+
+def run_summary(metrics: Mapping[str, Any], title: str) -> str:
+    """The summary table of a run's figures (metrics.json's): training, detection and per-class AP."""
+    rows = []
+    for key, name in _SUMMARY_ROWS:
+        if key in metrics:
+            value = metrics[key]
+            # None: no such figure (metrics.json's null), e.g. no training rate after a single step.
+            timing = key.endswith(("seconds", "per_second")) and value is not None
+            rows.append((name, f"{value:.1f}" if timing else value))
+    rows += [(f"AP {name}", ap) for name, ap in metrics.get("per_class_ap", {}).items()]
+    return summary_table(rows, title=title)
+
+
+def files_list(workdir: str, names: Sequence[str]) -> str:
+    """The files `names` (`jaxdet.workdir.DESCRIPTIONS`) that exist in `workdir`, one a line, described."""
+    lines = [f"Results in {os.path.abspath(workdir)}:"]
+    lines += [f"  {os.path.join(workdir, name):<42} {DESCRIPTIONS[name]}" for name in names
+              if os.path.exists(os.path.join(workdir, name))]
+    return "\n".join(lines)
+
+
+def announce_training(config, devices: Sequence[Any], what: str) -> None:
+    """Prints (the first process) what is trained, for how many steps, where, and the batch's layout."""
+    layout = batch_layout(int(config.train.batch_size), make_mesh(devices=devices))
+    if distributed.is_main_process():
+        print(f"training {what} for {config.train.num_steps} steps on {devices[0].platform}: {layout}", flush=True)
+
+
+def _paragraph(text: str) -> str:
+    return textwrap.fill(text, width=100, break_on_hyphens=False, break_long_words=False)
+
+
+def _a_few(items: Sequence[str], separator: str, shown: int = 5) -> str:
+    """The first `shown` of `items` joined by `separator`, and how many more there are."""
+    more = f"{separator}and {len(items) - shown} more" if len(items) > shown else ""
+    return separator.join(items[:shown]) + more
+
+
+def trained_line(figures: Mapping[str, Any], checkpoints: str) -> str:
+    """What a training run without evaluation did (`jaxdet.experiment.run_train`'s figures)."""
+    return (f"trained to step {figures['steps']} in {figures['train_seconds']:.1f} s "
+            f"({figures['train_images_per_second']:.1f} images/s); checkpoints in {checkpoints}")
+
+
+def predictions_summary(found: Mapping[str, Any], others: Sequence[str], out: str, detections_file: str,
+                        extensions: Sequence[str]) -> str:
+    """What `jaxdet predict` wrote (detections.json's content `found`), the files it skipped and left out."""
+    total = sum(len(e["detections"]) for e in found["images"])
+    lines = [f"{total} detections (score >= {found['score_threshold']}) on {len(found['images'])} images: pictures "
+             f"and {detections_file} in {os.path.abspath(out)}"]
+    skipped = [entry["reason"] for entry in found["skipped"]]
+    if skipped:
+        lines.append(_paragraph(f"skipped {len(skipped)} image file{'s' if len(skipped) > 1 else ''} that cannot be "
+                                f"read: {_a_few(skipped, '; ')}"))
+    if others:
+        lines.append(_paragraph(f"left out {len(others)} file{'s' if len(others) > 1 else ''} that are not images "
+                                f"({', '.join(extensions)}): {_a_few([os.path.basename(p) for p in others], ', ')}"))
+    return "\n".join(lines)
+
+
+def proposals_summary(summary, workdir: str) -> str:
+    """What `jaxdet proposals` wrote (a `jaxdet.inference.proposals.ProposalsSummary`), and how to use it."""
+    splits = ", ".join(f"{split} {count}" for split, count in summary.images.items())
+    path = os.path.abspath(summary.path)
+    return _paragraph(
+        f"wrote the RPN proposals of {len(summary.counts)} images ({splits}) of the run in {workdir} (step "
+        f"{summary.step}) to {path}: {summary.counts.mean():.1f} per image on average (min {summary.counts.min()}, "
+        f"max {summary.counts.max()}; at most rpn.test_post_nms = {summary.post_nms}), in original-image pixels. "
+        f"Train a Fast R-CNN on them with a fast_rcnn config and --config.data.proposals={path}, on the same "
+        f"data (e.g. jaxdet train --config fast_rcnn_vgg16 --config.data.proposals={path} --config.data.root=...).")
+
+
+# What make-shapes' overrides change only in the files it writes: the train command reads those files.
+_WRITE_ONLY_KEYS = ("data.root", "data.dataset", "data.num_train", "data.num_test", "data.train_seed",
+                    "data.test_seed")
+
+
+def shapes_train_command(config_name: str, overrides: Sequence[tuple], format: str, out: str) -> str:
+    """The command line (one, pasteable into a shell) that trains on the shapes `jaxdet make-shapes` wrote."""
+    words = ["jaxdet", "train", "--config", config_name]
+    # The rest of the user's overrides (class names, image size, the model) hold for training too.
+    words += [f"--config.{key}={text}" for key, text in overrides if key not in _WRITE_ONLY_KEYS]
+    if format == "coco":
+        words.append("--config.data.dataset=coco")
+    words += [f"--config.data.root={out}", "--workdir", os.path.join("runs", "shapes")]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def shapes_summary(written: Mapping[str, str], counts: Mapping[str, tuple], train_command: str, format: str) -> str:
+    """What `jaxdet make-shapes` wrote (`jaxdet.data.write_shapes_dataset`'s splits), and how to train on it."""
+    lines = [f"{split}: {counts[split][0]} images (seed {counts[split][1]}) -> {where}" for split, where in written.items()]
+    lines.append(f"train on them with: {train_command}")
+    if format == "coco":
+        lines.append("(data.dataset=coco trains on the split 'train' and evaluates on 'test', the two written above)")
+    return "\n".join(lines)
+
+
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """A library warning as the `jaxdet` command shows it (`warnings.formatwarning`'s form): its
+    category and text, the config keys it names as the flags that set them."""
+    return f"jaxdet: {category.__name__}: {as_flags(str(message))}\n"

@@ -8,21 +8,26 @@ section's field names (`config.rpn.train_pre_nms` is `RPNSettings.train_pre_nms`
 
     as_pair(key, value)                    a pair-valued field's (PAIRS) two items
 
-Defaults are the Faster R-CNN paper's VGG16 recipe (Ren et al. 2015; py-faster-rcnn's
-`config.py`), which `jaxdet/configs/base.py` states and explains field by field. Frozen and
-hashable: equal settings are the same static argument, so they compile one program.
+The fields have no defaults of their own: every default is written once, in
+`jaxdet/configs/base.py` (the Faster R-CNN paper's VGG16 recipe, Ren et al. 2015, explained field by
+field), and a field a config's section lacks takes the base config's value (`from_section`). The
+settings of the base config itself are `DetectorSettings.from_config(base.get_config())`. Frozen
+and hashable: equal settings are the same static argument, so they compile one program.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Tuple
+from typing import Mapping, Tuple
 
 import ml_collections
 
+from jaxdet.configs import base
+from jaxdet.errors import UsageError
 
-class InvalidSetting(ValueError):
+
+class InvalidSetting(UsageError, ValueError):
     """A config value jaxdet cannot run with; the message names its key (`config.section.field`)."""
 
 
@@ -71,11 +76,12 @@ class _Section:
     """Mixin: `from_config` builds the dataclass from the config section named SECTION."""
 
     SECTION = ""
-    MODEL_KEYS = ()  # keys of the section that `jaxdet.training.state.build_model` reads instead
+    MODEL_KEYS = ()  # keys of the section that `jaxdet.models.build_model` reads instead
 
     @classmethod
-    def from_section(cls, section: ml_collections.ConfigDict):
-        """From the config section of the same field names (a field the section lacks keeps its default).
+    def from_section(cls, section: Mapping):
+        """From the config section of the same field names; a field the section lacks takes its value in
+        the base config (`jaxdet.configs.base`).
 
         Raises:
           InvalidSetting: a key the settings do not know, or a value of the wrong type (naming it).
@@ -87,8 +93,8 @@ class _Section:
             raise InvalidSetting(f"unknown config key{'s' if len(unknown) > 1 else ''} "
                                 f"{', '.join(f'config.{cls.SECTION}.{k}' for k in unknown)} (the section's keys: "
                                 f"{', '.join(names)})")
-        return cls(**{name: _coerce(section[name], hints[name], f"{cls.SECTION}.{name}")
-                      for name in names if name in section})
+        values = {**base.get_config()[cls.SECTION], **section}
+        return cls(**{name: _coerce(values[name], hints[name], f"{cls.SECTION}.{name}") for name in names})
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict):
@@ -103,18 +109,18 @@ class RPNSettings(_Section):
     in original-image pixels)."""
 
     SECTION = "rpn"
-    num_samples: int = 256
-    positive_fraction: float = 0.5
-    positive_iou: float = 0.7
-    negative_iou: float = 0.3
-    allowed_border: float = 0.0
-    sigma: float = 3.0
-    train_pre_nms: int = 12000
-    train_post_nms: int = 2000
-    test_pre_nms: int = 6000
-    test_post_nms: int = 300
-    nms_iou: float = 0.7
-    min_proposal_size: float = 16.0
+    num_samples: int
+    positive_fraction: float
+    positive_iou: float
+    negative_iou: float
+    allowed_border: float
+    sigma: float
+    train_pre_nms: int
+    train_post_nms: int
+    test_pre_nms: int
+    test_post_nms: int
+    nms_iou: float
+    min_proposal_size: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,11 +130,11 @@ class RoISettings(_Section):
 
     SECTION = "roi"
     MODEL_KEYS = ("box_stds",)
-    num_samples: int = 128
-    foreground_fraction: float = 0.25
-    foreground_iou: float = 0.5
-    background_iou: Tuple[float, ...] = (0.0, 0.5)
-    sigma: float = 1.0
+    num_samples: int
+    foreground_fraction: float
+    foreground_iou: float
+    background_iou: Tuple[float, ...]
+    sigma: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,9 +145,9 @@ class LossSettings(_Section):
     roi_box_weight in the total."""
 
     SECTION = "loss"
-    box_normalization: str = "samples"
-    rpn_box_weight: float = 1.0
-    roi_box_weight: float = 1.0
+    box_normalization: str
+    rpn_box_weight: float
+    roi_box_weight: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,9 +157,9 @@ class TestSettings(_Section):
 
     SECTION = "test"
     __test__ = False  # a config section, not a pytest test class (its name starts with "Test")
-    score_threshold: float = 0.05
-    nms_iou: float = 0.3
-    max_detections: int = 100
+    score_threshold: float
+    nms_iou: float
+    max_detections: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,25 +170,25 @@ class OptimizerSettings(_Section):
     clip_norm: global gradient-norm clipping (0: off)."""
 
     SECTION = "optimizer"
-    name: str = "sgd"
-    learning_rate: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_steps: int = 0
-    warmup_factor: float = 1.0 / 3
-    decay_steps: Tuple[int, ...] = (50000,)
-    decay_factor: float = 0.1
-    clip_norm: float = 0.0
+    name: str
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    warmup_steps: int
+    warmup_factor: float
+    decay_steps: Tuple[int, ...]
+    decay_factor: float
+    clip_norm: float
 
 
 @dataclasses.dataclass(frozen=True)
 class DetectorSettings:
     """The sections the detector reads in training (rpn, roi, loss) and detection (rpn, roi, test)."""
 
-    rpn: RPNSettings = RPNSettings()
-    roi: RoISettings = RoISettings()
-    loss: LossSettings = LossSettings()
-    test: TestSettings = TestSettings()
+    rpn: RPNSettings
+    roi: RoISettings
+    loss: LossSettings
+    test: TestSettings
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> "DetectorSettings":

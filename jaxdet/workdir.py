@@ -12,7 +12,7 @@
     metrics.json          the run's figures, strict JSON: what is not a finite number is null
     pr_curves.png, detections.png, detections_coco.json
                           the evaluation's (`jaxdet.evaluation.run`)
-    predictions/          `jaxdet predict`'s pictures and detections.json (`jaxdet.inference_files`)
+    predictions/          `jaxdet predict`'s pictures and detections.json (`jaxdet.inference.files`)
     data/                 the demo's shapes dataset
     demo.json             the demo's stamp: this directory is the demo's, and which files under data/ it
                           wrote (`claim_for_demo`); the demo deletes nothing else
@@ -20,11 +20,9 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -32,6 +30,8 @@ from typing import Mapping, Sequence
 
 import ml_collections
 import numpy as np
+
+from jaxdet.errors import JaxdetError, UsageError
 
 CHECKPOINTS = "checkpoints"
 CONFIG = "config.json"
@@ -68,31 +68,12 @@ def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
 
 
-# errno of the writes that fail for want of space or permission -> (what it means, what to do).
-WRITE_FAULTS = {
-    errno.ENOSPC: ("no space is left on its disk", "free space there or give a --workdir on another disk"),
-    errno.EDQUOT: ("the disk quota is used up", "free space there or give a --workdir on another disk"),
-    errno.EROFS: ("its file system is read-only", "give a --workdir on a writable disk"),
-    errno.EACCES: ("permission denied", "make it writable for this user or give another --workdir"),
-    errno.EPERM: ("operation not permitted", "make it writable for this user or give another --workdir"),
-}
-# How orbax's TensorStore reports an OS error: its code, and the paths it was writing in quotes.
-_OS_ERROR_CODE = re.compile(r"os_error_code='(\d+)'")
-_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
-
-
-def write_fault(error: BaseException | None) -> tuple | None:
-    """(errno, the path) of a write that failed for want of space or permission (WRITE_FAULTS): an
-    OSError, or the text of orbax's RESOURCE_EXHAUSTED error, in `error` or what caused it; None otherwise."""
-    while error is not None:
-        if isinstance(error, OSError) and error.errno in WRITE_FAULTS:
-            return error.errno, error.filename
-        code = _OS_ERROR_CODE.search(str(error))
-        if code and int(code.group(1)) in WRITE_FAULTS:
-            paths = _QUOTED_PATH.findall(str(error))
-            return int(code.group(1)), paths[-1] if paths else None
-        error = error.__cause__ or error.__context__
-    return None
+def require_run_dir(workdir: str) -> None:
+    """UsageError unless `workdir` is a directory (eval, predict and proposals read a training run's)."""
+    if not os.path.isdir(workdir):
+        what = "is not a directory" if os.path.exists(workdir) else "does not exist"
+        raise UsageError(f"--workdir {workdir} {what}: give the directory of a training run (what "
+                         "`jaxdet train --workdir DIR` or `jaxdet demo` wrote, with checkpoints/ and config.json)")
 
 
 def check_writable(directory: str) -> None:
@@ -243,7 +224,7 @@ def update_metrics_file(workdir: str, values: Mapping) -> dict:
     return metrics
 
 
-class WorkdirInUse(RuntimeError):
+class WorkdirInUse(JaxdetError):
     """`jaxdet demo` was given a directory that holds files it did not write."""
 
 

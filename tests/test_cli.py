@@ -22,10 +22,10 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from jaxdet import cli
+from jaxdet import cli, overrides, reporting
 from jaxdet.data import dataset_to_coco, read_voc
 from jaxdet.training import loop
-from jaxdet.training.checkpoints import restore_trained
+from jaxdet.inference import restore_trained
 
 SMOKE = "shapes_demo:smoke"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -264,7 +264,7 @@ def test_a_resumed_run_continues_the_same_loss_curve(trained, shapes_dir, tmp_pa
     assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [2, 4, 6]
     for resumed, one_go in zip(*logs):
         assert resumed["loss"] == one_go["loss"], (resumed, one_go)
-    config = cli.load_config(SMOKE)
+    config = overrides.load_config(SMOKE)
     config.data.root = str(shapes_dir)
     params = [jax.tree.leaves(restore_trained(config, str(w), step=6).params) for w in (trained, straight)]
     for a, b in zip(*params):
@@ -339,8 +339,8 @@ def test_counts_below_one_are_rejected_naming_the_key(command, override, shapes_
     assert status == 2, out
     assert_one_paragraph(err, f"{key} must be a whole number of at least 1, got {value}", f"--config.{key}=N")
     assert not workdir.exists()  # refused before anything was written
-    config = cli.load_config(SMOKE)
-    cli.apply_override(config, key, value)
+    config = overrides.load_config(SMOKE)
+    overrides.apply_override(config, key, value)
     with pytest.raises(loop.InvalidSetting, match=key):
         loop.train(config, str(workdir))
 
@@ -354,7 +354,7 @@ def test_overrides_are_typed_like_the_field(text, current, expected):
     import ml_collections
 
     config = ml_collections.ConfigDict({"section": {"field": current}})
-    cli.apply_override(config, "section.field", text)
+    overrides.apply_override(config, "section.field", text)
     assert config.section.field == expected and type(config.section.field) is type(expected)
 
 
@@ -408,7 +408,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, shapes_dir,
     assert {"loss", "rpn_cls_loss", "roi_cls_loss"} <= set(losses)
     assert all(math.isfinite(float(v.rstrip("."))) for v in losses.values())
     assert sorted(int(d) for d in os.listdir(workdir / "checkpoints") if d.isdigit()) == [1, 2]
-    config = cli.load_config(SMOKE)
+    config = overrides.load_config(SMOKE)
     state = restore_trained(config, str(workdir))
     assert int(state.step) == 2
     assert all(bool(np.all(np.isfinite(leaf))) for leaf in jax.tree.leaves(state.params))
@@ -457,12 +457,12 @@ def test_frozen_stages_without_pretrained_weights_warn():
     (message,) = warned(frozen_stages=2, pretrained="")
     # The library names the config key; the command shows it as the flag that sets it.
     assert "frozen_stages=2" in message and "config.model.pretrained=FILE" in message
-    shown = cli.format_warning(message, UserWarning, "loop.py", 1)
+    shown = reporting.format_warning(message, UserWarning, "loop.py", 1)
     assert "frozen_stages=2" in shown and "--config.model.pretrained=FILE" in shown
     assert warned(frozen_stages=2, pretrained="vgg16.pth") == []
     assert warned(frozen_stages=0, pretrained="") == []
     # The paper's recipe without weights is the case this is for.
-    assert warned(**cli.load_config("vgg16_voc07").model.to_dict())
+    assert warned(**overrides.load_config("vgg16_voc07").model.to_dict())
 
 
 def test_resuming_below_the_runs_step_says_there_is_nothing_to_train(trained, capsys):

@@ -20,8 +20,8 @@ import time
 import numpy as np
 import pytest
 
-from jaxdet.training import distributed
-from jaxdet.training.distributed import DistributedSettings, distributed_settings, gather_detections
+from jaxdet import distributed
+from jaxdet.distributed import DistributedSettings, distributed_settings, gather_detections
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_PROCESSES = 2
@@ -132,10 +132,11 @@ def _run_worker(out_dir: str) -> None:
     import jax
     import jax.numpy as jnp
 
-    from jaxdet.cli import load_config
+    from jaxdet.overrides import load_config
     from jaxdet.training import checkpoint_manager, create_train_state, restore_checkpoint, save_checkpoint, step_key
-    from jaxdet.training.inputs import load_dataset, train_pipeline
-    from jaxdet.training.parallel import batch_layout, make_mesh, make_parallel_train_step, replicate, shard_batch
+    from jaxdet.data.build import load_dataset, train_pipeline
+    from jaxdet.devices import batch_layout, make_mesh, replicate, shard_batch
+    from jaxdet.training.parallel import make_parallel_train_step
 
     pid = jax.process_index()
     assert (jax.process_count(), jax.device_count()) == (NUM_PROCESSES, NUM_PROCESSES * DEVICES_PER_PROCESS)
@@ -221,8 +222,8 @@ def _run_processes(out_dir: str) -> list:
 
 
 def test_two_processes_train_together_and_agree(tmp_path):
-    from jaxdet.cli import load_config
-    from jaxdet.training.inputs import load_dataset, train_pipeline
+    from jaxdet.overrides import load_config
+    from jaxdet.data.build import load_dataset, train_pipeline
 
     reports = _run_processes(str(tmp_path))
     (first, arrays_0), (second, arrays_1) = reports

@@ -1,6 +1,6 @@
 """The evaluation path end to end with an oracle in place of the network.
 
-`jaxdet.evaluation.run.predict` is replaced by a fake that returns, for each batch, chosen
+`jaxdet.inference.dataset.predict` is replaced by a fake that returns, for each batch, chosen
 detections of that batch's records (in the batch's input pixels: original boxes times the batch's
 `image_scale`, fixed size with a valid mask, as the real `predict` returns them). `evaluation.evaluate`
 then batches the images, maps the boxes back to the original pixels (`boxes_to_original`), turns
@@ -25,11 +25,12 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from jaxdet.cli import load_config
+from jaxdet.overrides import load_config
 from jaxdet.data import ShapesConfig, dataset_to_coco, make_shapes
 from jaxdet.data.transforms import resized_hw
 from jaxdet.ops.nms import Detections
 from jaxdet.evaluation import run as evaluation
+from jaxdet.inference import dataset as detection
 from jaxdet.training.state import create_train_state
 from test_eval_voc import _devkit_class_ap
 
@@ -60,7 +61,7 @@ def _dataset(config):
 
 
 def _install_fake(monkeypatch, config, dataset, detections_of):
-    """Replaces evaluation.predict: batch after batch in dataset order, `detections_of(index, record)`
+    """Replaces detection.predict: batch after batch in dataset order, `detections_of(index, record)`
     -> (boxes [n, 4] original pixels, labels [n], scores [n]) for each real slot."""
     records = list(dataset.records)
     seen = {"next": 0, "calls": 0}
@@ -91,7 +92,7 @@ def _install_fake(monkeypatch, config, dataset, detections_of):
         seen["calls"] += 1
         return Detections(boxes=boxes, scores=scores, labels=labels, valid=valid)
 
-    monkeypatch.setattr(evaluation, "predict", fake_predict)
+    monkeypatch.setattr(detection, "predict", fake_predict)
     return seen
 
 

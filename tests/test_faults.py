@@ -11,7 +11,8 @@ import shutil
 
 import pytest
 
-from jaxdet import cli
+from jaxdet import cli, overrides
+from jaxdet.errors import user_error
 from test_cli import SMOKE, assert_one_paragraph, run
 
 
@@ -252,7 +253,8 @@ def test_orbax_s_full_disk_error_is_named_not_out_of_memory():
     error = ValueError(f'RESOURCE_EXHAUSTED: Error writing "opt_state.2.0.count/0" in OCDBT database at local file '
                        f'"/data/run/checkpoints/2.orbax-checkpoint-tmp/": Failed writing: "{path}": Failed to write '
                        f"8146944 bytes to file 7: No space left on device [os_error_code='28']")
-    status, message = cli.explain(error)
+    fault = user_error(error)
+    status, message = fault.exit_status, fault.message()
     assert status == 1 and message.startswith(f"cannot write {path}: no space is left on its disk (ENOSPC)")
     assert "memory" not in message
 
@@ -353,9 +355,9 @@ def config_keys_in_messages() -> dict:
 def test_every_config_key_named_in_a_message_exists():
     from jaxdet.configs import NAMES, base
 
-    known = set(cli.config_keys(base.get_config()))
+    known = set(overrides.config_keys(base.get_config()))
     for name in NAMES:
-        known.update(cli.config_keys(cli.load_config(name)))
+        known.update(overrides.config_keys(overrides.load_config(name)))
     named = config_keys_in_messages()
     assert {"data.max_boxes", "train.batch_size", "data.min_size", "data.on_error"} <= set(named)
     assert {key: where for key, where in named.items() if key not in known} == {}
@@ -376,13 +378,13 @@ def test_no_full_batch_advises_the_batch_size_key(shapes_dir, tmp_path, capsys):
 def test_a_training_split_without_objects_warns_naming_it(shapes_dir, tmp_path):
     import re
 
-    from jaxdet.training.inputs import load_dataset, train_pipeline
+    from jaxdet.data.build import load_dataset, train_pipeline
 
     data = copy_data(shapes_dir, tmp_path)
     for xml in (data / "Annotations").glob("s0_*.xml"):
         xml.write_text(re.sub(r"<object>.*?</object>", "", xml.read_text(), flags=re.S))
-    config = cli.load_config(SMOKE)
-    cli.apply_override(config, "data.root", str(data))
+    config = overrides.load_config(SMOKE)
+    overrides.apply_override(config, "data.root", str(data))
     with pytest.warns(UserWarning, match=rf"the training split train of {data} has no object to train on: none of "
                                          r"its 16 images .* config.data.train_splits"):
         train_pipeline(config, load_dataset(config, "train"))
@@ -432,15 +434,15 @@ def test_predict_skips_a_corrupt_image_and_reports_files_that_are_not_images(tra
 
 
 def test_a_value_of_the_wrong_type_for_a_field_that_is_none_names_the_key_and_type(shapes_dir, tmp_path, capsys):
-    assert cli.load_config(SMOKE).data.min_size is None  # no resize: typed by the base config's 600
+    assert overrides.load_config(SMOKE).data.min_size is None  # no resize: typed by the base config's 600
     status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir",
                          tmp_path / "w", "--config.data.min_size=abc")
     assert status == 2
     assert_one_paragraph(err, "--config.data.min_size=abc: cannot read 'abc' as an int (or None)")
     assert not (tmp_path / "w").exists()
-    config = cli.load_config(SMOKE)
-    cli.apply_override(config, "data.min_size", "224")
-    cli.apply_override(config, "data.max_size", "None")
+    config = overrides.load_config(SMOKE)
+    overrides.apply_override(config, "data.min_size", "224")
+    overrides.apply_override(config, "data.max_size", "None")
     assert (config.data.min_size, config.data.max_size) == (224, None)
 
 

@@ -105,16 +105,28 @@ def test_too_late_once_threads_run_changes_nothing():
     assert late["arenas"] > 1
 
 
+def test_the_jaxdet_command_leaves_malloc_alone_unless_asked(tmp_path):
+    """Off by default: `jaxdet.__main__.main` changes nothing without --tune-malloc or the variable."""
+    command = measured(f"""
+        from jaxdet.__main__ import main
+        assert main(["eval", "--workdir", {str(tmp_path / 'missing')!r}]) != 0
+        reason = None
+    """, env={host_memory.ENV_FLAG: ""})
+    assert command["arenas"] > 1
+
+
 @pytest.mark.skipif(host_memory.gpu_plugin_installed(),
                     reason="the command leaves malloc alone where a JAX GPU plugin is installed")
-def test_the_jaxdet_command_retains_freed_memory(tmp_path):
-    """`jaxdet.cli.main` makes the settings before it imports jax (here for a command that fails
-    at once: a missing run directory)."""
+@pytest.mark.parametrize("flag, env", [(["--tune-malloc"], {}), ([], {host_memory.ENV_FLAG: "1"})],
+                         ids=["flag", "environment"])
+def test_the_jaxdet_command_retains_freed_memory_when_asked(tmp_path, flag, env):
+    """`jaxdet.__main__.main` makes the settings before it imports jax (here for a command that fails
+    at once: a missing run directory), when the flag or the environment variable asks for them."""
     command = measured(f"""
-        from jaxdet import cli
-        assert cli.main(["eval", "--workdir", {str(tmp_path / 'missing')!r}]) != 0
+        from jaxdet.__main__ import main
+        assert main(["eval", *{flag!r}, "--workdir", {str(tmp_path / 'missing')!r}]) != 0
         reason = None
-    """)
+    """, env=env)
     assert command["arenas"] == 1
 
 
@@ -122,14 +134,22 @@ def test_with_a_gpu_plugin_the_command_leaves_malloc_alone(monkeypatch):
     monkeypatch.setattr(host_memory, "gpu_plugin_installed", lambda: True)
     monkeypatch.setattr(host_memory, "retain_freed_memory", lambda: pytest.fail("malloc settings made"))
     assert "GPU plugin" in host_memory.retain_freed_memory_without_gpu()
+    assert "GPU plugin" in host_memory.tune_for_command(["train", "--tune-malloc"], environ={})
+
+
+def test_not_asked_the_command_leaves_malloc_alone(monkeypatch):
+    monkeypatch.setattr(host_memory, "retain_freed_memory", lambda: pytest.fail("malloc settings made"))
+    assert "not asked" in host_memory.tune_for_command(["train", "--device", "cpu"], environ={})
+    assert "not asked" in host_memory.tune_for_command(["train"], environ={host_memory.ENV_FLAG: "0"})
 
 
 def test_with_a_gpu_plugin_the_command_still_retains_freed_memory_for_the_cpu(tmp_path):
     """`--device cpu` computes on the CPU whatever is installed: the settings are made."""
     command = measured(f"""
-        from jaxdet import cli, host_memory
+        from jaxdet import host_memory
         host_memory.gpu_plugin_installed = lambda: True
-        assert cli.main(["eval", "--device=cpu", "--workdir", {str(tmp_path / 'missing')!r}]) != 0
+        from jaxdet.__main__ import main
+        assert main(["eval", "--tune-malloc", "--device=cpu", "--workdir", {str(tmp_path / 'missing')!r}]) != 0
         reason = None
     """)
     assert command["arenas"] == 1
@@ -142,6 +162,4 @@ def test_with_a_gpu_plugin_the_command_still_retains_freed_memory_for_the_cpu(tm
                                           (["train", "--dev", "cpu"], "cpu"), (["train", "--devi=cpu"], "cpu"),
                                           (["train", "--d", "cpu"], "cpu"), (["train", "--", "cpu"], "auto")])
 def test_the_device_is_read_before_the_parser(argv, device):
-    from jaxdet import cli
-
-    assert cli.requested_device(argv) == device
+    assert host_memory.requested_device(argv) == device

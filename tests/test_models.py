@@ -12,7 +12,8 @@ from jaxdet.models.backbones import max_pool_2x2
 from jaxdet.models import (VGG16, BoxPredictor, FastRCNN, FasterRCNN, FCHead, ResNet50C4, ResNet50C5Head, RPNHead,
                            TinyResNetC4, TinyResNetC5Head, TinyVGG)
 from jaxdet.inference import predict
-from jaxdet.settings import DetectorSettings, TestSettings
+from jaxdet.configs import base
+from jaxdet.settings import DetectorSettings
 from jaxdet.ops.anchors import anchor_grid
 from xla_ops import roi_pool_reference
 
@@ -156,8 +157,10 @@ def test_detection_decodes_with_the_models_box_coding(tiny):
     flat = np.asarray(rois).reshape(-1, 4)
     for stds in ((0.1, 0.1, 0.2, 0.2), (0.5, 1.0, 1.0, 1.0)):
         fast = FastRCNN(backbone=faster.backbone, box_head=faster.box_head, num_classes=3, box_stds=stds)
+        config = base.get_config()
+        config.test.update(score_threshold=0.0, max_detections=6)
         found = predict(fast, {"params": params}, images, image_hw, proposals=rois,
-                        settings=DetectorSettings(test=TestSettings(score_threshold=0.0, max_detections=6)))
+                        settings=DetectorSettings.from_config(config))
         shift = stds[0] * (flat[:, 2] - flat[:, 0])
         expected = np.clip(flat + np.stack([shift, 0 * shift, shift, 0 * shift], 1), 0, [96, 64, 96, 64])
         boxes = np.asarray(found.boxes)[np.asarray(found.valid)]

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxdet import cli
+from jaxdet import cli, overrides
 from jaxdet.configs import load_config
 from jaxdet.data import (VOC_CLASSES, DataError, ShapesConfig, find_voc_split, make_dataset, make_shapes, write_coco,
                          write_voc)
-from jaxdet.training.inputs import DatasetNotFound, load_dataset, model_num_classes, with_class_names
+from jaxdet.data.build import DatasetNotFound, load_dataset, model_num_classes, with_class_names
 
 CLASSES = ("coin", "face")  # the shapes' circle and square, renamed: sorted, as discovery finds them
 # (height, width) of each image, no two alike; all landscape, so that one padded shape is compiled.
@@ -107,7 +107,7 @@ def test_explicit_classes_keep_their_order(photos):
 
 def test_explicit_classes_on_the_command_line(photos):
     config = _config(photos)
-    cli.apply_override(config, "data.classes", "face,coin")
+    overrides.apply_override(config, "data.classes", "face,coin")
     assert config.data.classes == ("face", "coin")
     assert load_dataset(config, "train").class_names == ("face", "coin")
 
@@ -152,14 +152,14 @@ def test_a_coco_folder_takes_its_classes_from_the_json(photos, tmp_path):
 
 def test_the_readme_commands_config_reads_the_folder(photos):
     """The flags of the issue and README as given (tiny_shapes, 224-320 px), short of training."""
-    from jaxdet.training.inputs import train_pipeline
+    from jaxdet.data.build import train_pipeline
 
-    _, overrides = cli.split_overrides(["--config.data.dataset=voc", f"--config.data.root={photos}",
-                                        "--config.data.train_splits=train", "--config.data.test_split=test",
-                                        "--config.data.min_size=224", "--config.data.max_size=320"])
+    _, pairs = overrides.split_overrides(["--config.data.dataset=voc", f"--config.data.root={photos}",
+                                          "--config.data.train_splits=train", "--config.data.test_split=test",
+                                          "--config.data.min_size=224", "--config.data.max_size=320"])
     config = load_config("tiny_shapes")
-    for key, text in overrides:
-        cli.apply_override(config, key, text)
+    for key, text in pairs:
+        overrides.apply_override(config, key, text)
     config.train.batch_size = 4
     train = load_dataset(config, "train")
     config = with_class_names(config, train.class_names)

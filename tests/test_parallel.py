@@ -50,12 +50,12 @@ def _run_simulated(out_dir: str) -> None:
     import jax.numpy as jnp
 
     import xla_ops
-    from jaxdet.cli import load_config
+    from jaxdet.overrides import load_config
     from jaxdet.training import (checkpoint_manager, create_train_state, restore_checkpoint, save_checkpoint,
                                  step_key, train_step)
-    from jaxdet.training.inputs import load_dataset, train_pipeline
-    from jaxdet.training.parallel import (batch_layout, make_mesh, make_parallel_train_step, replicate,
-                                          shard_batch, split_batch)
+    from jaxdet.data.build import load_dataset, train_pipeline
+    from jaxdet.devices import batch_layout, make_mesh, replicate, shard_batch, split_batch
+    from jaxdet.training.parallel import make_parallel_train_step
 
     assert jax.device_count() == NUM_DEVICES, jax.devices()
     results = {}
@@ -139,9 +139,9 @@ def _run_simulated(out_dir: str) -> None:
         arrays[f"predict_mesh_{field}"] = np.asarray(getattr(on_mesh, field))
         arrays[f"predict_one_{field}"] = np.asarray(getattr(on_one, field))
 
-    # `jaxdet.evaluation.run.detect` on the state replicated over 4 devices splits each
+    # `jaxdet.inference.dataset.detect` on the state replicated over 4 devices splits each
     # batch over them; on the single-device state it runs on that device.
-    from jaxdet.evaluation import run as evaluation
+    from jaxdet.inference import dataset as evaluation
 
     test_set = load_dataset(config, "test")
     for name, source in (("4", state4), ("1", state1)):

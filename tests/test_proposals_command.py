@@ -14,11 +14,12 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdet import cli, inference_proposals
+from jaxdet import cli
+from jaxdet.inference import proposals as inference_proposals
 from jaxdet.data import read_voc
 from jaxdet.proposals import rpn_proposals
-from jaxdet.training.checkpoints import restore_trained
-from jaxdet.training.inputs import eval_pipeline, load_dataset
+from jaxdet.inference import restore_trained
+from jaxdet.data.build import eval_pipeline, load_dataset
 from jaxdet.workdir import read_config
 from test_cli import assert_one_paragraph, run
 

@@ -29,7 +29,9 @@ def test_the_two_setup_commands_are_the_makefiles_and_ci_runs_the_test_one():
     makefile = _read("Makefile")
     # Each target starts from a fresh machine: it depends on the install stamp (through build).
     assert re.search(r"^demo: build\n\t\$\(PY\) -m jaxdet demo", makefile, re.M)
-    assert re.search(r"^test: build\n\t\$\(PY\) -m pytest -q -n 2 --dist loadfile tests$", makefile, re.M)
+    # The layers' import contract (.importlinter) before the tests.
+    assert re.search(r"^test: build\n\t\$\(VENV\)/bin/lint-imports --no-cache\n"
+                     r"\t\$\(PY\) -m pytest -q -n 2 --dist loadfile tests$", makefile, re.M)
     assert re.search(r"^build: \$\(STAMP\)", makefile, re.M)
     ci = [line.strip() for line in _read(".ci/run").splitlines() if line.strip() and not line.startswith("#")]
     assert ci[-1] == "make test", ci

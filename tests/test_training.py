@@ -127,7 +127,8 @@ def test_sgd_decays_trainable_kernels_only():
     params = {"backbone": {"conv1_1": {"kernel": jnp.full((2,), 2.0), "bias": jnp.full((2,), 3.0)},
                            "conv3_1": {"kernel": jnp.full((2,), 2.0), "bias": jnp.full((2,), 3.0)}}}
     frozen = lambda path: path[1] == "conv1_1"  # noqa: E731
-    settings = OptimizerSettings(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.5, decay_steps=())
+    settings = OptimizerSettings.from_section(dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.5,
+                                                   decay_steps=()))
     tx, _ = make_optimizer(settings, frozen)
     assert make_optimizer(settings, frozen)[0] is tx  # memoised: a new state does not recompile the step
     grads = jax.tree.map(lambda p: jnp.full_like(p, 1.0), params)

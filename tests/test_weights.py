@@ -13,7 +13,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from jaxdet.models import VGG16, VGG16BN, FCHead, FasterRCNN
-from jaxdet.training.weights import (VGG16_CONVS, WeightsError, convert_vgg16, load_pretrained, load_state_dict,
+from jaxdet.models.weights import (VGG16_CONVS, WeightsError, convert_vgg16, load_pretrained, load_state_dict,
                                      vgg16_state_dict)
 
 # torchvision.models.vgg16().features: (index, in, out) of each 3x3 conv.

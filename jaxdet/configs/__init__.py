@@ -14,10 +14,12 @@ import importlib
 import importlib.util
 import os
 
+from jaxdet.errors import UsageError
+
 NAMES = ("shapes_demo", "tiny_shapes", "vgg16_voc07", "vgg16_coco", "fast_rcnn_vgg16")
 
 
-class ConfigNotFound(FileNotFoundError):
+class ConfigNotFound(UsageError, FileNotFoundError):
     """A config spec that is neither a config file nor one of NAMES; the message lists them."""
 
 

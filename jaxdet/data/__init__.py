@@ -1,4 +1,5 @@
-"""Datasets (Pascal VOC, COCO, synthetic shapes), transforms and the fixed-shape input pipeline.
+"""Datasets (Pascal VOC, COCO, synthetic shapes), transforms, the fixed-shape input pipeline, and
+building datasets and pipelines from a config (`build`).
 
 Boxes are xyxy in continuous pixels everywhere (width = x2 - x1; see `records`).
 """
@@ -27,3 +28,6 @@ from jaxdet.data.transforms import (
     size_buckets,
 )
 from jaxdet.data.voc import VOC_CLASSES, find_voc_split, read_voc, read_voc_class_names, write_voc
+from jaxdet.data.build import (SPLITS, DatasetNotFound, check_num_classes, eval_pipeline, load_dataset,
+                               model_num_classes, shapes_splits, train_pipeline, with_class_names,
+                               write_shapes_dataset)

@@ -18,6 +18,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from jaxdet.errors import JaxdetError
+
 ON_ERROR_CHOICES = ("raise", "skip")
 
 # Annotation tools write boxes a fraction of a pixel outside the image (VOC's `xmin = 0`, COCO's
@@ -25,8 +27,13 @@ ON_ERROR_CHOICES = ("raise", "skip")
 BOX_TOLERANCE = 1.0
 
 
-class DataError(ValueError):
+class DataError(JaxdetError, ValueError):
     """Bad data: the message names the file and, where there is one, the object."""
+
+    prefix = "bad data: "
+    advice = (". Fix or remove that file, or set --config.data.on_error=skip to leave out the images with bad "
+              "data (each is named in a warning, and counted); --config.data.check_images=true also decodes "
+              "every image while the dataset is read, to find all the corrupt ones before training.")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -7,7 +7,7 @@ read back one step late, so the host never waits for the device except at checkp
 non-finite loss, gradient norm or learning rate, or non-finite parameters at a checkpoint, stop
 the run (`TrainingDiverged`) before anything after it is saved, so the last checkpoint is always
 a good one. With several devices or processes the step is data parallel
-(`jaxdet.training.parallel`, `jaxdet.training.distributed`); the first process writes the files
+(`jaxdet.training.parallel`, `jaxdet.distributed`); the first process writes the files
 (their names: `jaxdet.workdir`). Errors name the config keys to change (`config.train.num_steps`).
 """
 
@@ -26,19 +26,22 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxdet import reporting, workdir as run_files
-from jaxdet.data import Dataset
+from jaxdet import distributed, reporting, workdir as run_files
+from jaxdet.data import Dataset, load_dataset, train_pipeline, with_class_names
 from jaxdet.data.batch import TRAIN_KEYS
+from jaxdet.devices import batch_layout, make_mesh, replicate, shard_batch
+from jaxdet.errors import JaxdetError
 from jaxdet.settings import InvalidSetting
-from jaxdet.training import distributed, parallel
+from jaxdet.training import parallel
 from jaxdet.training.checkpoints import check_fits, restore_checkpoint, save_checkpoint, saving
-from jaxdet.training.inputs import load_dataset, train_pipeline, with_class_names
 from jaxdet.training.state import TrainState, create_train_state
 from jaxdet.training.step import step_key, train_step
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(JaxdetError, RuntimeError):
     """A non-finite loss or gradient; the message names the step, the last finite losses and the last checkpoint."""
+
+    exit_status = 3
 
     def __init__(self, *, step: int, metrics: Mapping[str, float], last_finite: tuple | None,
                  checkpoint_step: int | None, checkpoint_dir: str):
@@ -65,7 +68,7 @@ class TrainingDiverged(RuntimeError):
             "and check the data for broken boxes.")
 
 
-class CheckpointsExist(RuntimeError):
+class CheckpointsExist(JaxdetError, RuntimeError):
     """The work directory already holds a run's checkpoints and resuming was not asked for."""
 
 
@@ -218,7 +221,7 @@ def _run_steps(state: TrainState, pipeline, mesh: jax.sharding.Mesh, *, start: i
     began = time.perf_counter()
     first_step_seconds = 0.0
     for batch in pipeline.batches(start, max(num_steps - start, 0)):
-        batch = parallel.shard_batch({k: batch[k] for k in TRAIN_KEYS if k in batch}, mesh)
+        batch = shard_batch({k: batch[k] for k in TRAIN_KEYS if k in batch}, mesh)
         state, metrics = step_fn(state, batch, step_key(state))
         step += 1
         if pending is not None:
@@ -262,9 +265,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
       TrainingDiverged: a non-finite loss or gradient (nothing after the last good checkpoint saved).
     """
     check_train_settings(config)
-    mesh = parallel.make_mesh(devices=devices)
+    mesh = make_mesh(devices=devices)
     global_batch = int(config.train.batch_size)
-    layout = parallel.batch_layout(global_batch, mesh)
+    layout = batch_layout(global_batch, mesh)
     shard = distributed.process_shard(global_batch)
     if dataset is None:
         dataset = load_dataset(config, "train")
@@ -284,7 +287,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
                 workdir, start_step=start, total_steps=num_steps, images_per_step=global_batch,
                 log_every=int(config.train.log_every), show_bar=show_progress, append=start > 0, enabled=main)
             state, step, first_step_seconds, train_seconds = _run_steps(
-                parallel.replicate(state, mesh), pipeline, mesh, start=start, num_steps=num_steps, every=every,
+                replicate(state, mesh), pipeline, mesh, start=start, num_steps=num_steps, every=every,
                 manager=manager, guard=_Guard(manager, checkpoint_dir, reporter))
         except BaseException:
             if reporter is not None:

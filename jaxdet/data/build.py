@@ -1,4 +1,4 @@
-"""From a config's `data` section to datasets and input pipelines (what the training loop reads).
+"""From a config's `data` section to datasets and input pipelines (what training and detection read).
 
 `config.data.dataset` picks the source:
   "shapes"  the synthetic set (`jaxdet.data.shapes`): generated in memory from `data.shapes`,
@@ -32,17 +32,20 @@ from typing import Sequence
 
 import ml_collections
 
-from jaxdet.data import (DataError, Dataset, InputPipeline, ShapesConfig, VOC_CLASSES, attach_proposals,
-                         concat_datasets, find_voc_split, make_shapes, read_coco, read_voc, read_voc_class_names,
-                         write_shapes)
-from jaxdet.data.records import limit_boxes
+from jaxdet.data.coco import read_coco
+from jaxdet.data.pipeline import InputPipeline
+from jaxdet.data.precomputed_proposals import attach_proposals
+from jaxdet.data.records import DataError, Dataset, concat_datasets, limit_boxes
+from jaxdet.data.shapes import ShapesConfig, make_shapes, write_shapes
+from jaxdet.data.voc import VOC_CLASSES, find_voc_split, read_voc, read_voc_class_names
+from jaxdet.errors import JaxdetError
 
 DATASETS = ("shapes", "voc", "coco")
 SPLITS = ("train", "test")
 FROM_DATA = 0  # model.num_classes: as many as the class list
 
 
-class DatasetNotFound(FileNotFoundError):
+class DatasetNotFound(JaxdetError, FileNotFoundError):
     """The dataset a config names is not on disk; the message says where it was looked for."""
 
 

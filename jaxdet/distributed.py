@@ -2,7 +2,7 @@
 
 Each process runs the same program on its own devices; `jax.distributed.initialize` connects
 them through a coordinator (process 0's address), after which `jax.devices()` lists every
-process's devices and `jaxdet.training.parallel` builds one mesh over all of them. Every process
+process's devices and `jaxdet.devices` builds one mesh over all of them. Every process
 reads only its own shard of each global batch (`process_shard`), and evaluation, done on each
 process's shard of the test set, gathers the detections of all processes (`gather_detections`)
 before computing mAP. Checkpoints need nothing more: orbax writes each replicated array once,
@@ -32,6 +32,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from jaxdet.errors import UsageError
+
 ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
@@ -39,6 +41,10 @@ ENV_PROCESS_ID = "JAX_PROCESS_ID"
 # The per-image detections gathered, as `jaxdet.inference.detections_to_lists` makes them:
 # name -> (shape after the leading detection axis, dtype).
 DETECTION_FIELDS = {"boxes": ((4,), np.float32), "scores": ((), np.float32), "labels": ((), np.int32)}
+
+
+class ProcessesError(UsageError, ValueError):
+    """The processes of a run, as the flags or the environment give them, do not add up."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,10 +148,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(args: argparse.Namespace, *, environ: Mapping[str, str] | None = None) -> DistributedSettings:
-    """DistributedSettings from the flags of `add_arguments`, the environment filling the gaps."""
-    return distributed_settings(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
-                                process_id=args.process_id, bind_address=args.coordinator_bind_address,
-                                timeout_s=args.distributed_timeout, environ=environ)
+    """DistributedSettings from the flags of `add_arguments`, the environment filling the gaps.
+
+    Raises:
+      ProcessesError: as `distributed_settings`' ValueError, naming the flag or variable.
+    """
+    try:
+        return distributed_settings(coordinator_address=args.coordinator_address, num_processes=args.num_processes,
+                                    process_id=args.process_id, bind_address=args.coordinator_bind_address,
+                                    timeout_s=args.distributed_timeout, environ=environ)
+    except ValueError as e:
+        raise ProcessesError(str(e)) from None
 
 
 def initialize(settings: DistributedSettings) -> None:

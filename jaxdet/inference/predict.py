@@ -26,8 +26,7 @@ from jaxdet.settings import DetectorSettings, RPNSettings
 @functools.partial(compiler_options.jit, static_argnames=("model", "settings"))
 def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: jax.Array, *,
             image_scale: Optional[jax.Array] = None, proposals: Optional[jax.Array] = None,
-            proposal_valid: Optional[jax.Array] = None,
-            settings: DetectorSettings = DetectorSettings()) -> Detections:
+            proposal_valid: Optional[jax.Array] = None, settings: DetectorSettings) -> Detections:
     """Detections for a batch of padded images.
 
     Args:
@@ -38,7 +37,8 @@ def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: ja
       image_scale: [N] resize factor of each image (scales the proposals' `min_size`); 1 if None.
       proposals: [N, P, 4] xyxy RoIs for Fast R-CNN (ignored by Faster R-CNN).
       proposal_valid: [N, P] bool mask of `proposals`; all valid if None.
-      settings: DetectorSettings (static); detection reads its rpn (test sizes) and test sections.
+      settings: DetectorSettings (static; `DetectorSettings.from_config(config)`); detection reads its
+        rpn (test sizes) and test sections.
 
     Returns:
       Detections with a leading batch axis: boxes [N, D, 4] xyxy in input pixels (clipped to
@@ -75,7 +75,7 @@ def predict(model, variables: Mapping[str, Any], images: jax.Array, image_hw: ja
 def detection_proposals(model: FasterRCNN, variables: Mapping[str, Any], features: jax.Array, *,
                         image_hw: jax.Array, image_scale: jax.Array, settings: RPNSettings) -> Proposals:
     """The RPN's proposals at test time (`jaxdet.proposals.rpn_proposals` with the test sizes), what
-    `predict` classifies and `jaxdet.inference_proposals` saves for a Fast R-CNN.
+    `predict` classifies and `jaxdet.inference.proposals` saves for a Fast R-CNN.
 
     Args:
       model: a `FasterRCNN`.

@@ -1,12 +1,13 @@
-"""Detection on image files: `predict_files(config, state, files, class_names, out)` writes, for each
+"""Detection on image files: `predict_files(config, detector, files, class_names, out)` writes, for each
 image, a PNG with its detections drawn (class colour, name and score), and `detections.json` with
 every image's boxes (xyxy, original pixels), scores, labels and class names. An image that cannot be
 decoded is skipped (named in `detections.json`'s "skipped"), not the end of the run; the files of a
 folder that are not images are left out (`image_files`).
 
 The images go through the evaluation's input pipeline and batched detection
-(`jaxdet.evaluation.run.detect`): the same resizing and normalisation, so an image of the test
-set gets the very detections the evaluation scored.
+(`jaxdet.inference.dataset.detect`): the same resizing and normalisation, so an image of the test
+set gets the very detections the evaluation scored. `detect_run_files` is the `jaxdet predict`
+command: a run's checkpoint on the files given.
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ from typing import NamedTuple, Sequence
 import ml_collections
 import numpy as np
 
-from jaxdet.data import DataError, Dataset, Record, attach_proposals, load_image, make_dataset
+from jaxdet import workdir as run_files
+from jaxdet.data import DataError, Record, attach_proposals, load_image, make_dataset, with_class_names
 from jaxdet.data.records import check_image_file
-from jaxdet.evaluation.pictures import draw_detections
-from jaxdet.evaluation.run import detect
-from jaxdet.training.state import TrainState
+from jaxdet.devices import select_devices
+from jaxdet.errors import UsageError
+from jaxdet.inference.dataset import detect
+from jaxdet.inference.trained import TrainedDetector, restore_trained
+from jaxdet.pictures import draw_detections
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 DETECTIONS_FILE = "detections.json"
 
 
-class ImageFilesError(ValueError):
+class ImageFilesError(UsageError, ValueError):
     """A folder without images, no image that can be read, or a Fast R-CNN run without proposals; the
     message names them."""
 
@@ -108,7 +112,7 @@ def _picture_names(paths: Sequence[str]) -> list:
     return names
 
 
-def predict_files(config: ml_collections.ConfigDict, state: TrainState, files: Sequence[str],
+def predict_files(config: ml_collections.ConfigDict, detector: TrainedDetector, files: Sequence[str],
                   class_names: Sequence[str], out: str, *, score_threshold: float = 0.5,
                   show_progress: bool = True) -> dict:
     """Detects on the `files` that can be read (`image_dataset`), keeps detections scoring at least
@@ -120,7 +124,7 @@ def predict_files(config: ml_collections.ConfigDict, state: TrainState, files: S
       "skipped": [{"file", "reason"}] for the files that cannot be read}.
     """
     dataset, skipped = image_dataset(config, files, class_names)
-    detections, _ = detect(config, state, dataset, show_progress=show_progress)
+    detections, _ = detect(config, detector, dataset, show_progress=show_progress)
     os.makedirs(out, exist_ok=True)
     entries = []
     for record, found, name in zip(dataset.records, detections, _picture_names([r.path for r in dataset.records])):
@@ -138,3 +142,23 @@ def predict_files(config: ml_collections.ConfigDict, state: TrainState, files: S
     with open(os.path.join(out, DETECTIONS_FILE), "w") as f:
         json.dump(result, f, indent=1)
     return result
+
+
+def detect_run_files(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str], *,
+                     out: str | None = None, step: int | None = None, score_threshold: float = 0.5,
+                     device: str = "auto", num_devices: int | None = None, show_progress: bool = True) -> tuple:
+    """`predict_files` with the checkpoint of the run in `workdir` (the latest unless `step`) on the
+    image files and folders `inputs` (`image_files`), writing into `out` (default
+    `workdir/predictions`), on `device` (`jaxdet.devices.select_devices`), with the run's labels.
+
+    Returns:
+      (detections.json's content, the ImageFiles found, the folder written).
+    """
+    class_names = run_files.read_class_names(workdir)
+    config = with_class_names(config, class_names)
+    select_devices(device, num_devices)
+    files = image_files(inputs)
+    out = out or os.path.join(workdir, run_files.PREDICTIONS)
+    found = predict_files(config, restore_trained(config, workdir, step=step), files.images, class_names, out,
+                          score_threshold=score_threshold, show_progress=show_progress)
+    return found, files, out

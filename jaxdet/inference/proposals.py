@@ -4,7 +4,7 @@ Fast R-CNN (Girshick 2015) trains and detects on region proposals computed ahead
 4-step alternating training of Ren et al. 2015 (sec. 3.2) they are a trained RPN's, as in
 py-faster-rcnn's `tools/train_faster_rcnn_alt_opt.py` (`rpn_generate`) does. `write_run_proposals`
 does that for the run in a work directory: it restores the run's Faster R-CNN, runs its RPN and
-test-time proposal layer (`jaxdet.inference.detection_proposals`: `config.rpn.test_pre_nms` boxes
+test-time proposal layer (`jaxdet.inference.predict.detection_proposals`: `config.rpn.test_pre_nms` boxes
 into NMS at `rpn.nms_iou`, the `rpn.test_post_nms` best kept) on every image of the chosen splits,
 maps the boxes back to each original image's pixels and saves them, keyed by the image's
 `source_id` (VOC file stem, COCO image id), with `jaxdet.data.save_proposals`: the file a
@@ -32,18 +32,19 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdet import compiler_options
-from jaxdet.data import Dataset, boxes_to_original, save_proposals
-from jaxdet.inference import detection_proposals
+from jaxdet.data import (SPLITS, Dataset, boxes_to_original, eval_pipeline, load_dataset, save_proposals,
+                         with_class_names)
+from jaxdet.devices import select_devices
+from jaxdet.errors import UsageError
+from jaxdet.inference.predict import detection_proposals
+from jaxdet.inference.trained import TrainedDetector, restore_trained
 from jaxdet.models.detector import FasterRCNN
 from jaxdet.proposals import Proposals
 from jaxdet.settings import RPNSettings
-from jaxdet.training.checkpoints import restore_trained
-from jaxdet.training.inputs import SPLITS, eval_pipeline, load_dataset, with_class_names
-from jaxdet.training.state import TrainState
 from jaxdet.workdir import read_class_names
 
 
-class ProposalsError(ValueError):
+class ProposalsError(UsageError, ValueError):
     """A run that has no RPN, or an output file that cannot be written; the message names which."""
 
 
@@ -111,14 +112,14 @@ def image_proposals(model, variables: Mapping[str, Any], images: jax.Array, imag
                                settings=settings)
 
 
-def dataset_proposals(config: ml_collections.ConfigDict, state: TrainState, dataset: Dataset, *,
+def dataset_proposals(config: ml_collections.ConfigDict, detector: TrainedDetector, dataset: Dataset, *,
                       show_progress: bool = True, label: str = "propose") -> dict:
     """The RPN proposals of every image of `dataset`, in original-image pixels.
 
     Args:
       config: the run's config (its data section resizes the images, its rpn section sizes the
         proposal layer).
-      state: a Faster R-CNN's TrainState (`restore_trained`).
+      detector: a trained Faster R-CNN (`restore_trained`).
       dataset: the images.
       show_progress: a tqdm bar over the images, labelled `label`.
 
@@ -129,14 +130,14 @@ def dataset_proposals(config: ml_collections.ConfigDict, state: TrainState, data
     Raises:
       ProposalsError: the model has no RPN.
     """
-    if not isinstance(state.model, FasterRCNN):
-        raise ProposalsError(f"a {type(state.model).__name__} has no RPN to propose boxes; give a Faster R-CNN")
+    if not isinstance(detector.model, FasterRCNN):
+        raise ProposalsError(f"a {type(detector.model).__name__} has no RPN to propose boxes; give a Faster R-CNN")
     settings = RPNSettings.from_config(config)
     found = {}
     with tqdm(total=len(dataset), desc=label, unit="img", disable=not show_progress, dynamic_ncols=True,
               mininterval=0.5, file=sys.stderr) as bar:
         for batch in eval_pipeline(config, dataset).epoch():
-            proposals = jax.device_get(image_proposals(state.model, state.variables, batch["images"],
+            proposals = jax.device_get(image_proposals(detector.model, detector.variables, batch["images"],
                                                        batch["image_hw"], batch["scale"], settings=settings))
             # Filler slots of a last partial batch have size 0: keep their (ignored) boxes finite.
             boxes = boxes_to_original(proposals.boxes, image_hw=np.maximum(batch["image_hw"], 1),
@@ -173,8 +174,8 @@ def write_proposals(path: str, proposals: Mapping[str, np.ndarray]) -> None:
 
 
 def write_run_proposals(config: ml_collections.ConfigDict, workdir: str, out: str, *,
-                        splits: Sequence[str] = SPLITS, step: int | None = None,
-                        show_progress: bool = True) -> ProposalsSummary:
+                        splits: Sequence[str] = SPLITS, step: int | None = None, device: str = "auto",
+                        num_devices: int | None = None, show_progress: bool = True) -> ProposalsSummary:
     """The proposals of the Faster R-CNN run in `workdir` on the `splits` of `config.data`, saved at `out`.
 
     Args:
@@ -184,6 +185,8 @@ def write_run_proposals(config: ml_collections.ConfigDict, workdir: str, out: st
       out: the file to write (`jaxdet.data.save_proposals`' format; replaced if it exists).
       splits: "train" and/or "test": one file for both is what a Fast R-CNN's `data.proposals` needs.
       step: the checkpoint's step (the latest if None).
+      device, num_devices: where to compute (`jaxdet.devices.select_devices`); the proposals are
+        computed on the first of those devices.
       show_progress: a progress bar per split.
 
     Raises:
@@ -191,6 +194,7 @@ def write_run_proposals(config: ml_collections.ConfigDict, workdir: str, out: st
         nothing is then computed or written), or two splits hold different images of one source_id.
       FileNotFoundError: the run has no checkpoint (of that step); `DatasetNotFound` for the data.
     """
+    select_devices(device, num_devices)
     check_rpn_run(config, workdir)
     check_output(out)
     config = with_class_names(config, read_class_names(workdir))  # the run's labels, whatever the data
@@ -204,13 +208,13 @@ def write_run_proposals(config: ml_collections.ConfigDict, workdir: str, out: st
                 f"{record.name} (COCO files of different splits may number their images alike). Write one file "
                 f"per split (on the command line: --split train, then --split test) and evaluate with the test "
                 f"split's file as data.proposals")
-    state = restore_trained(config, workdir, step=step)
+    detector = restore_trained(config, workdir, step=step)
     found = {}
     for split, dataset in datasets.items():
-        found.update(dataset_proposals(config, state, dataset, show_progress=show_progress,
+        found.update(dataset_proposals(config, detector, dataset, show_progress=show_progress,
                                        label=f"propose {split}"))
     write_proposals(out, found)
     return ProposalsSummary(path=out, images={split: len(d) for split, d in datasets.items()},
                             counts=np.array([len(boxes) for boxes in found.values()]),
                             post_nms=int(config.rpn.test_post_nms),
-                            step=int(jax.device_get(state.step)))
+                            step=int(jax.device_get(detector.step)))

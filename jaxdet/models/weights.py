@@ -21,6 +21,8 @@ from typing import Dict, Mapping
 
 import numpy as np
 
+from jaxdet.errors import JaxdetError
+
 VGG16_CONVS = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
                "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3")
 # Index of each conv in torchvision's `vgg16().features` (ReLUs and pools in between).
@@ -38,8 +40,10 @@ _TENSORS = {
 }
 
 
-class WeightsError(ValueError):
+class WeightsError(JaxdetError, ValueError):
     """A pretrained weight file that does not fit the model; the message names the key."""
+
+    prefix = "pretrained weights do not fit the model: "
 
 
 def _source_names(scheme: str, batch_norm: bool) -> Dict[tuple, str]:

@@ -1,4 +1,5 @@
-"""Pictures: detections drawn on images, and precision-recall curves, saved as PNG."""
+"""Pictures: detections drawn on images (detection on files, evaluation), precision-recall curves
+and picture grids (evaluation), saved as PNG."""
 
 from __future__ import annotations
 
