@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-NATIVE := $(wildcard xla_ops/csrc/*.* xla_ops/csrc/testing/*)
+NATIVE := $(wildcard xla_ops/csrc/*.* xla_ops/csrc/testing/* xla_ops/amx/csrc/*)
 STAMP := $(VENV)/.jaxdet-installed
 NEEDS_PY311 := 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else f"jaxdet needs Python 3.11 or newer (jax 0.10 does); $(PYTHON) is {sys.version.split()[0]}: run make PYTHON=python3.11 ...")'
 
@@ -18,9 +18,10 @@ $(STAMP): pyproject.toml setup.py
 install: $(STAMP)
 
 # Rebuilds the native extensions in place when a C++/CUDA source changed (a no-op otherwise),
-# with the CUDA kernels' host emulation that the tests run (tests/test_roi_pool_cuda_emulated.py).
+# with the CUDA kernels' host emulation that the tests run (tests/test_roi_pool_cuda_emulated.py)
+# and the AMX tile kernel's (tests/xla_ops/amx/).
 build: $(STAMP) $(NATIVE)
-	JAXDET_CUDA_EMULATION=1 $(PY) setup.py -q build_ext --inplace
+	JAXDET_CUDA_EMULATION=1 JAXDET_AMX_EMULATION=1 $(PY) setup.py -q build_ext --inplace
 
 # The layers' contract (.importlinter) first: a wrong-way import fails in seconds.
 test: build
@@ -40,4 +41,4 @@ gpu-check:
 	bash experiments/gpu_check.sh
 
 clean:
-	rm -rf build *.egg-info xla_ops/*.so
+	rm -rf build *.egg-info xla_ops/*.so xla_ops/amx/*.so

@@ -2,23 +2,26 @@
 
 Extension modules, each exposing `registrations()` (a dict of FFI handler capsules):
   xla_ops._roi_pool_cpu   C++ RoI pooling kernels, always built.
-  xla_ops._patches_cpu    C++ image patches in bfloat16 (the convolutions of
-                          jaxdet.models.mixed_precision), always built.
-  xla_ops._bf16_dot_cpu   C++ products of bfloat16 matrices into float32 on x86's AMX tiles
-                          (the same convolutions and fully connected layers), always built;
-                          it reports at run time whether the CPU has the tiles.
+  xla_ops.amx._patches_cpu   C++ image patches in bfloat16 and products of bfloat16
+  xla_ops.amx._bf16_dot_cpu  matrices on x86's AMX tiles (xla_ops.amx, the opt-in CPU bfloat16
+                          layers), optional: a failed build of either leaves the package
+                          without it (xla_ops.amx.why_unavailable() says so), never fails the
+                          install; the products report at run time whether the CPU has the tiles.
   xla_ops._roi_align_cpu  C++ RoIAlign kernels (xla_ops.roi_align), always built.
   xla_ops._roi_pool_cuda  CUDA kernels, built when nvcc is found. JAXDET_CUDA=1 forces it
                           (and fails loudly without nvcc), JAXDET_CUDA=0 skips it.
 and, for the tests only (`make build` asks for it; a wheel does not ship it):
   xla_ops._roi_pool_cuda_emulated  the same CUDA kernels compiled as host C++ against the CUDA
                           runtime emulation in xla_ops/csrc/testing/ (JAXDET_CUDA_EMULATION=1).
+  xla_ops.amx._bf16_dot_emulated  the AMX tile kernel compiled against the tile emulation of
+                          xla_ops/amx/csrc/tile_emulation.h (JAXDET_AMX_EMULATION=1; optional).
 
 Environment knobs:
   JAXDET_CUDA        "auto" (default), "1" or "0".
   JAXDET_CUDA_ARCHS  semicolon-separated SM versions, default "90": sm_90 machine code plus
                      compute_90 PTX, which the driver JIT-compiles for newer GPUs.
   JAXDET_CUDA_EMULATION  "1" builds xla_ops._roi_pool_cuda_emulated (tests only).
+  JAXDET_AMX_EMULATION   "1" builds xla_ops.amx._bf16_dot_emulated (tests only).
   JAXDET_SANITIZE    "address" builds the CPU extension and the emulation with AddressSanitizer
                      (tests only, experiments/sanitize_roi_pool.sh).
   CUDA_HOME          where nvcc lives, if not on PATH.
@@ -38,6 +41,7 @@ HEADERS = [os.path.join(CSRC, name) for name in ("roi_pool_bins.h", "roi_pool_ff
 # RoIAlign (xla_ops.roi_align) shares roi_pool_bins.h's element types and batch-index rule.
 ALIGN_HEADERS = HEADERS + [os.path.join(CSRC, name) for name in ("roi_align_bins.h", "roi_align_ffi.h")]
 EMULATION = os.path.join(CSRC, "testing")
+AMX_CSRC = os.path.join("xla_ops", "amx", "csrc")
 
 
 def _ffi_include_dir():
@@ -134,17 +138,22 @@ def extensions():
         cpu_flags = [f for f in cpu_flags if f != "-O3"] + ["-O1", "-g", f"-fsanitize={sanitize}",
                                                              "-fno-omit-frame-pointer"]
         cpu_link = [f"-fsanitize={sanitize}"]
-    def cpu_extension(name, source, depends):
-        return Extension(name, sources=[os.path.join(CSRC, source)], depends=depends, include_dirs=include_dirs,
-                         extra_compile_args=cpu_flags, extra_link_args=cpu_link, language="c++")
+    def cpu_extension(name, source, depends, csrc=CSRC, optional=False, defines=()):
+        return Extension(name, sources=[os.path.join(csrc, source)], depends=depends, include_dirs=include_dirs,
+                         extra_compile_args=cpu_flags + [f"-D{d}" for d in defines], extra_link_args=cpu_link,
+                         language="c++", optional=optional)
 
     common = [os.path.join(CSRC, "cpu_common.h")]
     exts = [
         cpu_extension("xla_ops._roi_pool_cpu", "roi_pool_cpu.cc", HEADERS),
         cpu_extension("xla_ops._roi_align_cpu", "roi_align_cpu.cc", ALIGN_HEADERS),
-        cpu_extension("xla_ops._patches_cpu", "patches_cpu.cc", common),
-        cpu_extension("xla_ops._bf16_dot_cpu", "bf16_dot_cpu.cc", common),
+        cpu_extension("xla_ops.amx._patches_cpu", "patches_cpu.cc", common, AMX_CSRC, optional=True),
+        cpu_extension("xla_ops.amx._bf16_dot_cpu", "bf16_dot_cpu.cc", common, AMX_CSRC, optional=True),
     ]
+    if os.environ.get("JAXDET_AMX_EMULATION") == "1":
+        exts.append(cpu_extension("xla_ops.amx._bf16_dot_emulated", "bf16_dot_cpu.cc",
+                                  common + [os.path.join(AMX_CSRC, "tile_emulation.h")], AMX_CSRC,
+                                  optional=True, defines=["JAXDET_AMX_EMULATION"]))
     if os.environ.get("JAXDET_CUDA_EMULATION") == "1":
         exts.append(Extension(
             "xla_ops._roi_pool_cuda_emulated",

@@ -1,5 +1,5 @@
-"""`xla_ops.bf16_dot` (the AMX kernel) against XLA's dot, on the products of VGG16's bfloat16
-training step at 600x1000, alternating in one process; and `xla_ops.matmul.bf16_patch_dot`, which
+"""`xla_ops.amx.bf16_dot` (the AMX kernel) against XLA's dot, on the products of VGG16's bfloat16
+training step at 600x1000, alternating in one process; and `xla_ops.amx.bf16_patch_dot`, which
 reads a convolution's patches from the image, against `bf16_dot` of the patches written out.
 
 For each product, XLA's side is the form jaxdet computes it in without the AMX kernel (the form
@@ -23,8 +23,8 @@ from jax import lax
 
 import common
 from jaxdet.compiler_options import jit
-from xla_ops import _native, bf16_dot
-from xla_ops.matmul import bf16_patch_dot, bf16_patch_dot_reference
+from xla_ops.amx import _native, bf16_dot
+from xla_ops.amx.products import bf16_patch_dot, bf16_patch_dot_reference
 
 # name: (M, K, N, the kernel's b is transposed, XLA's form: "same" or "dK" (dY^T . P^T))
 PRODUCTS = {
@@ -84,8 +84,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--out", help="append the table and the command to this markdown file")
     args = parser.parse_args(argv)
-    if not _native.bf16_dot_usable():
-        raise SystemExit(f"no AMX kernel to measure: {_native.why_bf16_dot_not_usable()}")
+    if not _native.amx_usable():
+        raise SystemExit(f"no AMX kernel to measure: {_native.why_amx_not_usable()}")
 
     def alternate(kernel, kernel_args, other, other_args):
         """Median ms of each side, and the per-round ratios other / kernel."""

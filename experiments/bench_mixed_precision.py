@@ -1,5 +1,6 @@
-"""How jaxdet's bfloat16 training step on the CPU is built, measured: variants of the step that
-differ in `jaxdet.models.mixed_precision`'s choices, alternating in one process.
+"""How jaxdet's bfloat16 training step on the CPU with the opt-in layers of `xla_ops.amx`
+(`model.cpu_bf16_kernels`) is built, measured: variants of the step that differ in
+`xla_ops.amx.layers`' choices, alternating in one process.
 
 Variants (names for --variants):
   fc32_patch2304   fully connected layers in float32 (flax's Dense); patch path for 3x3
@@ -9,9 +10,9 @@ Variants (names for --variants):
   patch576         the same, patch path from 64 channels (adds conv1_2 and conv2_1), the
                    products through XLA's dot (the choice before the AMX products)
   amx576_written   the same, the products on the AMX tiles where the CPU has them, over the
-                   patches written out (`xla_ops.bf16_dot`)
+                   patches written out (`xla_ops.amx.bf16_dot`)
   amx576           the same, the forward's and input gradient's patches read from the image by
-                   the product (`xla_ops.bf16_patch_dot`; as shipped)
+                   the product (`xla_ops.amx.bf16_patch_dot`; as shipped)
   amx27            the same, every 3x3 convolution (adds conv1_1, over 3 channels)
 
 Each variant's step is traced and compiled on its own (jax's caches cleared between them), run
@@ -38,9 +39,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import common  # noqa: E402
-from jaxdet.models import mixed_precision, roi_head  # noqa: E402
+from jaxdet.models import build  # noqa: E402
 from jaxdet.training.step import step_key  # noqa: E402
-from xla_ops import _native, matmul  # noqa: E402
+from xla_ops.amx import _native, layers, products  # noqa: E402
 
 
 def float32_dense(features, *, dtype, **kwargs):
@@ -52,31 +53,32 @@ def float32_dense(features, *, dtype, **kwargs):
 # the patches of the forward and input gradient read from the image by the product)
 VARIANTS = {
     "fc32_patch2304": (float32_dense, 3 * 3 * 256, False, False),
-    "patch2304": (mixed_precision.Dense, 3 * 3 * 256, False, False),
-    "patch1152": (mixed_precision.Dense, 3 * 3 * 128, False, False),
-    "patch576": (mixed_precision.Dense, 3 * 3 * 64, False, False),
-    "amx576_written": (mixed_precision.Dense, 3 * 3 * 64, True, False),
-    "amx576": (mixed_precision.Dense, 3 * 3 * 64, True, True),
-    "amx27": (mixed_precision.Dense, 3 * 3 * 3, True, True),
+    "patch2304": (layers.Dense, 3 * 3 * 256, False, False),
+    "patch1152": (layers.Dense, 3 * 3 * 128, False, False),
+    "patch576": (layers.Dense, 3 * 3 * 64, False, False),
+    "amx576_written": (layers.Dense, 3 * 3 * 64, True, False),
+    "amx576": (layers.Dense, 3 * 3 * 64, True, True),
+    "amx27": (layers.Dense, 3 * 3 * 3, True, True),
 }
 
 
 def compiled_variant(name, config, batch):
     """(compiled step, train state, batch) of one variant, its choices made while it is traced."""
     dense, depth, amx, patches_read = VARIANTS[name]
-    if amx and not matmul.amx_usable():
-        raise SystemExit(f"variant {name} needs the AMX products: {_native.why_bf16_dot_not_usable()}")
+    if amx and not products.amx_usable():
+        raise SystemExit(f"variant {name} needs the AMX products: {_native.why_amx_not_usable()}")
     jax.clear_caches()  # the model's modules compare equal across variants: trace each anew
-    shipped = roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM, matmul.amx_usable, mixed_precision.bf16_patch_dot
-    roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM = dense, depth
-    matmul.amx_usable = matmul.amx_usable if amx else (lambda: False)
+    shipped = build.layers_for, layers.PATCH_DEPTH_FROM, _native.kernel, layers.bf16_patch_dot
+    # The kit's layers whether or not this CPU has AMX (the variants without it run anywhere).
+    build.layers_for = lambda dtype, cpu_bf16_kernels: (layers.Conv, dense)
+    layers.PATCH_DEPTH_FROM = depth
+    _native.kernel = _native.kernel if amx else (lambda: None)
     if not patches_read:
-        mixed_precision.bf16_patch_dot = matmul.bf16_patch_dot_reference
+        layers.bf16_patch_dot = products.bf16_patch_dot_reference
     try:
         _, state, batch, lowered = common.prepared_variant(config, "bfloat16", batch)
     finally:
-        (roi_head.Dense, mixed_precision.PATCH_DEPTH_FROM, matmul.amx_usable,
-         mixed_precision.bf16_patch_dot) = shipped
+        build.layers_for, layers.PATCH_DEPTH_FROM, _native.kernel, layers.bf16_patch_dot = shipped
     return lowered.compile(), state, batch
 
 

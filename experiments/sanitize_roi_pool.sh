@@ -8,18 +8,20 @@
 # Modes:
 #   --cpu        the CPU extensions and the CUDA emulation module built with AddressSanitizer,
 #                under the RoI pooling tests (adversarial RoIs, NaN/inf, empty maps, K = 0, vmap,
-#                backward, dtypes) and tests/test_roi_pool_cuda_emulated.py; the image-patches
-#                extension under tests/test_mixed_precision.py (window sizes 1-7 on images down
-#                to 1x1, both layouts and dtypes, the convolutions and their gradients)
+#                backward, dtypes) and tests/test_roi_pool_cuda_emulated.py; the AMX kit's
+#                extensions under tests/xla_ops/amx/ (the image patches: window sizes 1-7 on
+#                images down to 1x1, both layouts and dtypes, the convolutions and their
+#                gradients; the tile kernel on every shape of its tests, through the tile
+#                emulation where the CPU has no AMX, so on every machine)
 #   --emulated   the CUDA kernels on the CPU (xla_ops/csrc/testing/roi_pool_cuda_check.cu against
 #                the CUDA runtime emulation): built with AddressSanitizer, then ThreadSanitizer
 #   --gpu        the same program built by nvcc for the GPU found, under compute-sanitizer
 #                --tool memcheck and --tool racecheck (skipped, with a message, without the tool)
 #   --plant-off-by-one  proves the harness: the forward reads one row past each bin (y <= end);
 #                AddressSanitizer must report it. Exits 0 only if it did.
-#   --plant-tile-overread  proves the harness for the AMX products (xla_ops/csrc/bf16_dot_cpu.cc):
+#   --plant-tile-overread  proves the harness for the AMX products (xla_ops/amx/csrc/bf16_dot_cpu.cc):
 #                tiles crossing a's last row are read in place, past the end of a;
-#                AddressSanitizer must report it. Exits 0 only if it did.
+#                AddressSanitizer must report it (through the tile emulation). Exits 0 only if it did.
 #   --plant-race        proves the harness: the deterministic backward loses the barrier between
 #                writing the compacted RoI list to shared memory and reading it; ThreadSanitizer
 #                must report it. Exits 0 only if it did.
@@ -47,9 +49,10 @@ build_check() {
 # AddressSanitizer into LIB, from the sources under TREE (default: this checkout).
 sanitized_build() {
   local lib=$1 tree=${2:-$repo}
-  mkdir -p "$lib/xla_ops"
+  mkdir -p "$lib/xla_ops/amx"
   cp "$tree"/xla_ops/*.py "$lib/xla_ops/"
-  (cd "$tree" && JAXDET_SANITIZE=address JAXDET_CUDA=0 JAXDET_CUDA_EMULATION=1 \
+  cp "$tree"/xla_ops/amx/*.py "$lib/xla_ops/amx/"
+  (cd "$tree" && JAXDET_SANITIZE=address JAXDET_CUDA=0 JAXDET_CUDA_EMULATION=1 JAXDET_AMX_EMULATION=1 \
     "$repo/$PY" setup.py -q build_ext --build-lib "$lib" --build-temp "$lib/tmp" >/dev/null 2>&1)
 }
 
@@ -66,9 +69,9 @@ under_asan() {
     # Run from the scratch directory so that `import xla_ops` finds the sanitized build.
     cd "$lib"
     PYTHONPATH="$lib" "$repo/$PY" -c "
-import sys, xla_ops._roi_pool_cpu as a, xla_ops._roi_pool_cuda_emulated as b, xla_ops._patches_cpu as c
-import xla_ops._bf16_dot_cpu as d
-sys.exit(not all(m.__file__.startswith('$lib') for m in (a, b, c, d)))" \
+import sys, xla_ops._roi_pool_cpu as a, xla_ops._roi_pool_cuda_emulated as b, xla_ops.amx._patches_cpu as c
+import xla_ops.amx._bf16_dot_cpu as d, xla_ops.amx._bf16_dot_emulated as e
+sys.exit(not all(m.__file__.startswith('$lib') for m in (a, b, c, d, e)))" \
       || { echo "the sanitized extensions were not the ones imported" >&2; exit 1; }
     PYTHONPATH="$lib" "$repo/$PY" "$@"
   )
@@ -83,28 +86,30 @@ run_cpu() {
   local pytest=(-m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo/tests")
   under_asan "$lib" "${pytest[@]}" "$repo/tests/test_roi_pool.py" "$repo/tests/test_roi_pool_cuda_emulated.py" \
     -k "adversarial or empty or nan or native_gradient or vmap or dtypes or emulated or launch or threads"
-  under_asan "$lib" "${pytest[@]}" "$repo/tests/test_mixed_precision.py" "$repo/tests/test_bf16_dot.py"
+  under_asan "$lib" "${pytest[@]}" "$repo/tests/xla_ops/amx/test_amx_layers.py" "$repo/tests/xla_ops/amx/test_amx_products.py"
 }
 
 # The AMX products' tiles read a in place where they lie inside it: planted, every tile that
 # starts inside a is read in place, so those crossing a's last row read past its end. AddressSanitizer sees the
-# tile instructions only through the kernel's touches (CheckRows): it must report this.
+# tile instructions only through the kernel's touches (CheckRows), the emulation's own reads
+# directly: it must report this, on the emulated tiles (any CPU).
 plant_tile_overread() {
   local tree=$work/planted_tile_overread lib=$work/planted_tile_overread_lib
   mkdir -p "$tree/xla_ops"
   cp setup.py pyproject.toml "$tree/"
-  cp -r xla_ops/*.py xla_ops/csrc "$tree/xla_ops/"
-  local source=$tree/xla_ops/csrc/bf16_dot_cpu.cc
+  cp -r xla_ops/*.py xla_ops/csrc xla_ops/amx "$tree/xla_ops/"
+  local source=$tree/xla_ops/amx/csrc/bf16_dot_cpu.cc
   perl -pi -e 's/row \+ kTileRows <= d\.m && k \+ kTileK <= d\.k/row < d.m \&\& k < d.k/' "$source"
-  if cmp -s xla_ops/csrc/bf16_dot_cpu.cc "$source"; then
+  if cmp -s xla_ops/amx/csrc/bf16_dot_cpu.cc "$source"; then
     echo "plant tile-overread: the line to change is not in bf16_dot_cpu.cc" >&2
     return 1
   fi
   echo "== planted bug (tile-overread): bf16_dot_cpu.cc with"
-  diff xla_ops/csrc/bf16_dot_cpu.cc "$source" || true
+  diff xla_ops/amx/csrc/bf16_dot_cpu.cc "$source" || true
   sanitized_build "$lib" "$tree"
   expect_report tile-overread address under_asan "$lib" -m pytest -q -p no:cacheprovider --capture=sys \
-    --rootdir "$repo/tests" "$repo/tests/test_bf16_dot.py::test_products_of_small_integers_are_exact[17-33-15-b]"
+    --rootdir "$repo/tests" \
+    "$repo/tests/xla_ops/amx/test_amx_products.py::test_products_of_small_integers_are_exact[emulated-17-33-15-b]"
 }
 
 run_emulated() {

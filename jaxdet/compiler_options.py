@@ -1,13 +1,10 @@
 """The XLA options jaxdet compiles its programs with, chosen by measurement.
 
 On CPUs, XLA (jaxlib 0.10) hands convolutions and dots to YNNPACK by default. For the
-convolutions of detection models that is the slower path, for their dots the faster one. On a
-2-core x86 CPU: a VGG16 3x3 convolution's forward and backward at 150x250x256 take 1728 ms
-through YNNPACK (its weight gradient is computed as a convolution whose window is the whole
-feature map) and 615 ms through XLA's own convolutions; the forward and backward of VGG16's fc6
-for 128 RoIs take 545 ms through YNNPACK and 2011 ms through XLA's own dots. So jaxdet keeps
-YNNPACK for dots alone: the VGG16 600x1000 training step goes from 7.9 s (no YNNPACK) and
-worse (the default) to 6.6 s (experiments/results/peers.md has the figures and commands).
+convolutions of detection models that is the slower path (YNNPACK computes a convolution's
+weight gradient as a convolution whose window is the whole feature map), for their dots the
+faster one. So jaxdet keeps YNNPACK for dots alone (docs/performance.md; the measurements in
+experiments/results/peers.md).
 
 `COMPILER_OPTIONS` are fields of XLA's DebugOptions that only the CPU compiler reads. jaxdet's
 compiled entry points (`train_step`, `eval_step`, `predict`, `image_proposals`, the data-parallel
@@ -16,10 +13,11 @@ at the top level. JAX accepts compiler options only there: called inside another
 they become part of it, compiled as the outer function is. To compile your own program around
 jaxdet's models the same way, pass `compiler_options=jaxdet.compiler_options.COMPILER_OPTIONS` to
 your `jax.jit`. A jaxlib whose XLA does not know an option or its value compiles without the
-options (checked once).
+options, with a warning (checked once per process).
 """
 
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +28,14 @@ COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE
 
 @functools.cache
 def options_accepted() -> bool:
-    """Whether this jaxlib compiles with `COMPILER_OPTIONS` (an unknown option is an error)."""
+    """Whether this jaxlib compiles with `COMPILER_OPTIONS` (an unknown option is an error); when
+    it refuses them, a RuntimeWarning saying so, once per process (the answer is cached)."""
     try:
         jax.jit(jnp.negative, compiler_options=COMPILER_OPTIONS).lower(1.0).compile()
-    except Exception:  # XLA's "No such compile option", whatever its Python type in this jaxlib
+    except Exception as err:  # XLA's "No such compile option", whatever its Python type in this jaxlib
+        warnings.warn(f"jaxdet.compiler_options: this jaxlib's XLA refuses {COMPILER_OPTIONS} "
+                      f"({type(err).__name__}: {err}); jaxdet's programs compile without them, with "
+                      "XLA's defaults", RuntimeWarning, stacklevel=2)
         return False
     return True
 

@@ -70,3 +70,23 @@ def test_a_jaxdet_program_called_inside_another_jit_becomes_part_of_it(jaxlib_fu
     assert jnp.array_equal(outer(X, W), program(X, W) + 1)
     assert "convolution" in ynn_fused_ops(outer.lower(X, W).compile().as_text())  # the outer program's options
     assert jnp.array_equal(jax.vmap(program)(X[None], W[None])[0], program(X, W))
+
+
+@pytest.fixture
+def refused_options(monkeypatch):
+    """COMPILER_OPTIONS with an option no XLA knows, `options_accepted` asked afresh (and its
+    answer for the real options restored afterwards)."""
+    monkeypatch.setattr(compiler_options, "COMPILER_OPTIONS", {"xla_jaxdet_no_such_option": "1"})
+    compiler_options.options_accepted.cache_clear()
+    yield
+    compiler_options.options_accepted.cache_clear()
+
+
+def test_refused_options_warn_once_and_programs_compile_without_them(refused_options):
+    program = compiler_options.jit(lambda x: x * 2)
+    with pytest.warns(RuntimeWarning, match="refuses.*xla_jaxdet_no_such_option") as caught:
+        assert not compiler_options.options_accepted()
+        assert float(program(jnp.float32(3.0))) == 6.0  # compiled without the options
+        assert float(compiler_options.jit(jnp.negative)(jnp.float32(1.0))) == -1.0
+        assert not compiler_options.options_accepted()
+    assert len([w for w in caught if "refuses" in str(w.message)]) == 1

@@ -203,9 +203,8 @@ def test_bfloat16_compute_keeps_float32_parameters_and_outputs():
     images, rois = jnp.ones((1, 32, 32, 3)), jnp.array([[[0.0, 0.0, 20.0, 20.0]]])
     variables = abstract_init(model, images, rois)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))
-    # On the CPU only the convolutions' operands are bfloat16 (jaxdet.models.mixed_precision).
-    features_dtype = jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
-    assert jax.eval_shape(functools.partial(model.apply, method=model.extract), variables, images).dtype == features_dtype
+    # flax's layers compute in bfloat16 (the CPU kit of xla_ops.amx is an opt-in: model.cpu_bf16_kernels).
+    assert jax.eval_shape(functools.partial(model.apply, method=model.extract), variables, images).dtype == jnp.bfloat16
     rpn, head = jax.eval_shape(model.apply, variables, images, rois)
     assert all(x.dtype == jnp.float32 for x in (*rpn, *head))
 

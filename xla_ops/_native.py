@@ -11,14 +11,9 @@ import jax
 
 FORWARD_TARGET = "jaxdet_roi_pool_fwd"
 BACKWARD_TARGET = "jaxdet_roi_pool_bwd"
-PATCHES_TARGET = "jaxdet_image_patches"
-BF16_DOT_TARGET = "jaxdet_bf16_dot"
-BF16_PATCH_DOT_TARGET = "jaxdet_bf16_patch_dot"
 
 # JAX platform name -> (extension module, XLA platform name used for registration).
 _EXTENSIONS = {"cpu": ("xla_ops._roi_pool_cpu", "cpu"), "cuda": ("xla_ops._roi_pool_cuda", "CUDA")}
-_PATCHES_EXTENSION = ("xla_ops._patches_cpu", "cpu")
-_BF16_DOT_EXTENSION = ("xla_ops._bf16_dot_cpu", "cpu")
 
 
 @functools.cache
@@ -50,27 +45,6 @@ def why_not_built(platform):
     if platform not in _EXTENSIONS:
         return f"no native RoI pooling kernel exists for platform {platform!r}"
     return _load(platform)[1]
-
-
-def patches_built():
-    """Whether the CPU image-patches op (`xla_ops.image_patches`) is built and registered."""
-    return _load_module(*_PATCHES_EXTENSION)[0]
-
-
-def why_patches_not_built():
-    return _load_module(*_PATCHES_EXTENSION)[1]
-
-
-@functools.cache
-def bf16_dot_usable():
-    """Whether the CPU product of bfloat16 matrices (`xla_ops.bf16_dot`) is built and registered,
-    and this CPU has AMX tiles that the OS lets the process use."""
-    return _load_module(*_BF16_DOT_EXTENSION)[0] and importlib.import_module(_BF16_DOT_EXTENSION[0]).amx_available()
-
-
-def why_bf16_dot_not_usable():
-    built, reason = _load_module(*_BF16_DOT_EXTENSION)
-    return reason if not built else "this CPU has no AMX tiles, or the OS does not let the process use them"
 
 
 def current_platform():

@@ -35,7 +35,7 @@ import numpy as np
 
 from xla_ops import _native
 from xla_ops.reference import ROUNDINGS, roi_pool_reference
-from xla_ops.sharding import batch_partitioned, batch_shards, warn_unpartitioned
+from xla_ops.sharding import batch_partitioned, batch_shards, vary_together as _vary_together, warn_unpartitioned
 
 FEATURE_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 IMPLS = ("auto", "ffi", "reference")
@@ -300,19 +300,6 @@ def _ffi_backward(grad_out, rois, argmax, num_images, config):
     )(*operands, deterministic=config.deterministic,
       spatial_scale=np.float32(config.spatial_scale), rounding=np.int32(config.rounding))
     return _vary_together(grad, like=operands)[0]
-
-
-def _vary_together(*arrays, like=None):
-    """`arrays` typed as varying over every manual mesh axis (inside `jax.shard_map`) over which
-    any of `like` (default `arrays`) varies; values are unchanged, and outside shard_map this is
-    the identity. shard_map's type check (check_vma) needs a custom call's operands to agree and
-    its results to vary as its operands do (each device pools its own shard), which
-    `jax.ffi.ffi_call` leaves to the caller: without it the VJP's cotangent would not match the
-    features and a psum of the output would count it as replicated."""
-    like = arrays if like is None else like
-    # full_like takes on its argument's varying axes; the select joins them (XLA folds it away).
-    flag = functools.reduce(jnp.logical_and, [jax.lax.full_like(x, True, jnp.bool_, shape=()) for x in like])
-    return [jnp.where(flag, x, x) for x in arrays]
 
 
 def _fold_rois(rois, axis_size, num_images):

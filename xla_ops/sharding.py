@@ -21,6 +21,7 @@ import warnings
 from typing import Callable, Optional, Sequence, Union
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 AxisNames = Union[str, Sequence[str], None]
@@ -96,6 +97,21 @@ def batch_partitioned(fn: Callable, *, batch_axes: AxisNames = None, name: Optio
                              check_vma=False)(args, kwargs)
 
     return partitioned
+
+
+def vary_together(*arrays, like=None) -> list:
+    """`arrays` typed as varying over every manual mesh axis (inside `jax.shard_map`) over which
+    any of `like` (default `arrays`) varies; values are unchanged, and outside shard_map this is
+    the identity. shard_map's type check (check_vma) needs a custom call's operands to agree and
+    its results to vary as its operands do (each device computes on its own shard), which
+    `jax.ffi.ffi_call` leaves to the caller: without it a custom VJP's cotangent would not match
+    its primal and a psum of the output would count it as replicated. Where an operand that does
+    not vary is made varying, its gradient is summed over the axes (the transpose), as JAX does
+    for its own operations."""
+    like = arrays if like is None else like
+    # full_like takes on its argument's varying axes; the select joins them (XLA folds it away).
+    flag = functools.reduce(jnp.logical_and, [jax.lax.full_like(x, True, jnp.bool_, shape=()) for x in like])
+    return [jnp.where(flag, x, x) for x in arrays]
 
 
 @functools.cache

@@ -30,8 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
         head_hidden=(4096, 4096),    # fc6, fc7 widths (VGG16's classifier)
         dropout_rate=0.5,            # dropout after fc6 and fc7 in training (VGG16's classifier)
         compute_dtype="float32",     # "float32" or "bfloat16" (parameters and losses stay float32;
-                                     # on CPUs only the operands of the convolutions and the
-                                     # fully connected layers: models.mixed_precision)
+                                     # flax's nn.Conv / nn.Dense compute in it)
+        cpu_bf16_kernels=False,      # with bfloat16 on a CPU with AMX tiles: the layers of xla_ops.amx
+                                     # (bfloat16 operands, float32 results; AMX kernel) instead of flax's
         pretrained="",               # local VGG16 state dict (.pth, .npz, .safetensors); "" = random init
     )
 

@@ -26,7 +26,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdet.models.mixed_precision import Conv
 
 Dtype = Any
 
@@ -46,12 +45,14 @@ class VGG(nn.Module):
       batch_norm: a frozen batch normalisation after every convolution.
       frozen_stages: stages 1..frozen_stages receive no gradient and no update.
       dtype: computation dtype (parameters stay float32).
+      conv: the convolution layer, called as `nn.Conv` (default); `xla_ops.amx.layers_for` chooses.
     """
 
     stages: Sequence[Sequence[int]]
     batch_norm: bool = False
     frozen_stages: int = 0
     dtype: Dtype = jnp.float32
+    conv: Any = nn.Conv
 
     @property
     def stride(self) -> int:
@@ -76,7 +77,7 @@ class VGG(nn.Module):
             if s > 1:
                 x = max_pool_2x2(x)
             for i, width in enumerate(widths, start=1):
-                x = Conv(width, (3, 3), padding=1, dtype=self.dtype, name=f"conv{s}_{i}")(x)
+                x = self.conv(width, (3, 3), padding=1, dtype=self.dtype, name=f"conv{s}_{i}")(x)
                 if self.batch_norm:
                     x = FrozenBatchNorm(dtype=self.dtype, name=f"bn{s}_{i}")(x)
                 x = nn.relu(x)
@@ -151,11 +152,12 @@ class BottleneckBlock(nn.Module):
     filters: int
     strides: int = 1
     dtype: Dtype = jnp.float32
+    conv: Any = nn.Conv
     expansion = 4  # output channels per filter
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
+        conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
         norm = functools.partial(FrozenBatchNorm, dtype=self.dtype)
         y = nn.relu(norm(name="bn1")(conv(self.filters, (1, 1), name="conv1")(x)))
         y = conv(self.filters, (3, 3), strides=self.strides, padding=1, name="conv2")(y)
@@ -176,11 +178,12 @@ class BasicBlock(nn.Module):
     filters: int
     strides: int = 1
     dtype: Dtype = jnp.float32
+    conv: Any = nn.Conv
     expansion = 1  # output channels per filter
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        conv = functools.partial(Conv, use_bias=False, dtype=self.dtype)
+        conv = functools.partial(self.conv, use_bias=False, dtype=self.dtype)
         norm = functools.partial(FrozenBatchNorm, dtype=self.dtype)
         y = conv(self.filters, (3, 3), strides=self.strides, padding=1, name="conv1")(x)
         y = nn.relu(norm(name="bn1")(y))
@@ -200,11 +203,13 @@ class ResStage(nn.Module):
     strides: int
     block: Any = BottleneckBlock
     dtype: Dtype = jnp.float32
+    conv: Any = nn.Conv
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         for b in range(self.num_blocks):
-            x = self.block(self.filters, self.strides if b == 0 else 1, dtype=self.dtype, name=f"block{b + 1}")(x)
+            x = self.block(self.filters, self.strides if b == 0 else 1, dtype=self.dtype, conv=self.conv,
+                           name=f"block{b + 1}")(x)
         return x
 
 
@@ -224,6 +229,7 @@ class ResNet(nn.Module):
       width: channels of the stem; stage s has `width * 2 ** (s - 2)` filters per block.
       frozen_stages: 1 freezes the stem, 2 the stem and res2, ...
       dtype: computation dtype (parameters stay float32).
+      conv: the convolution layer, called as `nn.Conv` (default); `xla_ops.amx.layers_for` chooses.
     """
 
     stage_sizes: Sequence[int]
@@ -231,6 +237,7 @@ class ResNet(nn.Module):
     width: int = 64
     frozen_stages: int = 0
     dtype: Dtype = jnp.float32
+    conv: Any = nn.Conv
 
     @property
     def stride(self) -> int:
@@ -251,7 +258,7 @@ class ResNet(nn.Module):
         if not 0 <= self.frozen_stages <= 1 + len(self.stage_sizes):
             raise ValueError(f"frozen_stages must be in [0, {1 + len(self.stage_sizes)}], got {self.frozen_stages}")
         x = images.astype(self.dtype)
-        x = Conv(self.width, (7, 7), strides=2, padding=3, use_bias=False, dtype=self.dtype, name="conv1")(x)
+        x = self.conv(self.width, (7, 7), strides=2, padding=3, use_bias=False, dtype=self.dtype, name="conv1")(x)
         x = nn.relu(FrozenBatchNorm(dtype=self.dtype, name="bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         if self.frozen_stages == 1:
@@ -259,7 +266,7 @@ class ResNet(nn.Module):
         for i, num_blocks in enumerate(self.stage_sizes):
             stage = i + 2
             x = ResStage(num_blocks, self.width * 2**i, 1 if i == 0 else 2, block=self.block, dtype=self.dtype,
-                         name=f"res{stage}")(x)
+                         conv=self.conv, name=f"res{stage}")(x)
             if stage == self.frozen_stages:
                 x = jax.lax.stop_gradient(x)
         return x

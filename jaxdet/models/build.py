@@ -16,6 +16,7 @@ from jaxdet.data.build import model_num_classes
 from jaxdet.models import backbones, roi_head
 from jaxdet.models.detector import FastRCNN, FasterRCNN
 from jaxdet.models.weights import load_pretrained
+from xla_ops.amx import layers_for
 
 # name -> (backbone, the res5 head that continues it).
 BACKBONES = {
@@ -40,19 +41,22 @@ def _choice(name: str, value: str, choices) -> Any:
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     """The detector of `config.model`: kind, backbone, frozen_stages, num_classes (0: as many as the
     config's class list, `jaxdet.data.build.model_num_classes`), anchor_scales, anchor_ratios,
-    rpn_channels, pooled_size, roi_rounding, head_hidden, dropout_rate, compute_dtype."""
+    rpn_channels, pooled_size, roi_rounding, head_hidden, dropout_rate, compute_dtype,
+    cpu_bf16_kernels (the layers: flax's nn.Conv / nn.Dense, or `xla_ops.amx`'s where it opts in
+    and can run them: `xla_ops.amx.layers_for`)."""
     m = config.model
     dtype = _choice("model.compute_dtype", m.compute_dtype, DTYPES)
+    conv, dense = layers_for(dtype, cpu_bf16_kernels=m.cpu_bf16_kernels)
     backbone_cls, res5_cls = _choice("model.backbone", m.backbone, BACKBONES)
-    backbone = backbone_cls(frozen_stages=m.frozen_stages, dtype=dtype)
+    backbone = backbone_cls(frozen_stages=m.frozen_stages, dtype=dtype, conv=conv)
     if res5_cls is None:
-        box_head = roi_head.FCHead(hidden=tuple(m.head_hidden), dropout_rate=m.dropout_rate, dtype=dtype)
+        box_head = roi_head.FCHead(hidden=tuple(m.head_hidden), dropout_rate=m.dropout_rate, dtype=dtype, dense=dense)
     else:
         # Detectron's C4: res5 halves 14x14 pooled RoIs to 7x7; with 7x7 pooling it keeps stride 1.
-        box_head = res5_cls(strides=2 if min(m.pooled_size) >= 14 else 1, dtype=dtype)
+        box_head = res5_cls(strides=2 if min(m.pooled_size) >= 14 else 1, dtype=dtype, conv=conv)
     common = dict(backbone=backbone, box_head=box_head, num_classes=model_num_classes(config),
                   pooled_size=tuple(m.pooled_size), roi_rounding=m.roi_rounding,
-                  box_stds=tuple(config.roi.box_stds), dtype=dtype)
+                  box_stds=tuple(config.roi.box_stds), dtype=dtype, conv=conv, dense=dense)
     kind = _choice("model.kind", m.kind, DETECTORS)
     if kind is FastRCNN:
         return FastRCNN(**common)

@@ -43,6 +43,8 @@ class FastRCNN(nn.Module):
         BBOX_NORMALIZE_STDS, the inverses of torchvision's box coder weights (10, 10, 5, 5)).
         Training encodes the head's targets and detection decodes its deltas with them.
       dtype: computation dtype of the RPN and the predictor (backbone and box head carry their own).
+      conv, dense: the layers of the RPN and the predictor, called as `nn.Conv` and `nn.Dense`
+        (the defaults); `xla_ops.amx.layers_for` chooses.
     """
 
     backbone: nn.Module
@@ -52,9 +54,11 @@ class FastRCNN(nn.Module):
     roi_rounding: str = "none"
     box_stds: Tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     dtype: Dtype = jnp.float32
+    conv: Any = nn.Conv
+    dense: Any = nn.Dense
 
     def setup(self):
-        self.predictor = BoxPredictor(self.num_classes, dtype=self.dtype)
+        self.predictor = BoxPredictor(self.num_classes, dtype=self.dtype, dense=self.dense)
 
     @property
     def stride(self) -> int:
@@ -93,7 +97,7 @@ class FasterRCNN(FastRCNN):
 
     def setup(self):
         super().setup()
-        self.rpn = RPNHead(self.num_anchors, self.rpn_channels, dtype=self.dtype)
+        self.rpn = RPNHead(self.num_anchors, self.rpn_channels, dtype=self.dtype, conv=self.conv)
 
     @property
     def num_anchors(self) -> int:

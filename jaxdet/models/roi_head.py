@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 
 from jaxdet.models.backbones import ResStage
-from jaxdet.models.mixed_precision import Dense
 
 Dtype = Any
 
@@ -38,18 +37,20 @@ class FCHead(nn.Module):
       dropout_rate: dropout after each ReLU in training (0.5 in VGG16's classifier); needs a
         "dropout" rng when > 0 and train=True.
       dtype: computation dtype.
+      dense: the fully connected layer, called as `nn.Dense` (default); `xla_ops.amx.layers_for` chooses.
     """
 
     hidden: Sequence[int] = (4096, 4096)
     dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
+    dense: Any = nn.Dense
 
     @nn.compact
     def __call__(self, pooled: jax.Array, train: bool = False) -> jax.Array:
         """pooled: [..., ph, pw, C] -> [..., hidden[-1]]."""
         x = pooled.reshape(*pooled.shape[:-3], -1)
         for i, width in enumerate(self.hidden):
-            x = nn.relu(Dense(width, dtype=self.dtype, name=f"fc{i + 6}")(x))
+            x = nn.relu(self.dense(width, dtype=self.dtype, name=f"fc{i + 6}")(x))
             if self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return x
@@ -63,12 +64,14 @@ class ResNetC5Head(nn.Module):
       width: the backbone's stem width (64); res5 has 8 * width bottleneck channels and
         32 * width outputs (2048).
       strides: 2 when RoIs are pooled to 14x14 (Detectron's C4), 1 for 7x7.
+      conv: the convolution layer, called as `nn.Conv` (default); `xla_ops.amx.layers_for` chooses.
     """
 
     num_blocks: int = 3
     width: int = 64
     strides: int = 2
     dtype: Dtype = jnp.float32
+    conv: Any = nn.Conv
 
     @nn.compact
     def __call__(self, pooled: jax.Array, train: bool = False) -> jax.Array:
@@ -76,7 +79,7 @@ class ResNetC5Head(nn.Module):
         del train
         lead = pooled.shape[:-3]
         x = pooled.reshape(-1, *pooled.shape[-3:])  # [R, ph, pw, C]
-        x = ResStage(self.num_blocks, 8 * self.width, self.strides, dtype=self.dtype, name="res5")(x)
+        x = ResStage(self.num_blocks, 8 * self.width, self.strides, dtype=self.dtype, conv=self.conv, name="res5")(x)
         return jnp.mean(x, axis=(1, 2)).reshape(*lead, -1)
 
 
@@ -92,17 +95,19 @@ class BoxPredictor(nn.Module):
 
     Attributes:
       num_classes: K, the object classes (background excluded).
+      dense: the fully connected layer, called as `nn.Dense` (default); `xla_ops.amx.layers_for` chooses.
     """
 
     num_classes: int
     dtype: Dtype = jnp.float32
+    dense: Any = nn.Dense
 
     @nn.compact
     def __call__(self, x: jax.Array) -> HeadOutputs:
         """x: [..., D] -> HeadOutputs(logits [..., K + 1], deltas [..., K + 1, 4])."""
         k1 = self.num_classes + 1
-        logits = Dense(k1, dtype=self.dtype, name="cls_score",
-                       kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros)(x)
-        deltas = Dense(4 * k1, dtype=self.dtype, name="bbox_pred",
-                       kernel_init=nn.initializers.normal(0.001), bias_init=nn.initializers.zeros)(x)
+        logits = self.dense(k1, dtype=self.dtype, name="cls_score",
+                            kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros)(x)
+        deltas = self.dense(4 * k1, dtype=self.dtype, name="bbox_pred",
+                            kernel_init=nn.initializers.normal(0.001), bias_init=nn.initializers.zeros)(x)
         return HeadOutputs(logits.astype(jnp.float32), deltas.reshape(*x.shape[:-1], k1, 4).astype(jnp.float32))

@@ -6,7 +6,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdet.models.mixed_precision import Conv
 
 Dtype = Any
 
@@ -30,16 +29,18 @@ class RPNHead(nn.Module):
       num_anchors: anchor templates per position (A = 9 for 3 scales x 3 ratios).
       channels: width of the 3x3 conv (512 for VGG16).
       dtype: computation dtype; outputs are returned in float32 for the losses.
+      conv: the convolution layer, called as `nn.Conv` (default); `xla_ops.amx.layers_for` chooses.
     """
 
     num_anchors: int
     channels: int = 512
     dtype: Dtype = jnp.float32
+    conv: Any = nn.Conv
 
     @nn.compact
     def __call__(self, features: jax.Array) -> RPNOutputs:
         """features: [N, h, w, C] -> RPNOutputs with h * w * num_anchors anchors per image."""
-        conv = lambda width, size, name: Conv(  # noqa: E731
+        conv = lambda width, size, name: self.conv(  # noqa: E731
             width, size, padding="SAME", dtype=self.dtype, name=name,
             kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros)
         x = nn.relu(conv(self.channels, (3, 3), "conv")(features))

@@ -2,9 +2,9 @@
 
 A stride-1 "same" convolution of x [N, H, W, C] with an odd k x k kernel is the matrix product
 of x's patches [N * H * W, k * k * C] with the kernel reshaped to [k * k * C, O]. XLA's CPU
-backend builds such patches slowly (a concatenation of shifted slices: about 0.6 GB/s on the
-2-core machine of experiments/results/) while its bfloat16 dots run on the CPU's matrix units,
-so `jaxdet.models.convolution` builds them here. The op is not differentiable itself: the
+backend builds such patches slowly (a concatenation of shifted slices) while its bfloat16 dots
+run on the CPU's matrix units, so the layers of `xla_ops.amx.layers` build them here
+(experiments/results/peers.md has the measurements). The op is not differentiable itself: the
 convolution that uses it defines its own gradient.
 """
 
@@ -12,7 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xla_ops import _native
+from xla_ops.amx import _native
+from xla_ops.sharding import vary_together
 
 
 def image_patches(x: jax.Array, size: int = 3, *, transposed: bool = False) -> jax.Array:
@@ -29,7 +30,9 @@ def image_patches(x: jax.Array, size: int = 3, *, transposed: bool = False) -> j
       reshaped to [k * k * C, O]), or its transpose [k * k * C, N * H * W]. Float32 elements are
       rounded to the nearest bfloat16 as `astype` does.
 
-    On CPU with the extension built this is the native kernel; elsewhere the jnp reference.
+    On CPU with the extension built this is the native kernel; elsewhere the jnp reference. Under
+    `jax.vmap` the custom call runs once per mapped element; inside `jax.shard_map` its result
+    varies over the manual axes as x does.
     """
     if x.ndim != 4:
         raise ValueError(f"image_patches: x must be [N, H, W, C], got shape {x.shape}")
@@ -46,8 +49,9 @@ def image_patches(x: jax.Array, size: int = 3, *, transposed: bool = False) -> j
         # bfloat16 dot in float32, several times slower.
         x = x.transpose(3, 0, 1, 2).astype(jnp.bfloat16)
     shape = (size * size * c, n * h * w) if transposed else (n * h * w, size * size * c)
-    return jax.ffi.ffi_call(_native.PATCHES_TARGET, jax.ShapeDtypeStruct(shape, jnp.bfloat16))(
-        x, size=np.int64(size), transposed=transposed)
+    patches = jax.ffi.ffi_call(_native.PATCHES_TARGET, jax.ShapeDtypeStruct(shape, jnp.bfloat16),
+                               vmap_method="sequential")(x, size=np.int64(size), transposed=transposed)
+    return vary_together(patches, like=(x,))[0]
 
 
 def image_patches_reference(x: jax.Array, size: int = 3, *, transposed: bool = False) -> jax.Array:

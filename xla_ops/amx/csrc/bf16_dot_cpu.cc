@@ -31,6 +31,11 @@
 // asked once per process; `amx_available()` says whether the CPU has the tiles and the OS gave
 // the permission. Each thread loads its tile configuration at the start of its work and puts
 // back what it found (another library's configuration, or none) at the end.
+//
+// Compiled with -DJAXDET_AMX_EMULATION (the test-only extension xla_ops.amx._bf16_dot_emulated,
+// targets jaxdet_bf16_dot_emulated and jaxdet_bf16_patch_dot_emulated), the same kernel runs on
+// any CPU: the tile instructions and the tile configuration go to the C++ emulation of
+// tile_emulation.h instead of inline assembly, and `amx_available()` is true.
 
 #include <algorithm>
 #include <atomic>
@@ -41,8 +46,12 @@
 #include <new>
 #include <string>
 
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#if defined(JAXDET_AMX_EMULATION)
 #define BF16_DOT_AMX 1
+#include "tile_emulation.h"
+#elif defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define BF16_DOT_AMX 1
+#define BF16_DOT_AMX_HARDWARE 1
 #include <cpuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -68,7 +77,7 @@ constexpr int64_t kWorkItemsPerThread = 4;  // at least, for the threads to shar
 
 int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-#if BF16_DOT_AMX
+#if BF16_DOT_AMX_HARDWARE
 
 // AddressSanitizer does not see what inline assembly reads and writes: in its builds
 // (experiments/sanitize_roi_pool.sh), each 64-byte row a tile instruction reads or writes is
@@ -101,6 +110,23 @@ inline void CheckRows(const void*, int64_t) {}
   } while (0)
 #define TILE_ZERO(tile) __asm__ volatile("tilezero %%tmm" #tile ::: "memory")
 #define TILE_DP(c, a, b) __asm__ volatile("tdpbf16ps %%tmm" #b ", %%tmm" #a ", %%tmm" #c ::: "memory")
+#define TILE_STORE_CONFIG(config) __asm__ volatile("sttilecfg %0" : "=m"(config)::"memory")
+#define TILE_LOAD_CONFIG(config) __asm__ volatile("ldtilecfg %0" ::"m"(config) : "memory")
+#define TILE_RELEASE() __asm__ volatile("tilerelease" ::: "memory")
+
+#elif BF16_DOT_AMX  // the emulation: the same operands, to tile_emulation.h
+
+#define TILE_LOAD(tile, base, stride_bytes) amx_emulation::TileLoad(tile, base, stride_bytes)
+#define TILE_STORE(tile, base, stride_bytes) amx_emulation::TileStore(tile, base, stride_bytes)
+#define TILE_ZERO(tile) amx_emulation::TileZero(tile)
+#define TILE_DP(c, a, b) amx_emulation::DotProductBf16(c, a, b)
+#define TILE_STORE_CONFIG(config) amx_emulation::StoreConfig(&(config))
+#define TILE_LOAD_CONFIG(config) amx_emulation::LoadConfig(&(config))
+#define TILE_RELEASE() amx_emulation::Release()
+
+#endif
+
+#if BF16_DOT_AMX
 
 struct alignas(64) TileConfig {
   uint8_t palette = 0;
@@ -126,15 +152,15 @@ TileConfig OurConfig() {
 class TileScope {
  public:
   TileScope() {
-    __asm__ volatile("sttilecfg %0" : "=m"(previous_)::"memory");
+    TILE_STORE_CONFIG(previous_);
     const TileConfig ours = OurConfig();
-    __asm__ volatile("ldtilecfg %0" ::"m"(ours) : "memory");
+    TILE_LOAD_CONFIG(ours);
   }
   ~TileScope() {
     if (previous_.palette != 0) {
-      __asm__ volatile("ldtilecfg %0" ::"m"(previous_) : "memory");
+      TILE_LOAD_CONFIG(previous_);
     } else {
-      __asm__ volatile("tilerelease" ::: "memory");
+      TILE_RELEASE();
     }
   }
   TileScope(const TileScope&) = delete;
@@ -144,6 +170,7 @@ class TileScope {
   TileConfig previous_;
 };
 
+#if BF16_DOT_AMX_HARDWARE
 bool AskForAmx() {
   unsigned eax, ebx, ecx, edx;
   if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
@@ -152,6 +179,9 @@ bool AskForAmx() {
   constexpr long kArchReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
   return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
 }
+#else
+bool AskForAmx() { return true; }  // the emulated tiles
+#endif
 
 #endif  // BF16_DOT_AMX
 
@@ -429,7 +459,7 @@ ffi::Error Run(ffi::ThreadPool& pool, const A& a, ffi::AnyBuffer b, bool b_trans
   }
   if (!AmxAvailable()) {
     return ffi::Error(ffi::ErrorCode::kUnimplemented,
-                      std::string(name) + ": this CPU or OS gives no AMX tiles (xla_ops.matmul falls back to XLA's dot)");
+                      std::string(name) + ": this CPU or OS gives no AMX tiles (xla_ops.amx falls back to XLA's dot)");
   }
 #if BF16_DOT_AMX
   xla_ops::AdviseHugePages(out, sizeof(float) * d.m * d.n);
@@ -482,11 +512,19 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(Bf16PatchDotCpu, bf16_dot::Bf16PatchDotImpl,
                                   .Ret<ffi::AnyBuffer>()  // c [N * H * W, O] float32
                                   .Attr<int64_t>("size"));
 
-PYBIND11_MODULE(_bf16_dot_cpu, m) {
+#if defined(JAXDET_AMX_EMULATION)
+#define BF16_DOT_MODULE _bf16_dot_emulated
+#define BF16_DOT_TARGET_SUFFIX "_emulated"
+#else
+#define BF16_DOT_MODULE _bf16_dot_cpu
+#define BF16_DOT_TARGET_SUFFIX ""
+#endif
+
+PYBIND11_MODULE(BF16_DOT_MODULE, m) {
   m.def("registrations", []() {
     pybind11::dict d;
-    d["jaxdet_bf16_dot"] = pybind11::capsule(reinterpret_cast<void*>(Bf16DotCpu));
-    d["jaxdet_bf16_patch_dot"] = pybind11::capsule(reinterpret_cast<void*>(Bf16PatchDotCpu));
+    d["jaxdet_bf16_dot" BF16_DOT_TARGET_SUFFIX] = pybind11::capsule(reinterpret_cast<void*>(Bf16DotCpu));
+    d["jaxdet_bf16_patch_dot" BF16_DOT_TARGET_SUFFIX] = pybind11::capsule(reinterpret_cast<void*>(Bf16PatchDotCpu));
     return d;
   });
   m.def("amx_available", &bf16_dot::AmxAvailable,

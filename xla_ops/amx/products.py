@@ -2,12 +2,12 @@
 custom calls, with XLA's dot as the reference and the fallback: `bf16_dot` of two matrices, and
 `bf16_patch_dot` of an image's patches (im2col, never written out) and a convolution kernel.
 
-XLA's CPU backend (through YNNPACK) computed the bfloat16 products of VGG16's convolutions at
-140-280 GFLOP/s inside its training step (380-740 GFLOP/s measured alone) on the 2-core machine
-of experiments/results/, where the CPU's AMX tiles reach about 2 TFLOP/s per core; the native
-kernel packs b for the tiles once per call and reads a in place (xla_ops/csrc/bf16_dot_cpu.cc).
-Not differentiable itself: the layers that use it (`jaxdet.models.mixed_precision`) define their
-own gradients.
+The native kernel (csrc/bf16_dot_cpu.cc) packs b for the tiles once per call and reads a in
+place; how it compares with XLA's dot is in experiments/results/peers.md. The tests also run it
+through an emulation of the tile instructions (`_native.emulated_tiles()`), on any CPU. Not
+differentiable itself: the layers that use it (`xla_ops.amx.layers`) define their own gradients.
+Under `jax.vmap` a custom call runs once per mapped element; inside `jax.shard_map` its result
+varies over the manual axes as its operands do.
 """
 
 import jax
@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from xla_ops import _native
-from xla_ops.patches import image_patches
+from xla_ops.amx import _native
+from xla_ops.amx.patches import image_patches
+from xla_ops.sharding import vary_together
 
 
 def bf16_dot(a: jax.Array, b: jax.Array, *, b_transposed: bool = False) -> jax.Array:
@@ -27,8 +28,8 @@ def bf16_dot(a: jax.Array, b: jax.Array, *, b_transposed: bool = False) -> jax.A
     normal range (denormals) count as zero, as in XLA's CPU dot; the AMX kernel sums in another
     order than XLA's, so the two agree to float32 rounding, not bit for bit.
 
-    On a CPU with AMX tiles that the OS lets the process use (`amx_usable()`) the native kernel;
-    elsewhere `bf16_dot_reference`.
+    On a CPU with AMX tiles that the OS lets the process use (`amx_usable()`) the native kernel
+    (or its emulation, `_native.emulated_tiles()`); elsewhere `bf16_dot_reference`.
     """
     if a.ndim != 2 or b.ndim != 2:
         raise ValueError(f"bf16_dot: a and b must be matrices, got shapes {a.shape} and {b.shape}")
@@ -38,10 +39,10 @@ def bf16_dot(a: jax.Array, b: jax.Array, *, b_transposed: bool = False) -> jax.A
     if a.shape[1] != k:
         raise ValueError(f"bf16_dot: a {a.shape} and b {b.shape}{' (transposed)' if b_transposed else ''} "
                          "do not chain: a's columns must equal b's rows")
-    if not amx_usable():
+    kernel = _native.kernel()
+    if kernel is None:
         return bf16_dot_reference(a, b, b_transposed=b_transposed)
-    return jax.ffi.ffi_call(_native.BF16_DOT_TARGET, jax.ShapeDtypeStruct((a.shape[0], n), jnp.float32))(
-        a, b, b_transposed=b_transposed)
+    return _call(_native.TARGETS[kernel][0], (a.shape[0], n), a, b, b_transposed=b_transposed)
 
 
 def bf16_patch_dot(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -66,10 +67,20 @@ def bf16_patch_dot(x: jax.Array, kernel: jax.Array) -> jax.Array:
         raise ValueError(f"bf16_patch_dot: the kernel's input channels ({kernel.shape[2]}) are not x's ({x.shape[3]})")
     n, h, w, c = x.shape
     k, o = kernel.shape[0], kernel.shape[3]
-    if not amx_usable() or c % 32 != 0:
+    native = _native.kernel()
+    if native is None or c % 32 != 0:
         return bf16_patch_dot_reference(x, kernel)
-    return jax.ffi.ffi_call(_native.BF16_PATCH_DOT_TARGET, jax.ShapeDtypeStruct((n * h * w, o), jnp.float32))(
-        x, kernel.reshape(k * k * c, o), size=np.int64(k))
+    return _call(_native.TARGETS[native][1], (n * h * w, o), x, kernel.reshape(k * k * c, o), size=np.int64(k))
+
+
+def _call(target, shape, *operands, **attributes):
+    """The custom call `target` with a float32 result of `shape`: run once per element under
+    `jax.vmap` (both operands mapped, or the unmapped one broadcast), and typed inside
+    `jax.shard_map` as varying over the manual axes its operands vary over."""
+    operands = vary_together(*operands)
+    result = jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="sequential")(
+        *operands, **attributes)
+    return vary_together(result, like=operands)[0]
 
 
 def bf16_patch_dot_reference(x: jax.Array, kernel: jax.Array) -> jax.Array:
@@ -85,6 +96,7 @@ def bf16_dot_reference(a: jax.Array, b: jax.Array, *, b_transposed: bool = False
 
 
 def amx_usable() -> bool:
-    """Whether `bf16_dot` runs the native kernel where it is called: on the CPU, with the
-    extension built, on a CPU with AMX tiles the OS lets this process use."""
-    return _native.current_platform() == "cpu" and _native.bf16_dot_usable()
+    """Whether `bf16_dot` runs the tile kernel where it is called: on the CPU, with the extension
+    built, on a CPU with AMX tiles the OS lets this process use (or inside
+    `_native.emulated_tiles()`)."""
+    return _native.kernel() is not None

@@ -1,9 +1,13 @@
-"""Convolutions as bfloat16 matrix products over image patches (`xla_ops.image_patches`,
-`jaxdet.models.mixed_precision`): the native patches against the jnp reference and hand-written
-cases, `patch_conv` and its two gradients against XLA's convolution of the same bfloat16-rounded
+"""Convolutions as bfloat16 matrix products over image patches (`xla_ops.amx.image_patches`,
+`xla_ops.amx.layers`): the native patches against the jnp reference and hand-written cases,
+`patch_conv` and its two gradients against XLA's convolution of the same bfloat16-rounded
 operands, and which convolutions take that path; `bfloat16_matmul` and its gradients against
-float32 products of the rounded operands, and the fully connected layers made of it. The products
-run both ways: through `xla_ops.bf16_dot` on the AMX tiles, and through XLA's dot."""
+float32 products of the rounded operands, and the fully connected layers made of it; under
+`jax.vmap` and, with their gradients, inside `jax.shard_map`. The products run three ways:
+through `xla_ops.amx.bf16_dot` on the AMX tiles, through the same kernel on the tile emulation,
+and through XLA's dot. And the choice of layers a model makes (`layers_for`, `build_model`)."""
+
+import contextlib
 
 import flax.linen as nn
 import jax
@@ -11,13 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxdet.compiler_options import jit
 from jaxdet.models.backbones import VGG
-from jaxdet.models.mixed_precision import (Conv, Dense, bfloat16_matmul, conv_general_dilated, patch_conv,
-                                           takes_patch_path)
-from xla_ops import _native, matmul
-from xla_ops.patches import image_patches, image_patches_reference
+from xla_ops.amx import _native
+from xla_ops.amx.layers import (Conv, Dense, bfloat16_matmul, conv_general_dilated, layers_for, patch_conv,
+                                takes_patch_path)
+from xla_ops.amx.patches import image_patches, image_patches_reference
 
 needs_native = pytest.mark.skipif(not _native.patches_built(),
                                   reason=f"patches op not built: {_native.why_patches_not_built()}")
@@ -25,15 +30,19 @@ IMPLS = [pytest.param(image_patches, marks=needs_native, id="native"),
          pytest.param(image_patches_reference, id="reference")]
 
 
-@pytest.fixture(params=[pytest.param(True, id="amx", marks=pytest.mark.skipif(
-    not _native.bf16_dot_usable(), reason="no AMX products here")), pytest.param(False, id="xla_dot")])
+@pytest.fixture(params=[
+    pytest.param("amx", marks=pytest.mark.skipif(not _native.amx_usable(), reason="no AMX products here")),
+    pytest.param("emulated", marks=pytest.mark.skipif(not _native.emulation_built(),
+                                                      reason=_native.why_emulation_not_built())),
+    pytest.param("xla_dot")])
 def products(request, monkeypatch):
-    """The layers' products on the AMX tiles (`xla_ops.bf16_dot`), or through XLA's dot. The
-    choice is made when a function is traced: tests using this jit a fresh lambda (jit caches
-    traces by function)."""
-    if not request.param:
-        monkeypatch.setattr(matmul, "amx_usable", lambda: False)
-    return request.param
+    """The layers' products on the AMX tiles (`xla_ops.amx.bf16_dot`), on the tile emulation, or
+    through XLA's dot. The choice is made when a function is traced: tests using this jit a fresh
+    lambda (jit caches traces by function)."""
+    if request.param == "xla_dot":
+        monkeypatch.setattr(_native, "kernel", lambda: None)
+    with _native.emulated_tiles() if request.param == "emulated" else contextlib.nullcontext():
+        yield request.param
 
 
 def bits(x):
@@ -194,9 +203,10 @@ def test_float32_is_xla_convolution_unchanged():
 
 @needs_native
 def test_bfloat16_vgg_trains_through_the_patches():
-    """A VGG whose later stages are deep enough for the patch path: its gradient in bfloat16 is
-    the float32 gradient within bfloat16's rounding, with a frozen first stage."""
-    model = VGG(stages=((16,), (256, 256)), frozen_stages=1)
+    """A VGG of the kit's `Conv` whose later stages are deep enough for the patch path: its
+    gradient in bfloat16 is the float32 gradient within bfloat16's rounding, with a frozen first
+    stage."""
+    model = VGG(stages=((16,), (256, 256)), frozen_stages=1, conv=Conv)
     images = jax.random.normal(jax.random.key(0), (1, 12, 10, 3))
     variables = model.init(jax.random.key(1), images)
 
@@ -297,3 +307,111 @@ def test_dense_elsewhere_is_flax_dense(monkeypatch):
     monkeypatch.setattr(_native, "patches_built", lambda: False)
     layer = Dense(6, dtype=jnp.bfloat16)
     assert (layer.dtype, layer.dot_general) == (jnp.float32, None)
+
+
+@needs_native
+@pytest.mark.parametrize("transposed", [False, True])
+def test_vmap_of_image_patches_is_the_patches_of_each_element(transposed):
+    xs = jax.random.normal(jax.random.key(0), (3, 2, 5, 6, 4))
+    got = jax.jit(jax.vmap(lambda x: image_patches(x, 3, transposed=transposed)))(xs)
+    want = np.stack([image_patches_reference(x, 3, transposed=transposed) for x in xs])
+    np.testing.assert_array_equal(bits(got), bits(want))
+
+
+def test_vmap_of_patch_conv_and_its_gradient_is_per_element(products):
+    """jax.vmap of `patch_conv` (channels of 32: the AMX path reads the patches from x) and of its
+    gradient: the per-element results, bit for bit."""
+    kx, kk = jax.random.split(jax.random.key(1))
+    xs = jax.random.normal(kx, (2, 1, 5, 18, 32))
+    kernel = jax.random.normal(kk, (3, 3, 32, 8))
+    loss = lambda x, kernel: (patch_conv(x, kernel) ** 2).sum()  # noqa: E731
+    got = jax.jit(jax.vmap(lambda x: patch_conv(x, kernel)))(xs)
+    got_grads = jax.jit(jax.vmap(jax.grad(loss, (0, 1)), in_axes=(0, None)))(xs, kernel)
+    for i, x in enumerate(xs):
+        np.testing.assert_array_equal(got[i], jax.jit(lambda x: patch_conv(x, kernel))(x))
+        for batched, single in zip(got_grads, jax.jit(jax.grad(loss, (0, 1)))(x, kernel)):
+            np.testing.assert_array_equal(batched[i], single)
+
+
+def test_vmap_of_the_gradient_of_bfloat16_matmul_is_per_element(products):
+    kx, kk = jax.random.split(jax.random.key(2))
+    xs, kernel = jax.random.normal(kx, (3, 20, 40)), jax.random.normal(kk, (40, 6))
+    grad = jax.grad(lambda x, kernel: (bfloat16_matmul(x, kernel) ** 2).sum(), (0, 1))
+    got = jax.jit(jax.vmap(grad, in_axes=(0, None)))(xs, kernel)
+    for i, x in enumerate(xs):
+        for batched, single in zip(got, jax.jit(grad)(x, kernel)):
+            np.testing.assert_array_equal(batched[i], single)
+
+
+@pytest.mark.parametrize("layer", ["patch_conv", "bfloat16_matmul"])
+def test_gradients_inside_shard_map_are_those_outside(layer, products):
+    """jax.grad inside jax.shard_map, its type check on (check_vma, the default), x split over the
+    mesh and the kernel replicated: the custom calls' results vary as their operands do, and the
+    kernel's gradient is summed over the mesh (here of one device: the gradient outside)."""
+    kx, kk = jax.random.split(jax.random.key(3))
+    if layer == "patch_conv":
+        fn, x, kernel = patch_conv, jax.random.normal(kx, (2, 4, 17, 32)), jax.random.normal(kk, (3, 3, 32, 8))
+    else:
+        fn, x, kernel = bfloat16_matmul, jax.random.normal(kx, (8, 40)), jax.random.normal(kk, (40, 6))
+    grad = jax.grad(lambda x, kernel: (fn(x, kernel) ** 2).sum(), (0, 1))
+    mesh = jax.make_mesh((1,), ("data",))
+    split, replicated = PartitionSpec("data"), PartitionSpec()
+    sharded = jax.jit(jax.shard_map(grad, mesh=mesh, in_specs=(split, replicated), out_specs=(split, replicated)))
+    got = sharded(jax.device_put(x, NamedSharding(mesh, split)), jax.device_put(kernel, NamedSharding(mesh, replicated)))
+    for inside, outside in zip(got, jax.jit(grad)(x, kernel)):
+        np.testing.assert_array_equal(inside, outside)
+
+
+def test_layers_for_chooses_the_kit_only_when_asked_on_a_cpu_with_amx(monkeypatch):
+    monkeypatch.setattr(_native, "amx_usable", lambda: True)
+    monkeypatch.setattr(_native, "patches_built", lambda: True)
+    assert layers_for(jnp.bfloat16, cpu_bf16_kernels=True) == (Conv, Dense)
+    assert layers_for("bfloat16", cpu_bf16_kernels=True) == (Conv, Dense)
+    assert layers_for(jnp.bfloat16, cpu_bf16_kernels=False) == (nn.Conv, nn.Dense)
+    assert layers_for(jnp.float32, cpu_bf16_kernels=True) == (nn.Conv, nn.Dense)
+    monkeypatch.setattr(_native, "current_platform", lambda: "cuda")
+    assert layers_for(jnp.bfloat16, cpu_bf16_kernels=True) == (nn.Conv, nn.Dense)
+    monkeypatch.setattr(_native, "current_platform", lambda: "cpu")
+    monkeypatch.setattr(_native, "amx_usable", lambda: False)  # e.g. this CPU, without AMX
+    assert layers_for(jnp.bfloat16, cpu_bf16_kernels=True) == (nn.Conv, nn.Dense)
+
+
+@pytest.mark.parametrize("has_amx", [True, False])
+def test_build_model_takes_the_layers_from_the_config(has_amx, monkeypatch):
+    from jaxdet.configs import load_config
+    from jaxdet.models.build import build_model
+
+    monkeypatch.setattr(_native, "amx_usable", lambda: has_amx)
+    monkeypatch.setattr(_native, "patches_built", lambda: True)
+    config = load_config("tiny_shapes")
+    assert config.model.cpu_bf16_kernels is False
+    model = build_model(config)
+    assert (model.conv, model.dense, model.backbone.conv, model.box_head.dense) == (nn.Conv, nn.Dense) * 2
+    config.model.compute_dtype, config.model.cpu_bf16_kernels = "bfloat16", True
+    model = build_model(config)
+    conv, dense = (Conv, Dense) if has_amx else (nn.Conv, nn.Dense)
+    assert (model.conv, model.dense, model.backbone.conv, model.box_head.dense) == (conv, dense) * 2
+
+
+def optimized_hlo(fn, *args):
+    """The optimized HLO of jit(fn)(*args) without metadata and names of origin."""
+    import re
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    text = re.sub(r", metadata=\{[^}]*\}", "", text)
+    if "StackFrames" in text:
+        text = text[text.find("\n\n", text.find("StackFrames")):]
+    return re.sub(r", stack_frame_id=\d+", "", text)
+
+
+def test_in_float32_the_kit_compiles_as_flax_layers():
+    """In float32 the kit's layers are flax's, to the optimized HLO of a training gradient: a model
+    built with them (as jaxdet's were before the choice) compiles as one built with flax's."""
+    images = jax.random.normal(jax.random.key(0), (1, 12, 10, 3))
+
+    def program(conv, dense):
+        trunk = VGG(stages=((8,), (16, 16)), conv=conv)
+        head = nn.Sequential([trunk, lambda x: x.reshape(1, -1), dense(4, dtype=jnp.float32)])
+        variables = head.init(jax.random.key(1), images)
+        return optimized_hlo(jax.grad(lambda v: (head.apply(v, images) ** 2).sum()), variables)
+
+    assert program(Conv, Dense) == program(nn.Conv, nn.Dense)

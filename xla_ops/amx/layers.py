@@ -1,15 +1,11 @@
-"""How jaxdet's layers compute in bfloat16 (`model.compute_dtype="bfloat16"`; parameters, the
-optimizer and the losses stay float32), so that it pays on CPUs as well as on GPUs.
+"""Flax layers computing in bfloat16 on the CPU through the AMX kit: `Conv` and `Dense`, a layer
+choice a model opts into (`layers_for`; jaxdet's `model.cpu_bf16_kernels`). Parameters, outputs
+and everything around the products stay float32: only the operands of the convolutions and of
+the fully connected layers are rounded to bfloat16, and their products are accumulated in float32.
 
-On GPUs, flax's usual meaning: the layers take bfloat16 inputs and weights and return bfloat16,
-and convolutions and dots run on tensor cores. On CPUs, XLA computes bfloat16 convolutions slowly
-(a VGG16 trunk took 2-3x its float32 time) and bfloat16 dots with bfloat16 results in float32,
-while its bfloat16 dots with float32 results reach the matrix units (AMX) of recent x86 CPUs
-through YNNPACK: 400-900 GFLOP/s, against about 200 for float32 convolutions on the 2-core
-machine of experiments/results/peers.md. So on the CPU, the operands of the convolutions are
-rounded to bfloat16 and everything else is float32: the sums, the convolutions' outputs, biases,
-activations and pooling. The fully connected layers (`Dense`) likewise multiply bfloat16
-operands into float32 (`bfloat16_matmul`), with float32 parameters, outputs and gradients.
+On the CPU, XLA computes bfloat16 convolutions slowly, and bfloat16 dots with bfloat16 results in
+float32, while its bfloat16 dots with float32 results reach the CPU's matrix units (AMX) through
+YNNPACK (experiments/results/peers.md has the measurements). Hence:
 
 `patch_conv` writes a k x k convolution with padding k // 2 as three matrix products over image
 patches (im2col), bfloat16 operands accumulated in float32:
@@ -17,31 +13,28 @@ patches (im2col), bfloat16 operands accumulated in float32:
   forward          Y  [M, O]       = P(x)    [M, k*k*C] @ K    [k*k*C, O]
   input gradient   dX [M, C]       = P(dY)   [M, k*k*O] @ K'   [k*k*O, C]  (K' = K rotated 180
                                                                            degrees, C and O swapped)
-  kernel gradient  dK [k*k*C, O]   = P(x)^T  [k*k*C, M] @ dY   [M, O]      (AMX kernel), or
+  kernel gradient  dK [k*k*C, O]   = P(x)^T  [k*k*C, M] @ dY   [M, O]      (tile kernel), or
                    dK^T [O, k*k*C] = dY^T    [O, M]     . P(x)^T [k*k*C, M] (XLA's dot: both
                                                                            operands along rows)
 
 where M = N * H * W. Where the CPU has AMX tiles (Intel Sapphire Rapids and later) the products,
 and the kernel gradient of `bfloat16_matmul`, run on them: the forward and the input gradient
-through `xla_ops.bf16_patch_dot`, which reads the patches from the image tile by tile (C a
-multiple of 32) instead of writing them out, the kernel gradients through `xla_ops.bf16_dot`
-over the patches `xla_ops.image_patches` writes (experiments/bench_bf16_dot.py and
-bench_mixed_precision.py, experiments/results/peers.md). Elsewhere they are XLA's dot over the
-written patches, in the forms it computes fastest.
+through `bf16_patch_dot`, which reads the patches from the image tile by tile (C a multiple of
+32) instead of writing them out, the kernel gradients through `bf16_dot` over the patches
+`image_patches` writes. Elsewhere they are XLA's dot over the written patches, in the forms it
+computes fastest.
 
-`Conv` is `flax.linen.Conv` with `conv_general_dilated` below, which decides per convolution, by
-what was measured on that machine (VGG16's training step at 600x1000, batch 1, the variants
-alternating in one process: experiments/bench_mixed_precision.py, experiments/results/peers.md):
+`Conv` is `flax.linen.Conv` with `conv_general_dilated` below, which decides per convolution:
 
   * on the CPU, in bfloat16, patches of at least `PATCH_DEPTH_FROM` elements (3x3 over 64
-    channels and more: VGG16's conv1_2-conv5_3 and its RPN): `patch_conv`, float32 output. For
-    conv3-conv5 a layer's forward and both gradients are 1.5-2.8x faster than XLA's float32
-    convolution; the step took 4.34 s with the patch path from 256 channels, 3.99 s from 128
-    (conv2_2 and conv3_1 too) and 3.83 s from 64 (conv1_2 and conv2_1 too);
+    channels and more: VGG16's conv1_2-conv5_3 and its RPN): `patch_conv`, float32 output;
   * on the CPU, in bfloat16, shallower ones (VGG16's conv1_1, 3x3 over 3 channels): XLA's
-    float32 convolution of the bfloat16 values, float32 output (through the patches: 3.87 s);
+    float32 convolution of the bfloat16 values, float32 output;
   * everything else (float32, other platforms, strides, dilation, groups):
     `jax.lax.conv_general_dilated` unchanged.
+
+The thresholds were chosen by timing VGG16's training step with each choice
+(experiments/bench_mixed_precision.py; the results in experiments/results/peers.md).
 """
 
 import functools
@@ -51,24 +44,29 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from xla_ops import _native, matmul
-from xla_ops.matmul import bf16_dot, bf16_dot_reference, bf16_patch_dot
-from xla_ops.patches import image_patches
-from xla_ops.sharding import batch_shards
+from xla_ops.amx import _native, products
+from xla_ops.amx.patches import image_patches
+from xla_ops.amx.products import bf16_dot, bf16_dot_reference, bf16_patch_dot
+from xla_ops.sharding import batch_shards, vary_together
 
 
-@jax.custom_vjp
 def patch_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """x [N, H, W, C] convolved with kernel [k, k, C, O] (HWIO, k odd), stride 1, zero padding
     k // 2: [N, H, W, O] float32, from bfloat16 operands accumulated in float32. The gradients
-    have the dtypes of x and the kernel."""
+    have the dtypes of x and the kernel. Inside `jax.shard_map` a kernel that does not vary over
+    the manual axes while x does gets its gradient summed over them, as for XLA's convolution."""
+    return _patch_conv(*vary_together(x, kernel))
+
+
+@jax.custom_vjp
+def _patch_conv(x, kernel):
     n, h, w, _ = x.shape
     y = bf16_patch_dot(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
     return y.reshape(n, h, w, kernel.shape[3])
 
 
 def _patch_conv_fwd(x, kernel):
-    return patch_conv(x, kernel), (x, kernel)
+    return _patch_conv(x, kernel), (x, kernel)
 
 
 def _patch_conv_bwd(residuals, grad):
@@ -82,7 +80,7 @@ def _patch_conv_bwd(residuals, grad):
     flipped = kernel[::-1, ::-1].transpose(0, 1, 3, 2).astype(jnp.bfloat16)
     grad_x = bf16_patch_dot(grad, flipped)
     patches_t = image_patches(x, k, transposed=True)  # P(x)^T [k*k*C, M]
-    if matmul.amx_usable():
+    if products.amx_usable():
         grad_kernel = bf16_dot(patches_t, grad.reshape(n * h * w, o)).reshape(k, k, c, o)
     else:  # XLA's dot is fastest with both operands read along their rows
         grad_t = image_patches(grad, 1, transposed=True)  # dY^T [O, M]
@@ -90,7 +88,7 @@ def _patch_conv_bwd(residuals, grad):
     return grad_x.reshape(n, h, w, c).astype(x.dtype), grad_kernel.astype(kernel.dtype)
 
 
-patch_conv.defvjp(_patch_conv_fwd, _patch_conv_bwd)
+_patch_conv.defvjp(_patch_conv_fwd, _patch_conv_bwd)
 
 
 # The patch length k * k * C from which `patch_conv` beats XLA's float32 convolution on the CPU.
@@ -147,10 +145,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
 
 
-@jax.custom_vjp
 def bfloat16_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """x [M, K] @ kernel [K, N]: [M, N] float32, from bfloat16 operands accumulated in float32. The
-    gradients have the dtypes of x and the kernel.
+    gradients have the dtypes of x and the kernel (inside `jax.shard_map`, that of a kernel that
+    does not vary over the manual axes while x does is summed over them).
 
     The three products run as XLA's CPU computes bfloat16 dots fastest (on the matrix units):
 
@@ -164,6 +162,11 @@ def bfloat16_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     The rounded operands are kept for the backward pass: rounding VGG16's fc6 (103M weights) again
     would cost as much as its input gradient.
     """
+    return _bfloat16_matmul(*vary_together(x, kernel))
+
+
+@jax.custom_vjp
+def _bfloat16_matmul(x, kernel):
     return bf16_dot_reference(x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16))
 
 
@@ -188,7 +191,7 @@ def _bfloat16_matmul_bwd(residuals, grad):
     return grad_x.astype(x_zero.dtype), grad_kernel.astype(kernel_zero.dtype)
 
 
-bfloat16_matmul.defvjp(_bfloat16_matmul_fwd, _bfloat16_matmul_bwd)
+_bfloat16_matmul.defvjp(_bfloat16_matmul_fwd, _bfloat16_matmul_bwd)
 
 
 def bfloat16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
@@ -214,3 +217,17 @@ def Dense(features: int, *, dtype, **kwargs) -> nn.Dense:  # noqa: N802 (a layer
             return nn.Dense(features, dtype=jnp.float32, **kwargs)
         return nn.Dense(features, dtype=jnp.float32, dot_general=bfloat16_dot_general, **kwargs)
     return nn.Dense(features, dtype=dtype, **kwargs)
+
+
+def layers_for(dtype, *, cpu_bf16_kernels: bool) -> tuple:
+    """(conv, dense): the layer classes for a model computing in `dtype`, called as flax's are
+    (`conv(features, kernel_size, ..., dtype=dtype)`, `dense(features, dtype=dtype, ...)`).
+
+    This module's `Conv` and `Dense` only where `cpu_bf16_kernels` asks for them, `dtype` is
+    bfloat16, the platform (that of `jax.default_device`, else the default backend) is the CPU
+    and the CPU has AMX tiles this process may use (with the kit's extensions built); flax's `nn.Conv` and `nn.Dense` otherwise,
+    which compute in `dtype` as flax means it."""
+    if (cpu_bf16_kernels and jnp.dtype(dtype) == jnp.bfloat16 and _native.current_platform() == "cpu"
+            and _native.amx_usable() and _native.patches_built()):
+        return Conv, Dense
+    return nn.Conv, nn.Dense
