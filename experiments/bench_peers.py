@@ -230,6 +230,7 @@ def build_vgg16_side(library, dtype, batch_sizes):
     config = load_config("vgg16_voc07")
     if library == "jaxdet":
         config.model.compute_dtype = dtype
+        config.model.cpu_bf16_kernels = dtype == "bfloat16"  # the AMX kit where the CPU has it
     batches = {b: common.synthetic_batch(b, image_hw, max_boxes, model_num_classes(config))
                for b in batch_sizes}
     if library == "jaxdet":

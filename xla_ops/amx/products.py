@@ -84,7 +84,7 @@ def _call(target, shape, *operands, **attributes):
 
 
 def bf16_patch_dot_reference(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """`bf16_patch_dot` as `bf16_dot` of the patches `xla_ops.image_patches` writes out."""
+    """`bf16_patch_dot` as `bf16_dot` of the patches `image_patches` writes out."""
     k, _, c, o = kernel.shape
     return bf16_dot(image_patches(x, k), kernel.reshape(k * k * c, o))
 
