@@ -12,6 +12,7 @@ the CPU has AMX, against the tiles bit for bit."""
 
 import contextlib
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -300,3 +301,22 @@ def test_vmap_is_the_product_of_each_element(b_batched, tile_kernel):
     got = jax.jit(jax.vmap(lambda x: bf16_patch_dot(x, kernel)))(xs)
     want = np.stack([jax.jit(lambda x: bf16_patch_dot(x, kernel))(x) for x in xs])
     np.testing.assert_array_equal(np.asarray(got).view(np.uint32), want.view(np.uint32))
+
+
+def test_without_the_extensions_it_reports_and_falls_back(monkeypatch):
+    """As after a failed (optional) build: `available()` says why not, and the ops are XLA's."""
+    import functools
+
+    import xla_ops.amx
+
+    monkeypatch.setattr(_native, "_load_module", lambda name, platform: (False, f"{name} is not built (test)"))
+    monkeypatch.setattr(_native, "amx_usable", functools.cache(_native.amx_usable.__wrapped__))
+    assert not xla_ops.amx.available()
+    assert xla_ops.amx.why_unavailable() == "xla_ops.amx._patches_cpu is not built (test)"
+    assert _native.kernel() is None and not _native.emulation_built()
+    a, b = operands(20, 40, 10, False, seed=6)
+    assert "custom_call" not in jax.jit(lambda a, b: bf16_dot(a, b)).lower(a, b).as_text()
+    np.testing.assert_array_equal(jax.jit(lambda a, b: bf16_dot(a, b))(a, b), bf16_dot_reference(a, b))
+    x = jnp.ones((1, 3, 4, 32), jnp.bfloat16)
+    assert "custom_call" not in jax.jit(lambda x: xla_ops.amx.image_patches(x, 3)).lower(x).as_text()
+    assert xla_ops.amx.layers_for(jnp.bfloat16, cpu_bf16_kernels=True) == (nn.Conv, nn.Dense)
