@@ -13,6 +13,10 @@
 #                images down to 1x1, both layouts and dtypes, the convolutions and their
 #                gradients; the tile kernel on every shape of its tests, through the tile
 #                emulation where the CPU has no AMX, so on every machine)
+#   --roi-align  RoIAlign alone: the CPU extension and the CUDA emulation module built with
+#                AddressSanitizer, under tests/xla_ops/test_roi_align.py (adversarial, huge and
+#                invalid RoIs, empty maps, dtypes, vmap, scan, gradients) and
+#                tests/xla_ops/test_roi_align_cuda_emulated.py (--cpu runs it too)
 #   --emulated   the CUDA kernels on the CPU (xla_ops/csrc/testing/roi_pool_cuda_check.cu against
 #                the CUDA runtime emulation): built with AddressSanitizer, then ThreadSanitizer
 #   --gpu        the same program built by nvcc for the GPU found, under compute-sanitizer
@@ -22,6 +26,9 @@
 #   --plant-tile-overread  proves the harness for the AMX products (xla_ops/amx/csrc/bf16_dot_cpu.cc):
 #                tiles crossing a's last row are read in place, past the end of a;
 #                AddressSanitizer must report it (through the tile emulation). Exits 0 only if it did.
+#   --plant-roi-align-overread  proves the harness for RoIAlign: a sample in the last row's band
+#                gets a neighbour one row past the map (roi_align_bins.h's clamp at size - 1
+#                moved to size); AddressSanitizer must report it. Exits 0 only if it did.
 #   --plant-race        proves the harness: the deterministic backward loses the barrier between
 #                writing the compacted RoI list to shared memory and reading it; ThreadSanitizer
 #                must report it. Exits 0 only if it did.
@@ -61,6 +68,7 @@ sanitized_build() {
 under_asan() {
   local lib=$1
   shift
+  local modules=${ASAN_MODULES:-xla_ops._roi_pool_cpu xla_ops._roi_pool_cuda_emulated xla_ops.amx._patches_cpu xla_ops.amx._bf16_dot_cpu xla_ops.amx._bf16_dot_emulated}
   (
     # libstdc++ preloaded too, or ASan's __cxa_throw interceptor fails inside jaxlib.
     export LD_PRELOAD="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
@@ -69,9 +77,8 @@ under_asan() {
     # Run from the scratch directory so that `import xla_ops` finds the sanitized build.
     cd "$lib"
     PYTHONPATH="$lib" "$repo/$PY" -c "
-import sys, xla_ops._roi_pool_cpu as a, xla_ops._roi_pool_cuda_emulated as b, xla_ops.amx._patches_cpu as c
-import xla_ops.amx._bf16_dot_cpu as d, xla_ops.amx._bf16_dot_emulated as e
-sys.exit(not all(m.__file__.startswith('$lib') for m in (a, b, c, d, e)))" \
+import importlib, sys
+sys.exit(not all(importlib.import_module(m).__file__.startswith('$lib') for m in '$modules'.split()))" \
       || { echo "the sanitized extensions were not the ones imported" >&2; exit 1; }
     PYTHONPATH="$lib" "$repo/$PY" "$@"
   )
@@ -87,6 +94,44 @@ run_cpu() {
   under_asan "$lib" "${pytest[@]}" "$repo/tests/test_roi_pool.py" "$repo/tests/test_roi_pool_cuda_emulated.py" \
     -k "adversarial or empty or nan or native_gradient or vmap or dtypes or emulated or launch or threads"
   under_asan "$lib" "${pytest[@]}" "$repo/tests/xla_ops/amx/test_amx_layers.py" "$repo/tests/xla_ops/amx/test_amx_products.py"
+  run_roi_align "$lib"
+}
+
+# RoIAlign's tests under AddressSanitizer ($1: a sanitized build, made here when not given).
+# tests/ is on the path for their numpy reference (tests/references/); they need no conftest.
+ROI_ALIGN_MODULES="xla_ops._roi_align_cpu xla_ops._roi_align_cuda_emulated"
+run_roi_align() {
+  local lib=${1:-}
+  echo "== RoIAlign: CPU extension and CUDA emulation module, AddressSanitizer, under pytest"
+  if [ -z "$lib" ]; then
+    lib=$work/lib_roi_align
+    sanitized_build "$lib"
+  fi
+  ASAN_MODULES=$ROI_ALIGN_MODULES under_asan "$lib" -m pytest -q -p no:cacheprovider --capture=sys --noconftest \
+    --rootdir "$repo/tests" -o pythonpath="$repo/tests" "$repo/tests/xla_ops/test_roi_align.py" \
+    "$repo/tests/xla_ops/test_roi_align_cuda_emulated.py" -k "not shard_map"
+}
+
+# A sample in [H - 1, H) clamps both neighbours to row H - 1; planted, the clamp starts at H, so
+# its high neighbour is row H, past the map: past the features' buffer for the last image,
+# which the emulated tests' bottom-right RoIs of image N - 1 sample.
+plant_roi_align_overread() {
+  local tree=$work/planted_roi_align lib=$work/planted_roi_align_lib
+  mkdir -p "$tree/xla_ops"
+  cp setup.py pyproject.toml "$tree/"
+  cp -r xla_ops/*.py xla_ops/csrc "$tree/xla_ops/"
+  local source=$tree/xla_ops/csrc/roi_align_bins.h
+  perl -pi -e 's/if \(low >= size - 1\) \{/if (low >= size) {/' "$source"
+  if cmp -s xla_ops/csrc/roi_align_bins.h "$source"; then
+    echo "plant roi-align-overread: the line to change is not in roi_align_bins.h" >&2
+    return 1
+  fi
+  echo "== planted bug (roi-align-overread): roi_align_bins.h with"
+  diff xla_ops/csrc/roi_align_bins.h "$source" || true
+  sanitized_build "$lib" "$tree"
+  ASAN_MODULES=$ROI_ALIGN_MODULES expect_report roi-align-overread address under_asan "$lib" -m pytest -q \
+    -p no:cacheprovider --capture=sys --noconftest --rootdir "$repo/tests" -o pythonpath="$repo/tests" \
+    "$repo/tests/xla_ops/test_roi_align_cuda_emulated.py" -k "float32 and output_size0"
 }
 
 # The AMX products' tiles read a in place where they lie inside it: planted, every tile that
@@ -195,6 +240,8 @@ for mode in "${modes[@]}"; do
   case $mode in
     --cpu) run_cpu ;;
     --emulated) run_emulated ;;
+    --roi-align) run_roi_align ;;
+    --plant-roi-align-overread) plant_roi_align_overread ;;
     --gpu) run_gpu ;;
     --plant-off-by-one)
       plant off-by-one address "for (int64_t y = rows.begin; y < rows.end; ++y)" \
