@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml setup.py
 install: $(STAMP)
 
 # Rebuilds the native extensions in place when a C++/CUDA source changed (a no-op otherwise),
-# with the CUDA kernels' host emulation that the tests run (tests/test_roi_pool_cuda_emulated.py)
+# with the CUDA kernels' host emulation that the tests run (tests/xla_ops/test_roi_pool_cuda_emulated.py)
 # and the AMX tile kernel's (tests/xla_ops/amx/).
 build: $(STAMP) $(NATIVE)
 	JAXDET_CUDA_EMULATION=1 JAXDET_AMX_EMULATION=1 $(PY) setup.py -q build_ext --inplace

@@ -1,6 +1,6 @@
 """roi_pool(rounding="adaptive") against the PyTorch tutorials' SlowROIPool run by torch itself.
 
-The tests compare the kernels with a numpy transcription of that code (tests/roi_pool_numpy.py);
+The tests compare the kernels with a numpy transcription of that code (tests/references/roi_pool_numpy.py);
 this runs the torch code as written (a crop per RoI, then torch.nn.AdaptiveMaxPool2d) on random
 features and RoIs, in both of its forms (RoIs in feature pixels scaled and truncated by
 `.long()`, and boxes in [0, 1] fractions floored and ceiled), and reports whether outputs and

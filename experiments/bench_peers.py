@@ -77,7 +77,7 @@ ROI_SHAPES = (("train: 2 x 128 RoIs on [2, 38, 63, 512]", (2, 38, 63, 512), 2 * 
               ("2000 RoIs on [1, 50, 50, 512]", (1, 50, 50, 512), 2000, (800, 800)))
 
 
-# --- the arithmetic of the report (pure; tests/test_bench_peers.py) ---------------------------
+# --- the arithmetic of the report (pure; tests/project/test_bench_peers.py) -------------------
 
 class Summary(NamedTuple):
     """One measurement: `rounds`; per side (median, min, max) of its round times in seconds;

@@ -12,7 +12,7 @@ implementations in one loop (shared machines are noisy, so the ratio is the figu
              numpy loop, and the temporary memory XLA allocates for it;
   block size: jaxdet.ops.nms per block_size, on one image and vmapped over 2 (wall and
              process CPU time, which shows the cost of XLA:CPU's multi-threaded small ops).
-The numpy side is the reference below, the same steps as tests/numpy_reference_detection.py
+The numpy side is the reference below, the same steps as tests/references/detection_numpy.py
 (the reference the tests check jaxdet against).
 
 Run: .venv/bin/python experiments/bench_targets.py [--repeats 15]
@@ -75,7 +75,7 @@ def jax_pipeline(x, key):
 
 
 # --- numpy reference: py-faster-rcnn's steps, loop by loop as step-by-step tutorials write them ---
-# Boxes xyxy, widths x2 - x1. The same steps as tests/numpy_reference_detection.py (the tests'
+# Boxes xyxy, widths x2 - x1. The same steps as tests/references/detection_numpy.py (the tests'
 # reference; copied here so that no benchmark imports tests/), nothing shared with jaxdet.
 
 def bbox_area(boxes):

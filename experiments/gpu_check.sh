@@ -15,7 +15,7 @@
 #   build       the CUDA extension for the GPUs found (JAXDET_CUDA_ARCHS from nvidia-smi's
 #               compute capability, e.g. 90 on H100/H200), in place
 #   tests       pytest -m gpu over tests/ (a skipped GPU test counts as a failure here) and the
-#               rest of tests/test_roi_pool.py on the GPU (the reference too), in 6 processes at
+#               rest of tests/xla_ops/test_roi_pool.py on the GPU (the reference too), in 6 processes at
 #               once (their time is mostly XLA compiling, on the CPU): tests-SHARD.log
 #   torchvision whether torch and torchvision are there (without them: the benchmarks below
 #               without their comparisons, and this step failed)
@@ -167,12 +167,12 @@ run_tests() {
   for shard in gpu product-float32 product-bfloat16 product-float16 rest-1 rest-2 roi-align; do
     case $shard in
       gpu) args=(-m gpu tests) ;;
-      product-float32) args=(-m "not gpu" tests/test_roi_pool.py -k "over_the_product and float32") ;;
-      product-bfloat16) args=(-m "not gpu" tests/test_roi_pool.py -k "over_the_product and bfloat16") ;;
+      product-float32) args=(-m "not gpu" tests/xla_ops/test_roi_pool.py -k "over_the_product and float32") ;;
+      product-bfloat16) args=(-m "not gpu" tests/xla_ops/test_roi_pool.py -k "over_the_product and bfloat16") ;;
       product-float16)
-        args=(-m "not gpu" tests/test_roi_pool.py -k "over_the_product and float16 and not bfloat16") ;;
-      rest-1) args=(-m "not gpu" tests/test_roi_pool.py -k "not over_the_product and ($half)") ;;
-      rest-2) args=(-m "not gpu" tests/test_roi_pool.py -k "not over_the_product and not ($half)") ;;
+        args=(-m "not gpu" tests/xla_ops/test_roi_pool.py -k "over_the_product and float16 and not bfloat16") ;;
+      rest-1) args=(-m "not gpu" tests/xla_ops/test_roi_pool.py -k "not over_the_product and ($half)") ;;
+      rest-2) args=(-m "not gpu" tests/xla_ops/test_roi_pool.py -k "not over_the_product and not ($half)") ;;
       roi-align) args=(-m "not gpu" tests/xla_ops/test_roi_align.py -k "not shard_map") ;;
     esac
     XLA_PYTHON_CLIENT_PREALLOCATE=false "$PYTHON" -m pytest -q -rs -p no:cacheprovider "${args[@]}" \

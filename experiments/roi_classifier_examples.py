@@ -6,7 +6,7 @@ A batch of two 128x128 RGB images and four RoIs (batch_index, x1, y1, x2, y2):
   * Fast R-CNN style: RoI pooling of ResNet-34's last features (stride 32: 4x4 bins at spatial
     scale 1/32), global average pooling and a dense layer.
 Both give 11 outputs per RoI (10 categories and "no object"). Random weights: this shows the
-shapes and the wiring; tests/test_roi_classifier.py checks the values.
+shapes and the wiring; tests/models/test_roi_classifier.py checks the values.
 
     PYTHONPATH=. python experiments/roi_classifier_examples.py
 """

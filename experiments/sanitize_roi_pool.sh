@@ -8,7 +8,7 @@
 # Modes:
 #   --cpu        the CPU extensions and the CUDA emulation module built with AddressSanitizer,
 #                under the RoI pooling tests (adversarial RoIs, NaN/inf, empty maps, K = 0, vmap,
-#                backward, dtypes) and tests/test_roi_pool_cuda_emulated.py; the AMX kit's
+#                backward, dtypes) and tests/xla_ops/test_roi_pool_cuda_emulated.py; the AMX kit's
 #                extensions under tests/xla_ops/amx/ (the image patches: window sizes 1-7 on
 #                images down to 1x1, both layouts and dtypes, the convolutions and their
 #                gradients; the tile kernel on every shape of its tests, through the tile
@@ -91,7 +91,7 @@ run_cpu() {
   # --capture=sys: a sanitizer report goes to file descriptor 2 as the process aborts; pytest must
   # not be holding that descriptor.
   local pytest=(-m pytest -q -p no:cacheprovider --capture=sys --rootdir "$repo/tests")
-  under_asan "$lib" "${pytest[@]}" "$repo/tests/test_roi_pool.py" "$repo/tests/test_roi_pool_cuda_emulated.py" \
+  under_asan "$lib" "${pytest[@]}" "$repo/tests/xla_ops/test_roi_pool.py" "$repo/tests/xla_ops/test_roi_pool_cuda_emulated.py" \
     -k "adversarial or empty or nan or native_gradient or vmap or dtypes or emulated or launch or threads"
   under_asan "$lib" "${pytest[@]}" "$repo/tests/xla_ops/amx/test_amx_layers.py" "$repo/tests/xla_ops/amx/test_amx_products.py"
   run_roi_align "$lib"

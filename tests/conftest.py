@@ -1,8 +1,20 @@
-"""Fixtures shared by the command-line tests: datasets and trained runs, made once per session."""
+"""tests/ mirrors the code: xla_ops/ (amx/), ops/, data/, models/, targets/ (with jaxdet.proposals
+and jaxdet.losses, their layer), training/ (with distributed and compiler_options), inference/,
+evaluation/, cli/ (the command, its faults, host_memory) and project/ (the README, the install,
+make gpu-check, experiments' report code). references/ holds the independent implementations
+checked against (numpy, the VOC devkit, torch's .pth layout); helpers.py what test files share.
+No test file imports another; test basenames are unique (no __init__.py: pytest's default
+import mode, with tests/ on sys.path by pyproject's pythonpath).
+
+The fixtures: datasets and trained runs for the command-line tests, made once per session.
+"""
 
 import pytest
 
 from jaxdet import cli
+
+# Assertion messages with values for the helpers' asserts too (before any test imports them).
+pytest.register_assert_rewrite("helpers", "references")
 
 
 @pytest.fixture(scope="session")

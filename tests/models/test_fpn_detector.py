@@ -16,7 +16,7 @@ from jaxdet.models.fpn import nearest_indices, upsample_nearest
 from jaxdet.models.fpn_detector import (FPNFasterRCNN, base_anchors, level_anchors, map_levels, model_from_config,
                                         multiscale_roi_align, predict, settings_from_config)
 from jaxdet.models.torchvision_detection import _torch_names, load_torchvision_detection
-from pth_writer import tensor, write_pth
+from references.pth_writer import tensor, write_pth
 
 
 def test_base_anchors_by_hand():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxdet.models.torch_checkpoint import (CheckpointFormatError, UnsafeCheckpointError, load, load_state_dict)
-from pth_writer import Storage, Tensor, tensor, write_pth
+from references.pth_writer import Storage, Tensor, tensor, write_pth
 
 
 def test_tensors_nested_dicts_and_dtypes(tmp_path):

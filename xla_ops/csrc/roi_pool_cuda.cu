@@ -13,7 +13,7 @@
 //
 // Every launch goes through ROI_POOL_LAUNCH, so that this file also compiles as host C++
 // against testing/cuda_runtime.h, which runs each block on as many real threads as it has CUDA
-// threads: tests/test_roi_pool_cuda_emulated.py runs these kernels on the CPU in every CI run,
+// threads: tests/xla_ops/test_roi_pool_cuda_emulated.py runs these kernels on the CPU in every CI run,
 // and experiments/sanitize_roi_pool.sh runs them under AddressSanitizer and ThreadSanitizer.
 
 #include <cuda_runtime.h>

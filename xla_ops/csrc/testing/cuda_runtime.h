@@ -1,6 +1,6 @@
 // A host-C++ stand-in for the part of the CUDA runtime that roi_pool_cuda.cu uses, so that the
 // very same kernels compile with a C++ compiler and run on the CPU, where every CI run can test
-// them (tests/test_roi_pool_cuda_emulated.py) and AddressSanitizer and ThreadSanitizer can watch
+// them (tests/xla_ops/test_roi_pool_cuda_emulated.py) and AddressSanitizer and ThreadSanitizer can watch
 // them (experiments/sanitize_roi_pool.sh). It is put on the include path ahead of the real
 // <cuda_runtime.h> only by those builds; nvcc never sees it.
 //

@@ -1,7 +1,7 @@
 // xla_ops._roi_pool_cuda_emulated: the CUDA kernels of roi_pool_cuda.cu, compiled as host C++
 // against testing/cuda_runtime.h (each block on blockDim real threads, real barriers, votes and
 // atomics, blocks in a shuffled order) and exposed to Python on numpy arrays, so that
-// tests/test_roi_pool_cuda_emulated.py can compare them with the CPU extension on every CI run.
+// tests/xla_ops/test_roi_pool_cuda_emulated.py can compare them with the CPU extension on every CI run.
 // Built only for the tests (JAXDET_CUDA_EMULATION=1, see setup.py); it is not an XLA custom call.
 //
 // Half-precision arrays cross the boundary as their uint16 bits, with the dtype named.

@@ -9,7 +9,7 @@ fake was given:
 
   the ground truth itself           VOC07 mAP = VOC area mAP = COCO AP = 1
   the ground truth, labels shifted  0 (every box is on an object of another class)
-  jittered ground truth, random     the devkit transcription of tests/test_eval_voc.py (VOC) and
+  jittered ground truth, random     the devkit transcription of references/voc_devkit.py (VOC) and
   scores, duplicates                pycocotools (COCO) on the same detections in original pixels
 
 Both a config without resizing (image_scale 1) and one that resizes non-square images by 1.5
@@ -32,7 +32,7 @@ from jaxdet.ops.nms import Detections
 from jaxdet.evaluation import run as evaluation
 from jaxdet.inference import dataset as detection
 from jaxdet.training.state import create_train_state
-from test_eval_voc import _devkit_class_ap
+from references.voc_devkit import devkit_class_ap
 
 NUM_IMAGES = 8
 SLOTS = 16  # detections per image in the fake's fixed-size output (objects per image: at most 4, x2)
@@ -151,7 +151,7 @@ def test_jittered_detections_score_as_the_devkit_and_pycocotools_say(resized, st
     gt = [r.boxes for r in dataset.records], [r.labels for r in dataset.records]
     ignored = [r.difficult | r.iscrowd for r in dataset.records]
     for key, use_07 in (("voc07_map", True), ("voc_map", False)):
-        per_class = [_devkit_class_ap(c, boxes, labels, scores, *gt, ignored, use_07) for c in range(3)]
+        per_class = [devkit_class_ap(c, boxes, labels, scores, *gt, ignored, use_07) for c in range(3)]
         assert metrics[key] == pytest.approx(np.nanmean(per_class), abs=1e-6), key
         if use_07:
             assert list(metrics["per_class_ap"].values()) == pytest.approx(per_class, abs=1e-6)

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import numpy_reference_detection as ref
+import references.detection_numpy as ref
 from jaxdet.ops import box_area, box_iou, clip_boxes, decode_boxes, encode_boxes
 from jaxdet.ops.boxes import DECODE_CLAMP
 

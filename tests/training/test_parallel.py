@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this file also runs as a script
 NUM_DEVICES = 4
 GLOBAL_BATCH = 8
 # SGD with learning rate 1, no clipping, no decay: the first update is exactly minus the gradient

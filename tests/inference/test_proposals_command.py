@@ -21,7 +21,7 @@ from jaxdet.proposals import rpn_proposals
 from jaxdet.inference import restore_trained
 from jaxdet.data.build import eval_pipeline, load_dataset
 from jaxdet.workdir import read_config
-from test_cli import assert_one_paragraph, run
+from helpers import assert_one_paragraph, run
 
 SMOKE = "tiny_shapes:smoke"
 CLASSES = ("circle", "square", "triangle")

@@ -10,49 +10,15 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdet import configs
 from jaxdet.inference import detections_to_lists, predict
 from jaxdet.ops.nms import Detections
 from jaxdet.settings import DetectorSettings
 from jaxdet.training import OptimizerSettings, create_train_state, learning_rate_schedule, make_optimizer
 from jaxdet.training import step as step_lib
 from jaxdet.training.step import detection_losses, eval_step, step_key, train_step
+from helpers import load_config, synthetic_batch
 
 LOSSES = ("rpn_cls_loss", "rpn_box_loss", "roi_cls_loss", "roi_box_loss")
-
-
-def load_config(name="tiny_shapes", variant="smoke"):
-    return configs.load_config(f"{name}:{variant}")
-
-
-# Class k is a filled square of colour COLOURS[k] on a grey, noisy background.
-COLOURS = np.array([[1.5, -1.5, -1.5], [-1.5, 1.5, -1.5], [-1.5, -1.5, 1.5]], np.float32)
-
-
-def synthetic_batch(seed, *, num_images=2, size=64, max_boxes=8):
-    """A batch in the pipeline's format: 1-2 squares of 14-30 px per image, exact boxes."""
-    rng = np.random.default_rng(seed)
-    batch = {"images": rng.normal(0.0, 0.2, (num_images, size, size, 3)).astype(np.float32),
-             "boxes": np.zeros((num_images, max_boxes, 4), np.float32),
-             "labels": np.zeros((num_images, max_boxes), np.int32),
-             "valid": np.zeros((num_images, max_boxes), bool),
-             "image_hw": np.full((num_images, 2), size, np.int32),
-             "scale": np.ones((num_images,), np.float32)}
-    for i in range(num_images):
-        taken = np.zeros((size, size), bool)
-        for j in range(rng.integers(1, 3)):
-            for _ in range(100):  # non-overlapping placement
-                side = int(rng.integers(14, 31))
-                x, y = (int(v) for v in rng.integers(0, size - side, 2))
-                if not taken[y:y + side, x:x + side].any():
-                    break
-            taken[y:y + side, x:x + side] = True
-            label = int(rng.integers(0, 3))
-            batch["images"][i, y:y + side, x:x + side] = COLOURS[label]
-            batch["boxes"][i, j] = (x, y, x + side, y + side)
-            batch["labels"][i, j] = label
-            batch["valid"][i, j] = True
-    return batch
 
 
 @pytest.fixture(scope="module")

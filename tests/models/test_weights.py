@@ -170,7 +170,7 @@ def test_unknown_and_absent_files(tmp_path):
 
 
 def test_config_pretrained_path_loads_into_the_train_state(tmp_path):
-    from test_training import load_config
+    from helpers import load_config
     from jaxdet.training import create_train_state
 
     config = load_config("vgg16_voc07", "smoke")
@@ -254,7 +254,7 @@ def test_vgg16_weights_do_not_fit_a_vgg16_bn_backbone():
 
 
 def test_config_vgg16_bn_backbone_loads_statistics_into_the_train_state(tmp_path):
-    from test_training import load_config
+    from helpers import load_config
     from jaxdet.training import create_train_state
 
     config = load_config("vgg16_voc07", "smoke")

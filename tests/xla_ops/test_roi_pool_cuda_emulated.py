@@ -25,10 +25,9 @@ import numpy as np
 import pytest
 
 from xla_ops import _native
-from roi_pool_numpy import scatter_through_argmax
-from test_roi_pool import (ADVERSARIAL_ROIS, PRODUCT_DTYPES, PRODUCT_RANDOM_ROIS, PRODUCT_SCALES,
-                           PRODUCT_SHAPE, PRODUCT_SIZES, assert_same, exact_sum_cotangent,
-                           product_features, random_rois)
+from helpers import (ADVERSARIAL_ROIS, PRODUCT_DTYPES, PRODUCT_RANDOM_ROIS, PRODUCT_SCALES, PRODUCT_SHAPE,
+                     PRODUCT_SIZES, assert_same, exact_sum_cotangent, product_features, random_rois)
+from references.roi_pool_numpy import scatter_through_argmax
 
 emulated = pytest.importorskip(
     "xla_ops._roi_pool_cuda_emulated",

@@ -1,11 +1,11 @@
-"""The proposal layer against the numpy reference (numpy_reference_detection), one image and a batch."""
+"""The proposal layer against the numpy reference (references/detection_numpy.py), one image and a batch."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import numpy_reference_detection as ref
+import references.detection_numpy as ref
 from jaxdet.models import RPNOutputs
 from jaxdet.ops import anchor_grid
 from jaxdet.proposals import Proposals, propose, rpn_proposals

@@ -23,7 +23,7 @@ import pytest
 from jaxdet import distributed
 from jaxdet.distributed import DistributedSettings, distributed_settings, gather_detections
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this file also runs as a script
 NUM_PROCESSES = 2
 DEVICES_PER_PROCESS = 2
 GLOBAL_BATCH = 4

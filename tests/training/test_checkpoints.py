@@ -7,15 +7,12 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdet.training import TrainState, checkpoint_manager, create_train_state, restore_checkpoint, save_checkpoint
+from jaxdet.training import checkpoint_manager, create_train_state, restore_checkpoint, save_checkpoint
 from jaxdet.training.step import step_key, train_step
-from test_training import load_config, synthetic_batch
-
-REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+from helpers import REPO, load_config, small_state, synthetic_batch
 
 
 @pytest.fixture(scope="module")
@@ -73,19 +70,10 @@ def test_interval_retention_and_forced_final_save(config, tmp_path):
         restore_checkpoint(checkpoint_manager(str(tmp_path / "empty")), state)
 
 
-def small_state(step, ballast_mb=0):
-    """A TrainState of a few arrays (no model): atomicity does not depend on what is saved."""
-    params = {"w": jnp.arange(6.0).reshape(2, 3)}
-    if ballast_mb:
-        params["ballast"] = jnp.ones((ballast_mb, 256, 1024))
-    return TrainState(step=jnp.int32(step), params=params, model_state={}, opt_state=({"mu": params["w"] * 2},),
-                      rng=jax.random.PRNGKey(step), model=None, settings=None, tx=None, learning_rate_fn=None)
-
-
 KILLED_WHILE_SAVING = textwrap.dedent("""
     import os, signal, sys, time
     sys.path.insert(0, {tests!r})
-    from test_checkpoints import small_state
+    from helpers import small_state
     from jaxdet.training import checkpoint_manager, save_checkpoint
     manager = checkpoint_manager({directory!r}, save_every=1, keep=5)
     save_checkpoint(manager, small_state(1), data_state={{"position": 1}})
@@ -101,8 +89,8 @@ KILLED_WHILE_SAVING = textwrap.dedent("""
 
 def test_a_kill_while_saving_leaves_the_previous_checkpoint_intact(tmp_path):
     directory = str(tmp_path / "ckpt")
-    script = KILLED_WHILE_SAVING.format(tests=os.path.dirname(os.path.abspath(__file__)), directory=directory)
-    env = dict(os.environ, PYTHONPATH=os.path.abspath(REPO), JAX_PLATFORMS="cpu")
+    script = KILLED_WHILE_SAVING.format(tests=os.path.join(REPO, "tests"), directory=directory)
+    env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == -signal.SIGKILL, done.stderr
     # The process died with step 2 half written (orbax's temporary directory) ...

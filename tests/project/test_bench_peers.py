@@ -1,11 +1,13 @@
 """The report arithmetic of experiments/bench_peers.py (its pure helpers; no torch needed)."""
 
-import pathlib
+import os
 import sys
 
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
+from helpers import REPO
+
+sys.path.insert(0, os.path.join(REPO, "experiments"))
 import bench_peers  # noqa: E402  (imports jax and jaxdet; torch only when it runs)
 
 

@@ -26,27 +26,9 @@ from jaxdet import cli, overrides, reporting
 from jaxdet.data import dataset_to_coco, read_voc
 from jaxdet.training import loop
 from jaxdet.inference import restore_trained
+from helpers import REPO, assert_one_paragraph, run
 
 SMOKE = "shapes_demo:smoke"
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run(capsys, *argv):
-    """(exit status, stdout, stderr) of `jaxdet ARGV`."""
-    status = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def assert_one_paragraph(err: str, *phrases: str) -> str:
-    """The error is a single paragraph (no traceback) that contains each phrase."""
-    assert "Traceback" not in err
-    text = " ".join(err.split())
-    assert text.startswith("jaxdet: error:"), err
-    assert "\n\n" not in err.strip()
-    for phrase in phrases:
-        assert phrase in text, f"{phrase!r} not in: {text}"
-    return text
 
 
 def read_scalars(event_dir: str) -> dict:

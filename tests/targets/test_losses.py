@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import numpy_reference_detection as ref
+import references.detection_numpy as ref
 from jaxdet.losses import roi_head_loss, rpn_loss, smooth_l1
 
 

@@ -1,4 +1,4 @@
-"""Anchor targets and proposal targets against the numpy reference (numpy_reference_detection)."""
+"""Anchor targets and proposal targets against the numpy reference (references/detection_numpy.py)."""
 
 import functools
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import numpy_reference_detection as ref
+import references.detection_numpy as ref
 from jaxdet.ops import anchor_grid
 from jaxdet.proposals import propose
 from jaxdet.targets import (AnchorTargets, ProposalTargets, anchor_targets, label_anchors,

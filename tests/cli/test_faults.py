@@ -13,7 +13,9 @@ import pytest
 
 from jaxdet import cli, overrides
 from jaxdet.errors import user_error
-from test_cli import SMOKE, assert_one_paragraph, run
+from helpers import assert_one_paragraph, run
+
+SMOKE = "shapes_demo:smoke"  # test_cli.py's config: the session's shapes dataset (conftest.py) is shared
 
 
 def snapshot(root) -> dict:

@@ -1,7 +1,8 @@
 """The Faster R-CNN steps (Ren et al. 2015) in plain numpy, loop by loop as step-by-step tutorials write them.
 
-The independent reference for tests/test_{boxes,anchors,nms,proposals,targets,losses}.py and
-for experiments/bench_targets.py. Loops and variable-size arrays on purpose: nothing here shares
+The independent reference for tests/ops/test_{boxes,anchors,nms}.py and
+tests/targets/test_{proposals,targets,losses}.py (experiments/bench_targets.py carries its own copy
+of the steps it times). Loops and variable-size arrays on purpose: nothing here shares
 code with jaxdet. Boxes are xyxy (tutorials often write yxyx; only the column order differs),
 widths are ``x2 - x1``. Where jaxdet departs from the plain formulation it is noted here and in
 jaxdet's docstrings.

@@ -1,6 +1,6 @@
 """RoI classifiers in both arrangements of MXNet Gluon's RoIPooling example (a batch of two
 128x128 images, four RoIs, 11 outputs each), checked against an independent computation: the
-numpy RoI pooling of tests/roi_pool_numpy.py, the trunk applied to its output, a numpy mean and
+numpy RoI pooling of tests/references/roi_pool_numpy.py, the trunk applied to its output, a numpy mean and
 a numpy dense layer with the module's own parameters; and the ResNet trunks they use."""
 
 import jax
@@ -10,7 +10,7 @@ import pytest
 
 from jaxdet.models import (BasicBlock, FastRCNN, GlobalPoolHead, ResNet, ResNet34, ResNet50, RoIClassifier,
                            TinyVGG)
-from roi_pool_numpy import seed_roi_pool
+from references.roi_pool_numpy import seed_roi_pool
 
 # The example's RoIs: (batch_index, x1, y1, x2, y2) in image pixels.
 EXAMPLE_ROIS = np.array([[0, 10, 10, 100, 100], [0, 20, 20, 120, 120],

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import REPO
+
 SCRIPT = os.path.join(REPO, "experiments", "gpu_check.sh")
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from xla_ops import _native, roi_pool, roi_pool_with_argmax, rois_from_fractions
-from roi_pool_numpy import adaptive_max_pool, scatter_through_argmax, slow_roi_pool
-from test_roi_pool import ADVERSARIAL_ROIS, assert_same
+from helpers import ADVERSARIAL_ROIS, assert_same
+from references.roi_pool_numpy import adaptive_max_pool, scatter_through_argmax, slow_roi_pool
 
 IMPLS = ["reference"] + (["ffi"] if _native.is_built("cpu") else [])
 needs_cpu_kernel = pytest.mark.skipif(not _native.is_built("cpu"), reason="CPU extension not built")

@@ -13,7 +13,10 @@ from jax.test_util import check_grads
 import xla_ops
 from xla_ops import _native, roi_pool, roi_pool_reference, roi_pool_with_argmax
 from xla_ops import reference as reference_module
-from roi_pool_numpy import scatter_through_argmax, seed_roi_pool
+from helpers import (ADVERSARIAL_ROIS, PRODUCT_DTYPES, PRODUCT_RANDOM_ROIS, PRODUCT_SCALES, PRODUCT_SHAPE,
+                     PRODUCT_SIZES, assert_same, distinct_features, exact_sum_cotangent, product_features,
+                     random_rois)
+from references.roi_pool_numpy import scatter_through_argmax, seed_roi_pool
 
 # The tests run on the default device: the CPU, or on a GPU machine the GPU (JAX_PLATFORMS=cpu
 # for the CPU there). impl="ffi" needs the extension of that platform, the CUDA one on a GPU.
@@ -22,36 +25,6 @@ NATIVE_BUILT = _native.is_built(PLATFORM)
 needs_native = pytest.mark.skipif(
     not NATIVE_BUILT, reason=f"the native op is not built for {PLATFORM}: {_native.why_not_built(PLATFORM)}")
 IMPLS = ["reference"] + (["ffi"] if NATIVE_BUILT else [])
-
-
-def random_rois(rng, num, num_images, extent, *, spread=0.25):
-    """[num, 5] RoIs in input pixels spanning a map of `extent` = (height, width) pixels."""
-    height, width = extent
-    x1 = rng.uniform(-spread * width, width, num)
-    y1 = rng.uniform(-spread * height, height, num)
-    x2 = x1 + rng.uniform(0, width * 0.8, num)
-    y2 = y1 + rng.uniform(0, height * 0.8, num)
-    batch = rng.integers(0, num_images, num)
-    return np.stack([batch, x1, y1, x2, y2], 1).astype(np.float32)
-
-
-def distinct_features(rng, shape, dtype=np.float32):
-    """Values without ties (a permutation), so gradients are unambiguous in any dtype."""
-    values = rng.permutation(np.prod(shape)).reshape(shape)
-    if dtype != np.float32:  # few distinct values fit in 16 bits: stay within them
-        values = values % 2000 - 1000 + rng.random(shape) * 0.25
-    return jnp.asarray(values.astype(np.float32) / 16, dtype=dtype)
-
-
-def assert_same(a, b):
-    """Same shape, dtype and bits (NaN payloads and the sign of zero included)."""
-    a, b = np.asarray(a), np.asarray(b)
-    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, a.dtype, b.shape, b.dtype)
-    # Values first, for a readable message (as float64: numpy's NaN handling misses bfloat16).
-    values = (lambda x: x) if np.issubdtype(a.dtype, np.integer) else (lambda x: x.astype(np.float64))
-    np.testing.assert_array_equal(values(a), values(b))
-    bits = np.dtype(f"u{a.dtype.itemsize}")
-    np.testing.assert_array_equal(a.view(bits), b.view(bits))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -102,31 +75,6 @@ def test_ties_take_the_first_element_and_empty_bins_are_zero(impl):
     assert_same(out, expected_out)
     assert_same(argmax, expected_arg)
     assert (expected_arg[0, 0, :, 0] == [2, 2, 3, 3, -1, -1]).all()
-
-
-# ---------------------------------------------------------------------------------------------
-# RoIs that are invalid or extreme (the bad-input tests below, and mixed into the comparisons).
-
-ADVERSARIAL_ROIS = np.array([
-    [-1, 0, 0, 8, 8],          # batch index below 0
-    [2, 0, 0, 8, 8],           # batch index == N
-    [1e9, 0, 0, 8, 8],         # far out of range
-    [np.nan, 0, 0, 8, 8],      # NaN batch index
-    [np.inf, 0, 0, 8, 8],
-    [-0.5, 0, 0, 8, 8],        # truncates to 0 but is below 0: invalid
-    [0.7, 0, 0, 8, 8],         # valid, image 0 (truncated toward zero)
-    [0, np.nan, 0, 8, 8],      # NaN coordinate
-    [0, 0, np.inf, 8, 8],
-    [0, 0, 0, -np.inf, 8],
-    [1, 9, 9, 2, 2],           # inverted
-    [1, 5, 5, 4, 4],           # zero size (x2 + 1 == x1)
-    [0, 1e6, 1e6, 2e6, 2e6],   # far outside the map
-    [0, -2e6, -2e6, -1e6, -1e6],
-    [1, -1e30, -1e30, 1e30, 1e30],  # huge: edges must be clamped before the integer cast
-    [0, 3.4e38, 0, 3.4e38, 8],      # (x2 + 1) * scale may overflow to inf
-    [1, 0, 0, 1e-40, 1e-40],   # subnormal coordinates
-    [1, 2, 3, 5, 7],           # an ordinary RoI among them
-], np.float32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,29 +216,6 @@ def test_native_forward_equals_reference(shape, output_size, scale, rounding):
 # program, so the results are computed once per (dtype, output size) group, with few programs
 # (`_product_group`), and the test items only compare them.
 
-PRODUCT_DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
-PRODUCT_SIZES = [(7, 7), (2, 3), (1, 1)]
-PRODUCT_SCALES = [1 / 16, 0.5, 1.0]
-PRODUCT_SHAPE = (2, 8, 9, 33)  # NHWC; 33 channels: no multiple of a vector or channel block
-PRODUCT_RANDOM_ROIS = 14  # then the 18 ADVERSARIAL_ROIS: 32 RoIs in all
-
-
-def exact_sum_cotangent(rng, shape, dtype):
-    """Multiples of 1/64 that `dtype` holds exactly, at most 32 in magnitude (4 for bfloat16):
-    every float32 sum of fewer than 8192 of them is exact, whatever the summation order, so the
-    gradient (the float32 sum rounded once to the dtype) is determined bit for bit."""
-    bound = 255 if dtype == jnp.bfloat16 else 2047
-    return jnp.asarray(rng.integers(-bound, bound + 1, shape) / 64, dtype)
-
-
-def product_features(rng, dtype):
-    features = np.array(distinct_features(rng, PRODUCT_SHAPE, dtype), np.float32)
-    features[..., 1] = rng.integers(-2, 3, PRODUCT_SHAPE[:3])  # many ties
-    features[1, 4, 5, 2] = np.nan  # NaN propagates (its bits are copied too)
-    features[0, 3, 3, 3] = -np.inf
-    return jnp.asarray(features, dtype)
-
-
 def _vjp_of_pool(pool, features, cot):
     (out, argmax), vjp = jax.vjp(pool, features)
     (grad,) = vjp((cot, np.zeros(argmax.shape, jax.dtypes.float0)))
@@ -392,7 +317,7 @@ def test_batched_rois_form():
 
 # ---------------------------------------------------------------------------------------------
 # Bad input: data-dependent cases give zeros with argmax -1 (never an out-of-bounds access);
-# shape and dtype errors name the argument. (ADVERSARIAL_ROIS is above.)
+# shape and dtype errors name the argument. (ADVERSARIAL_ROIS is in helpers.py.)
 
 
 @needs_native

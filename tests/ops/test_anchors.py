@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import numpy_reference_detection as ref
+import references.detection_numpy as ref
 from jaxdet.ops import anchor_grid, anchor_templates
 
 # The worked example's printed anchor_template (y1, x1, y2, x2), scales 8, 16, 32 x ratios 0.5, 1, 2.

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import numpy_reference_detection as ref
+import references.detection_numpy as ref
 from jaxdet.ops import Detections, anchor_grid, clip_boxes, decode_boxes, multiclass_nms, nms
 
 
