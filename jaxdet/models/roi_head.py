@@ -29,7 +29,7 @@ class HeadOutputs(NamedTuple):
 class FCHead(nn.Module):
     """Flatten, then fully connected layers with ReLU (and dropout in training).
 
-    The flatten order is (ph, pw, C) of NHWC; `jaxdet.training.weights` permutes torchvision's
+    The flatten order is (ph, pw, C) of NHWC; `jaxdet.models.weights` permutes torchvision's
     (C, ph, pw) fc6 accordingly.
 
     Attributes:
