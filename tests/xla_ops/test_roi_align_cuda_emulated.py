@@ -14,6 +14,7 @@ What it cannot check is the GPU's own arithmetic (IEEE float32 without contracti
 """
 
 import functools
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -90,7 +91,7 @@ def assert_same(a, b):
     ((3, 4), 0.25, 2, False), ((2, 3), 0.25, -1, True), ((4, 2), 0.5, 0, False), ((1, 1), 1.0, 3, True),
 ])
 def test_emulated_kernels_equal_the_cpu_extension(dtype, output_size, scale, sampling_ratio, aligned):
-    rng = np.random.default_rng(abs(hash((dtype, output_size, sampling_ratio, aligned))) % 2**32)
+    rng = np.random.default_rng(zlib.crc32(repr((dtype, output_size, sampling_ratio, aligned)).encode()))
     dtype = jnp.dtype(dtype)
     features = rng.normal(size=SHAPE).astype(np.float32).astype(dtype)
     features[0, 2, 3, 1] = np.nan  # propagates through every sample that reads it
