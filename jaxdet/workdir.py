@@ -31,6 +31,7 @@ from typing import Mapping, Sequence
 import ml_collections
 import numpy as np
 
+from jaxdet.configs import base
 from jaxdet.errors import JaxdetError, UsageError
 
 CHECKPOINTS = "checkpoints"
@@ -99,7 +100,8 @@ def save_run_files(config: ml_collections.ConfigDict, workdir: str, class_names:
 
 def read_config(workdir: str) -> ml_collections.ConfigDict | None:
     """The config of the run in `workdir` as it now is: config.json (as the run started) with the
-    changes of each resume in config_changes.jsonl applied; None when it has no config.json."""
+    changes of each resume in config_changes.jsonl applied, and any field jaxdet gained since the run
+    started at its value in `jaxdet/configs/base.py`; None when it has no config.json."""
     path = os.path.join(workdir, CONFIG)
     if not os.path.isfile(path):
         return None
@@ -116,7 +118,18 @@ def read_config(workdir: str) -> ml_collections.ConfigDict | None:
                 section.pop(name, None)
             else:
                 section[name] = now
-    return ml_collections.ConfigDict(config)
+    return ml_collections.ConfigDict(_with_base_fields(config, base.get_config().to_dict()))
+
+
+def _with_base_fields(config: dict, base_config: dict) -> dict:
+    """`config` with the fields of `base_config` it lacks, section by section."""
+    merged = dict(config)
+    for name, value in base_config.items():
+        if name not in merged:
+            merged[name] = value
+        elif isinstance(value, dict) and isinstance(merged[name], dict):
+            merged[name] = _with_base_fields(merged[name], value)
+    return merged
 
 
 def _leaves(tree: Mapping, prefix: str = "") -> dict:

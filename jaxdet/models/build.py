@@ -29,6 +29,7 @@ BACKBONES = {
     "tiny_resnet_c4": (backbones.TinyResNetC4, roi_head.TinyResNetC5Head),
 }
 DETECTORS = {"faster_rcnn": FasterRCNN, "fast_rcnn": FastRCNN}
+ROI_OPS = ("pool", "align")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -41,10 +42,12 @@ def _choice(name: str, value: str, choices) -> Any:
 def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     """The detector of `config.model`: kind, backbone, frozen_stages, num_classes (0: as many as the
     config's class list, `jaxdet.data.build.model_num_classes`), anchor_scales, anchor_ratios,
-    rpn_channels, pooled_size, roi_rounding, head_hidden, dropout_rate, compute_dtype,
-    cpu_bf16_kernels (the layers: flax's nn.Conv / nn.Dense, or `xla_ops.amx`'s where it opts in
+    rpn_channels, pooled_size, roi_op, roi_rounding, roi_sampling_ratio, roi_aligned, head_hidden,
+    dropout_rate, compute_dtype, cpu_bf16_kernels (the layers: flax's nn.Conv / nn.Dense, or `xla_ops.amx`'s where it opts in
     and can run them: `xla_ops.amx.layers_for`)."""
     m = config.model
+    if m.roi_op not in ROI_OPS:
+        raise ValueError(f"model.roi_op must be one of {ROI_OPS}, got {m.roi_op!r}")
     dtype = _choice("model.compute_dtype", m.compute_dtype, DTYPES)
     conv, dense = layers_for(dtype, cpu_bf16_kernels=m.cpu_bf16_kernels)
     backbone_cls, res5_cls = _choice("model.backbone", m.backbone, BACKBONES)
@@ -55,7 +58,9 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
         # Detectron's C4: res5 halves 14x14 pooled RoIs to 7x7; with 7x7 pooling it keeps stride 1.
         box_head = res5_cls(strides=2 if min(m.pooled_size) >= 14 else 1, dtype=dtype, conv=conv)
     common = dict(backbone=backbone, box_head=box_head, num_classes=model_num_classes(config),
-                  pooled_size=tuple(m.pooled_size), roi_rounding=m.roi_rounding,
+                  pooled_size=tuple(m.pooled_size), roi_op=m.roi_op,
+                  roi_rounding=m.roi_rounding, roi_sampling_ratio=int(m.roi_sampling_ratio),
+                  roi_aligned=bool(m.roi_aligned),
                   box_stds=tuple(config.roi.box_stds), dtype=dtype, conv=conv, dense=dense)
     kind = _choice("model.kind", m.kind, DETECTORS)
     if kind is FastRCNN:

@@ -1,4 +1,4 @@
-"""Fast and Faster R-CNN: a backbone, (an RPN,) RoI max pooling and a shared RoI head.
+"""Fast and Faster R-CNN: a backbone, (an RPN,) RoI max pooling or RoIAlign and a shared RoI head.
 
 The modules hold parameters, wiring and the box coding of their outputs only; target
 assignment, sampling, proposals and losses are the pure functions of `jaxdet.targets`,
@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxdet.ops import roi_pool
+from jaxdet.ops import roi_align, roi_pool
 from jaxdet.ops.anchors import anchor_grid
 from jaxdet.models.roi_head import BoxPredictor, HeadOutputs
 from jaxdet.models.rpn import RPNHead, RPNOutputs
@@ -36,8 +36,12 @@ class FastRCNN(nn.Module):
       box_head: pooled features [..., ph, pw, C] -> [..., D] (`FCHead`, `ResNetC5Head`).
       num_classes: K object classes; the head predicts K + 1 with background = 0.
       pooled_size: (ph, pw) of RoI pooling (7x7 for VGG16's fc6).
+      roi_op: "pool" (RoI max pooling, Girshick 2015) or "align" (RoIAlign, He et al. 2017:
+        bilinear samples averaged per bin, as torchvision's and detectron2's default heads).
       roi_rounding: the RoI pooling op's `rounding` ("none": coordinates scaled without
-        rounding; "round": Caffe / torchvision).
+        rounding; "round": Caffe / torchvision); pooling only.
+      roi_sampling_ratio, roi_aligned: RoIAlign's `sampling_ratio` (samples per bin along each
+        axis; <= 0: adaptive) and `aligned` (half-pixel offset); RoIAlign only.
       box_stds: the coding of the head's class-specific deltas: (tx, ty, tw, th) divided by
         these (Girshick 2015's normalised regression targets; py-faster-rcnn's
         BBOX_NORMALIZE_STDS, the inverses of torchvision's box coder weights (10, 10, 5, 5)).
@@ -51,7 +55,10 @@ class FastRCNN(nn.Module):
     box_head: nn.Module
     num_classes: int
     pooled_size: Tuple[int, int] = (7, 7)
+    roi_op: str = "pool"
     roi_rounding: str = "none"
+    roi_sampling_ratio: int = 2
+    roi_aligned: bool = False
     box_stds: Tuple[float, float, float, float] = (0.1, 0.1, 0.2, 0.2)
     dtype: Dtype = jnp.float32
     conv: Any = nn.Conv
@@ -71,11 +78,19 @@ class FastRCNN(nn.Module):
     def classify(self, features: jax.Array, rois: jax.Array, train: bool = False) -> HeadOutputs:
         """features: [N, h, w, C], rois: [N, R, 4] xyxy input pixels -> HeadOutputs for [N, R].
 
-        Gradients reach `features` through RoI pooling's custom VJP; none reach `rois`.
+        Gradients reach `features` through the RoI op's custom VJP; none reach `rois`.
         """
-        pooled = roi_pool(features, jax.lax.stop_gradient(rois), output_size=tuple(self.pooled_size),
-                          spatial_scale=1.0 / self.stride, rounding=self.roi_rounding)  # [N, R, ph, pw, C]
+        pooled = self.pool_rois(features, jax.lax.stop_gradient(rois))  # [N, R, ph, pw, C]
         return self.predictor(self.box_head(pooled, train))
+
+    def pool_rois(self, features: jax.Array, rois: jax.Array) -> jax.Array:
+        """features: [N, h, w, C], rois: [N, R, 4] xyxy input pixels -> [N, R, ph, pw, C] by `roi_op`."""
+        scale, size = 1.0 / self.stride, tuple(self.pooled_size)
+        if self.roi_op == "pool":
+            return roi_pool(features, rois, output_size=size, spatial_scale=scale, rounding=self.roi_rounding)
+        if self.roi_op == "align":
+            return roi_align(features, rois, size, scale, self.roi_sampling_ratio, self.roi_aligned)
+        raise ValueError(f"model.roi_op must be 'pool' or 'align', got {self.roi_op!r}")
 
     def __call__(self, images: jax.Array, rois: jax.Array, train: bool = False) -> HeadOutputs:
         """images: [N, H, W, 3], rois: [N, R, 4] -> HeadOutputs (logits [N, R, K + 1], deltas [N, R, K + 1, 4])."""

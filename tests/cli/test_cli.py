@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import struct
 import subprocess
 
@@ -152,6 +153,31 @@ def test_a_one_step_run_has_no_training_rate_and_says_so(shapes_dir, tmp_path, c
     assert metrics["train_images_per_second"] is None and metrics["steps"] == 1
     assert isinstance(metrics["voc07_map"], float)
     assert re.search(r"\| training images/s +\| +n/a \|", out), out
+
+
+def test_trains_and_evaluates_with_roi_align_on_the_shapes_set(shapes_dir, tmp_path, capsys):
+    workdir = tmp_path / "align"
+    status, out, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir",
+                           workdir, "--config.model.roi_op=align", "--config.model.roi_sampling_ratio=0",
+                           "--no-progress")
+    assert status == 0, err
+    saved = json.loads((workdir / "config.json").read_text())["model"]
+    assert (saved["roi_op"], saved["roi_sampling_ratio"]) == ("align", 0)
+    metrics = strict_json((workdir / "metrics.json").read_text())
+    assert metrics["steps"] == 4 and isinstance(metrics["voc07_map"], float)
+
+
+def test_a_run_saved_before_a_field_existed_reads_it_from_the_base_config(trained, tmp_path, capsys):
+    # config.json of a run started before model.roi_op existed: eval reads the base config's value.
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    saved = json.loads((old / "config.json").read_text())
+    del saved["model"]["roi_op"], saved["model"]["roi_aligned"]
+    (old / "config.json").write_text(json.dumps(saved))
+    status, out, err = run(capsys, "eval", "--workdir", old, "--no-progress")
+    assert status == 0, err
+    assert json.loads((old / "metrics.json").read_text())["voc07_map"] == \
+        json.loads((trained / "metrics.json").read_text())["voc07_map"]
 
 
 def test_coco_ap_matches_pycocotools_on_the_written_results(trained, shapes_dir):

@@ -121,8 +121,12 @@ def box_iou_numpy(a, b):
     return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
-def test_overfits_a_few_images_and_predict_finds_their_boxes(config):
+@pytest.mark.parametrize("roi_op", ["pool", "align"])
+def test_overfits_a_few_images_and_predict_finds_their_boxes(config, roi_op):
+    config = config.copy_and_resolve_references()
+    config.model.roi_op = roi_op
     state = create_train_state(config, jax.random.PRNGKey(0))
+    assert state.model.roi_op == roi_op
     batches = [synthetic_batch(10), synthetic_batch(11)]
     losses = []
     for i in range(240):
