@@ -26,7 +26,13 @@ def get_config() -> ml_collections.ConfigDict:
         anchor_ratios=(0.5, 1.0, 2.0),  # height / width
         rpn_channels=512,            # width of the RPN's 3x3 conv
         pooled_size=(7, 7),          # RoI pooling output, fc6's input grid
-        roi_rounding="none",         # RoI pooling arithmetic: "none" (seed kernel) or "round" (Caffe)
+        roi_op="pool",               # "pool": RoI max pooling (Fast R-CNN); "align": RoIAlign (Mask R-CNN,
+                                     # torchvision's and detectron2's default heads)
+        roi_rounding="none",         # RoI pooling's arithmetic: "none" (coordinates scaled, not rounded:
+                                     # the Faster R-CNN CUDA kernel), "round" (Caffe, torchvision) or
+                                     # "adaptive" (adaptive max pooling of each RoI's crop)
+        roi_sampling_ratio=2,        # RoIAlign: samples per bin along each axis; <= 0: ceil(roi / bin)
+        roi_aligned=False,           # RoIAlign: half-pixel offset (detectron2's aligned=True)
         head_hidden=(4096, 4096),    # fc6, fc7 widths (VGG16's classifier)
         dropout_rate=0.5,            # dropout after fc6 and fc7 in training (VGG16's classifier)
         compute_dtype="float32",     # "float32" or "bfloat16" (parameters and losses stay float32;
