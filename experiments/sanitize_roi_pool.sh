@@ -17,8 +17,9 @@
 #                AddressSanitizer, under tests/xla_ops/test_roi_align.py (adversarial, huge and
 #                invalid RoIs, empty maps, dtypes, vmap, scan, gradients) and
 #                tests/xla_ops/test_roi_align_cuda_emulated.py (--cpu runs it too)
-#   --emulated   the CUDA kernels on the CPU (xla_ops/csrc/testing/roi_pool_cuda_check.cu against
-#                the CUDA runtime emulation): built with AddressSanitizer, then ThreadSanitizer
+#   --emulated   the CUDA kernels on the CPU (xla_ops/csrc/testing/roi_pool_cuda_check.cu and
+#                roi_align_cuda_check.cu against the CUDA runtime emulation): built with
+#                AddressSanitizer, then ThreadSanitizer
 #   --gpu        the same program built by nvcc for the GPU found, under compute-sanitizer
 #                --tool memcheck and --tool racecheck (skipped, with a message, without the tool)
 #   --plant-off-by-one  proves the harness: the forward reads one row past each bin (y <= end);
@@ -41,14 +42,15 @@ OUT=${OUT:-$work}
 mkdir -p "$OUT"
 FFI_INCLUDE=$("$PY" -c "import jax.ffi; print(jax.ffi.include_dir())")
 CHECK_SOURCE=xla_ops/csrc/testing/roi_pool_cuda_check.cu
+ALIGN_CHECK_SOURCE=xla_ops/csrc/testing/roi_align_cuda_check.cu
 CXX=${CXX:-g++}
 
 # build_check SANITIZER BINARY [extra include dir first]: the check program as host C++.
 build_check() {
-  local sanitizer=$1 binary=$2 first=${3:-}
+  local sanitizer=$1 binary=$2 first=${3:-} source=${4:-$CHECK_SOURCE}
   "$CXX" -std=c++20 -x c++ -O1 -g -fno-omit-frame-pointer -fsanitize="$sanitizer" -ffp-contract=off \
     -pthread ${first:+-I"$first"} -Ixla_ops/csrc/testing -Ixla_ops/csrc -I"$FFI_INCLUDE" \
-    "$CHECK_SOURCE" -o "$binary" 2>"$binary.build.log" \
+    "$source" -o "$binary" 2>"$binary.build.log" \
     || { cat "$binary.build.log" >&2; return 1; }
 }
 
@@ -163,6 +165,10 @@ run_emulated() {
     build_check "$sanitizer" "$work/check_$sanitizer"
     TSAN_OPTIONS=halt_on_error=1 ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 \
       "$work/check_$sanitizer" 2>&1 | tee "$OUT/emulated_$sanitizer.log"
+    echo "== RoIAlign's CUDA kernels on the CPU (emulated), ${sanitizer} sanitizer"
+    build_check "$sanitizer" "$work/align_check_$sanitizer" "" "$ALIGN_CHECK_SOURCE"
+    TSAN_OPTIONS=halt_on_error=1 ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 \
+      "$work/align_check_$sanitizer" 2>&1 | tee "$OUT/emulated_align_$sanitizer.log"
   done
 }
 
@@ -176,27 +182,34 @@ run_gpu() {
   arch=${arch%%;*}
   local nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
   command -v nvcc >/dev/null && nvcc=$(command -v nvcc)
-  echo "== CUDA kernels on the GPU (sm_$arch), compute-sanitizer"
+  gpu_check_program "$CHECK_SOURCE" "" && gpu_check_program "$ALIGN_CHECK_SOURCE" align_
+}
+
+# gpu_check_program SOURCE PREFIX: the check program SOURCE built by nvcc ($nvcc, $arch of
+# run_gpu) and run as is, then under compute-sanitizer; logs $OUT/gpu_PREFIX*.log.
+gpu_check_program() {
+  local source=$1 prefix=$2 sanitizer
+  echo "== CUDA kernels of $source on the GPU (sm_$arch), compute-sanitizer"
   "$nvcc" -std=c++17 --fmad=false -O2 -lineinfo -gencode "arch=compute_$arch,code=sm_$arch" \
-    -Ixla_ops/csrc -I"$FFI_INCLUDE" "$CHECK_SOURCE" -o "$work/check_gpu"
-  "$work/check_gpu" | tee "$OUT/gpu_check.log"
+    -Ixla_ops/csrc -I"$FFI_INCLUDE" "$source" -o "$work/${prefix}check_gpu"
+  "$work/${prefix}check_gpu" | tee "$OUT/gpu_${prefix}check.log"
   local tool
   tool=$(command -v compute-sanitizer || echo "$(dirname "$nvcc")/compute-sanitizer")
   if [ ! -x "$tool" ]; then
-    echo "compute-sanitizer not found: memcheck and racecheck skipped" | tee -a "$OUT/gpu_check.log"
+    echo "compute-sanitizer not found: memcheck and racecheck skipped" | tee -a "$OUT/gpu_${prefix}check.log"
     return 0
   fi
   for sanitizer in memcheck racecheck; do
-    if ! "$tool" --tool "$sanitizer" --error-exitcode 1 "$work/check_gpu" >"$OUT/gpu_$sanitizer.log" 2>&1; then
-      if grep -q "ERROR SUMMARY: [1-9]\|FAILED" "$OUT/gpu_$sanitizer.log"; then
-        cat "$OUT/gpu_$sanitizer.log" >&2
+    if ! "$tool" --tool "$sanitizer" --error-exitcode 1 "$work/${prefix}check_gpu" >"$OUT/gpu_${prefix}$sanitizer.log" 2>&1; then
+      if grep -q "ERROR SUMMARY: [1-9]\|FAILED" "$OUT/gpu_${prefix}$sanitizer.log"; then
+        cat "$OUT/gpu_${prefix}$sanitizer.log" >&2
         return 1
       fi
-      echo "compute-sanitizer --tool $sanitizer refused the device: skipped" | tee -a "$OUT/gpu_check.log"
-      tail -n 5 "$OUT/gpu_$sanitizer.log"
+      echo "compute-sanitizer --tool $sanitizer refused the device: skipped" | tee -a "$OUT/gpu_${prefix}check.log"
+      tail -n 5 "$OUT/gpu_${prefix}$sanitizer.log"
       continue
     fi
-    tail -n 2 "$OUT/gpu_$sanitizer.log"
+    tail -n 2 "$OUT/gpu_${prefix}$sanitizer.log"
   done
 }
 
