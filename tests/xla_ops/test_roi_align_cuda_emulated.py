@@ -139,3 +139,21 @@ def test_emulated_empty_shapes():
         grad = emulated.backward(np.ones((0, 2, 2, 3), np.float32), "float32", rois[:0], 2, 4, 5, 1.0, 0, False,
                                  deterministic)
         assert grad.shape == (2, 4, 5, 3) and not grad.any()
+
+
+def test_cpu_backward_split_into_bands_equals_the_gather_bit_for_bit():
+    # Enough cotangents that the CPU backward splits the image into bands of rows (one work item
+    # each, adding only into its band): the sums must not depend on the split, so they equal the
+    # deterministic gather's, which owns one row per thread.
+    rng = np.random.default_rng(17)
+    shape = (1, 20, 24, 64)
+    rois = np.stack([np.zeros(200), rng.uniform(-10, 90, 200), rng.uniform(-10, 75, 200),
+                     rng.uniform(0, 100, 200), rng.uniform(0, 85, 200)], 1).astype(np.float32)
+    rois[:, 3:] += rois[:, 1:3]
+    assert 200 * 7 * 7 * 64 * 4 >= 2 << 20  # roi_align_cpu.cc: two items of 2^20 adds at least
+    cot = order_sensitive_cotangent(rng, (200, 7, 7, 64), np.float32)
+    cpu_grad = np.asarray(cpu_backward(jnp.asarray(cot), jnp.asarray(rois), feature_shape=shape, scale=0.25,
+                                       sampling_ratio=2, aligned=True))
+    grad = emulated.backward(cot, "float32", rois, *shape[:3], np.float32(0.25), 2, True, True)
+    assert_same(grad, cpu_grad)
+    assert np.count_nonzero(cpu_grad) > cpu_grad.size // 2
