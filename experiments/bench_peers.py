@@ -8,6 +8,10 @@ the platform JAX runs on (the CPU; the GPU when there is one, torch then on CUDA
             jaxdet: xla_ops.roi_pool(rounding="round", impl="ffi"), jitted, NHWC; torchvision:
             torchvision.ops.roi_pool on NCHW (converted once, before timing). Both round RoIs
             the same way; their forward outputs are compared value for value.
+  roi_align RoIAlign 7x7, sampling 2, aligned, at a ResNet-50-FPN head's shapes: 512 RoIs of 2
+            images (forward, forward+backward) and 1000 RoIs (forward) on the stride-8 map
+            [2, 100, 168, 256] and the stride-16 map [2, 50, 84, 256]; xla_ops.roi_align on NHWC
+            against torchvision.ops.roi_align on NCHW (experiments/common.py's roi_align_sides).
   tiny      the tiny_shapes config at 128x128, batch 8: jaxdet.training.step.train_step and
             jaxdet.inference.predict as a user calls them, against torchvision's FasterRCNN
             matched to the config (experiments/common.py's torchvision_faster_rcnn: a torch
@@ -38,7 +42,7 @@ Usage (torch and torchvision: the `bench` extra):
   PYTHONPATH=. python experiments/bench_peers.py                      # all, default rounds
   PYTHONPATH=. python experiments/bench_peers.py --only roi_pool tiny --rounds 2   # a quick check
   add --out experiments/results/peers.md to append the table, the command and the machine there.
-Defaults: 30 rounds for RoI pooling, 20 for tiny, 5 for VGG16 (--roi-rounds, --tiny-rounds,
+Defaults: 30 rounds for RoI pooling and RoIAlign, 20 for tiny, 5 for VGG16 (--roi-rounds, --tiny-rounds,
 --vgg16-rounds; --rounds sets all three). On a GPU torch and JAX share its memory: JAX takes
 half of it (XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 unless set).
 """
@@ -70,7 +74,7 @@ from jaxdet.data.build import model_num_classes
 from jaxdet.training.step import step_key, train_step
 
 SLOW = 1.5  # a round slower than this times its side's median is listed
-PARTS = ("roi_pool", "tiny", "vgg16")
+PARTS = ("roi_pool", "roi_align", "tiny", "vgg16")
 # (what, features shape [N, h, w, C], RoIs in all, the image size the RoIs lie in)
 ROI_SHAPES = (("train: 2 x 128 RoIs on [2, 38, 63, 512]", (2, 38, 63, 512), 2 * 128, (600, 1000)),
               ("test: 300 RoIs on [1, 38, 63, 512]", (1, 38, 63, 512), 300, (600, 1000)),
@@ -165,6 +169,26 @@ def roi_pool_part(rounds, warmup):
             row = (f"RoI pool 7x7 {what}, {shape}", alternate(jf, tf, rounds, warmup))
             say(*table_lines([row])[2:3])
             rows.append(row)
+    return rows, notes
+
+
+def roi_align_part(rounds, warmup):
+    """(rows, notes): RoIAlign 7x7, sampling 2, aligned, at a ResNet-50-FPN head's shapes
+    (common.ROI_ALIGN_MAPS): 512 RoIs of 2 images forward and forward+backward, 1000 RoIs forward."""
+    rows, notes = [], []
+    rng = np.random.default_rng(1)
+    for name, shape, scale in common.ROI_ALIGN_MAPS:
+        features = rng.normal(size=shape).astype(np.float32)
+        for num_rois, backward in ((512, False), (512, True), (1000, False)):
+            jaxdet_fns, torchvision_fns, difference = common.roi_align_sides(
+                features, common.roi_align_rois(num_rois, shape[0]), scale, backward=backward)
+            what = "forward+backward" if backward else "forward"
+            row = (f"RoIAlign 7x7 {what}, {num_rois} RoIs, {name} {list(shape)}",
+                   alternate(jaxdet_fns["jaxdet"], torchvision_fns["torchvision"], rounds, warmup))
+            say(*table_lines([row])[2:3])
+            rows.append(row)
+            if not backward:
+                notes.append(f"- RoIAlign {num_rois} RoIs, {name}: largest output difference {difference:.1e}")
     return rows, notes
 
 
@@ -372,7 +396,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS), help="the measurements to run")
     parser.add_argument("--rounds", type=int, help="rounds of every measurement (overrides the three below)")
-    parser.add_argument("--roi-rounds", type=int, default=30)
+    parser.add_argument("--roi-rounds", type=int, default=30, help="rounds of RoI pooling and RoIAlign")
     parser.add_argument("--tiny-rounds", type=int, default=20)
     parser.add_argument("--vgg16-rounds", type=int, default=5)
     parser.add_argument("--vgg16-dtypes", nargs="+", default=list(VGG16_DTYPES), metavar="JAXDET/TORCHVISION",
@@ -398,8 +422,9 @@ def main(argv=None):
     torch.set_num_threads(os.cpu_count())
     say(f"torch threads: {torch.get_num_threads()} (os.cpu_count() = {os.cpu_count()}); "
         f"JAX on {jax.default_backend()}; load average {load_text(load_start)}")
-    rounds = {part: args.rounds or getattr(args, f"{'roi' if part == 'roi_pool' else part}_rounds") for part in PARTS}
-    runs = {"roi_pool": roi_pool_part, "tiny": tiny_part,
+    rounds = {part: args.rounds or getattr(args, f"{'roi' if part.startswith('roi_') else part}_rounds")
+              for part in PARTS}
+    runs = {"roi_pool": roi_pool_part, "roi_align": roi_align_part, "tiny": tiny_part,
             "vgg16": functools.partial(vgg16_part, dtype_pairs=args.vgg16_dtypes, processes=args.vgg16_processes,
                                         retain_host_memory=tuple(args.retain_host_memory))}
     rows, notes = [], []
@@ -417,7 +442,8 @@ def main(argv=None):
              f"Command: `{command}`", "", f"Machine: {machine_line(load_start, load_end)}", "",
              "Each row times one call of each side per round, alternating which goes first; the ratio is "
              "torchvision's time over jaxdet's (higher: jaxdet faster). jaxdet: xla_ops.roi_pool "
-             "(rounding=\"round\", the custom call), train_step and predict; torchvision: ops.roi_pool and "
+             "(rounding=\"round\", the custom call), xla_ops.roi_align, train_step and predict; torchvision: "
+             "ops.roi_pool, ops.roi_align and "
              "FasterRCNN matched to the config (the differences left: experiments/results/peers.md).", ""]
     lines += table_lines(rows)
     if notes:

@@ -15,7 +15,7 @@ jax calls end in block_until_ready; torch runs on its own threads (torch.get_num
 jaxdet on XLA's CPU thread pool. Outputs of the two sides are compared once before timing.
 
 --equality prints the largest differences from torchvision over the equality test's grid
-(tests/xla_ops/test_roi_align_torchvision.py): float32 forward and gradient.
+(that of tests/xla_ops/test_roi_align_torchvision.py, built here): float32 forward and gradient.
 
 --device gpu (the GPU check, experiments/gpu_check.sh) runs both sides on the GPU, jaxdet's
 backward with atomicAdd and deterministic, and an XLA copy of the feature map on the same device
@@ -28,7 +28,6 @@ Usage (torch and torchvision: the `bench` extra, e.g. in a venv of their own wit
 import argparse
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -37,20 +36,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import common
 from xla_ops import roi_align
 
-IMAGE_HW = (800, 1344)
-MAPS = (("stride 8", (2, 100, 168, 256), 1 / 8), ("stride 16", (2, 50, 84, 256), 1 / 16))
-
-
-def make_rois(num, num_images, seed=0):
-    """[num, 5] boxes of 16 to 600 pixels a side inside the image, half of them per image."""
-    rng = np.random.default_rng(seed)
-    h, w = IMAGE_HW
-    size = rng.uniform(16, 600, (num, 2))
-    corner = rng.uniform(0, 1, (num, 2)) * (np.array([w, h]) - size)
-    batch = np.repeat(np.arange(num_images), -(-num // num_images))[:num]
-    return np.concatenate([batch[:, None], corner, corner + size], 1).astype(np.float32)
+# The equality grid: random RoIs on a small map plus valid extremes (degenerate, inverted, far
+# away, around the borders), at four output sizes and scales.
+EQUALITY_SHAPE = (2, 13, 17, 6)  # [N, H, W, C]
+EXTREME_ROIS = np.array([
+    [0.7, 0, 0, 8, 8], [1, 5, 5, 2, 1], [0, 3, 3, 3, 3], [1, 1e5, 1e5, 1e5 + 9, 1e5 + 9],
+    [0, -1e5, -1e5, -1e5 + 9, -1e5 + 9], [1, -40, -40, 200, 200], [0, -0.75, -0.75, 67.25, 51.25],
+    [1, 64, 48, 68, 52], [0, -1000, -600, 1000, 600], [1, 30, 20, 30.001, 20.001],
+], np.float32)
 
 
 def alternate(fns, rounds, warmup=2):
@@ -75,61 +71,18 @@ def cpu_name():
         return platform.processor() or "unknown"
 
 
-def sides(features, rois, scale, backward, device, torch, torchvision):
-    """(jaxdet fns, torchvision fns, check) for one case."""
-    k, c = rois.shape[0], features.shape[3]
-    dev = jax.devices("gpu" if device == "gpu" else "cpu")[0]
-    f = jax.device_put(jnp.asarray(features), dev)
-    r = jax.device_put(jnp.asarray(rois), dev)
-    cot = jax.device_put(jnp.ones((k, 7, 7, c), jnp.float32), dev)
-    tdev = "cuda" if device == "gpu" else "cpu"
-    ft = torch.tensor(np.transpose(features, (0, 3, 1, 2)).copy(), device=tdev)
-    rt = torch.tensor(rois, device=tdev)
-    sync = torch.cuda.synchronize if device == "gpu" else (lambda: None)
-    tv_fwd = lambda x: torchvision.ops.roi_align(x, rt, 7, scale, 2, True)
-    fwd = jax.jit(lambda f, r: roi_align(f, r, 7, scale, 2, True))
-    jax_fns, tv_fns = {}, {}
-    if not backward:
-        jax_fns["jaxdet"] = lambda: fwd(f, r).block_until_ready()
-
-        def tv():
-            tv_fwd(ft)
-            sync()
-        tv_fns["torchvision"] = tv
-    else:
-        for det in ((None, True) if device == "gpu" else (None,)):
-            grad = jax.jit(lambda f, r, det=det: jax.vjp(
-                lambda x: roi_align(x, r, 7, scale, 2, True, deterministic=det), f)[1](cot)[0])
-            name = "jaxdet" if det is None else "jaxdet deterministic"
-            jax_fns[name] = lambda grad=grad: grad(f, r).block_until_ready()
-        ftg = ft.clone().requires_grad_(True)
-        cot_t = torch.ones((k, c, 7, 7), device=tdev)
-
-        def tv():
-            tv_fwd(ftg).backward(cot_t)
-            ftg.grad = None
-            sync()
-        tv_fns["torchvision"] = tv
-    if device == "gpu":
-        copy = jax.jit(lambda x: x + 1)
-        jax_fns["XLA copy of the features"] = lambda: copy(f).block_until_ready()
-    expected = np.transpose(tv_fwd(ft).cpu().numpy(), (0, 2, 3, 1))
-    difference = float(np.abs(np.asarray(fwd(f, r)) - expected).max())
-    return jax_fns, tv_fns, difference
-
-
 def run(rounds, device):
     import torch
-    import torchvision
 
     rows = []
-    cases = [(name, shape, scale, 512, backward) for name, shape, scale in MAPS for backward in (False, True)]
-    cases += [(name, shape, scale, 1000, False) for name, shape, scale in MAPS]
+    maps = common.ROI_ALIGN_MAPS
+    cases = [(name, shape, scale, 512, backward) for name, shape, scale in maps for backward in (False, True)]
+    cases += [(name, shape, scale, 1000, False) for name, shape, scale in maps]
     rng = np.random.default_rng(1)
     for name, shape, scale, k, backward in cases:
         features = rng.normal(size=shape).astype(np.float32)
-        rois = make_rois(k, shape[0])
-        jax_fns, tv_fns, difference = sides(features, rois, scale, backward, device, torch, torchvision)
+        rois = common.roi_align_rois(k, shape[0])
+        jax_fns, tv_fns, difference = common.roi_align_sides(features, rois, scale, backward=backward, device=device)
         t = alternate({**jax_fns, **tv_fns}, rounds)
         what = f"{k} RoIs, {name} {list(shape)}, {'forward+backward' if backward else 'forward'}"
         for jname in jax_fns:
@@ -147,10 +100,20 @@ def equality():
     import torch
     import torchvision
 
-    tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
-    sys.path[:0] = [tests, os.path.join(tests, "xla_ops")]
-    from test_roi_align_torchvision import SHAPE, rois_for, torchvision_align  # noqa: E402
+    def rois_for(seed, num=24):
+        rng = np.random.default_rng(seed)
+        x1, y1 = rng.uniform(-20, 68, num), rng.uniform(-16, 52, num)
+        random = np.stack([rng.integers(0, EQUALITY_SHAPE[0], num), x1, y1, x1 + rng.uniform(0, 60, num),
+                           y1 + rng.uniform(0, 45, num)], 1).astype(np.float32)
+        return np.concatenate([random, EXTREME_ROIS])
 
+    def torchvision_align(features, rois, output_size, scale, sampling_ratio, aligned, cot):
+        x = torch.tensor(np.transpose(features, (0, 3, 1, 2)).copy(), requires_grad=True)
+        out = torchvision.ops.roi_align(x, torch.tensor(rois), output_size, scale, sampling_ratio, aligned)
+        out.backward(torch.tensor(np.transpose(cot, (0, 3, 1, 2)).copy()))
+        return np.transpose(out.detach().numpy(), (0, 2, 3, 1)), np.transpose(x.grad.numpy(), (0, 2, 3, 1))
+
+    SHAPE = EQUALITY_SHAPE
     worst_out = worst_grad = 0.0
     equal = cases = 0
     for output_size, scale in (((7, 7), 0.25), ((3, 5), 0.5), ((2, 2), 1.0), ((4, 3), 1 / 16)):

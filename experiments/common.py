@@ -398,3 +398,66 @@ def torchvision_fns(features, rois, cot):
 
     return {"torchvision forward": forward, "torchvision forward+backward": forward_backward,
             "torch copy_ of the same bytes": copy}, out
+
+
+# RoIAlign at a ResNet-50-FPN head's shapes (800 x 1344 images): bench_roi_align and bench_peers.
+ROI_ALIGN_IMAGE_HW = (800, 1344)
+ROI_ALIGN_MAPS = (("stride 8", (2, 100, 168, 256), 1 / 8), ("stride 16", (2, 50, 84, 256), 1 / 16))
+
+
+def roi_align_rois(num, num_images, seed=0):
+    """[num, 5] (batch_index, x1, y1, x2, y2): boxes of 16 to 600 pixels a side inside a
+    ROI_ALIGN_IMAGE_HW image, each image's share of them."""
+    rng = np.random.default_rng(seed)
+    h, w = ROI_ALIGN_IMAGE_HW
+    size = rng.uniform(16, 600, (num, 2))
+    corner = rng.uniform(0, 1, (num, 2)) * (np.array([w, h]) - size)
+    batch = np.repeat(np.arange(num_images), -(-num // num_images))[:num]
+    return np.concatenate([batch[:, None], corner, corner + size], 1).astype(np.float32)
+
+
+def roi_align_sides(features, rois, scale, *, backward, device="cpu"):
+    """({name: jaxdet fn}, {"torchvision": fn}, max |forward difference|) for RoIAlign 7x7, sampling 2,
+    aligned, each library in its own layout: features [N, H, W, C] NHWC for xla_ops.roi_align and
+    NCHW (converted once) for torchvision.ops.roi_align; rois [K, 5]. With `backward`, the functions
+    compute the features' gradient for a cotangent of ones (on a GPU, jaxdet's atomicAdd and
+    deterministic backward both); on a GPU also an XLA copy of the features, the floor of memory
+    traffic. Each function blocks until its result is ready."""
+    import torch
+    import torchvision
+    from xla_ops import roi_align
+
+    k, c = rois.shape[0], features.shape[3]
+    dev = jax.devices("gpu" if device == "gpu" else "cpu")[0]
+    f, r = jax.device_put(jnp.asarray(features), dev), jax.device_put(jnp.asarray(rois), dev)
+    cot = jax.device_put(jnp.ones((k, 7, 7, c), jnp.float32), dev)
+    tdev = "cuda" if device == "gpu" else "cpu"
+    ft = torch.tensor(np.transpose(features, (0, 3, 1, 2)).copy(), device=tdev)
+    rt = torch.tensor(rois, device=tdev)
+    sync = torch.cuda.synchronize if device == "gpu" else (lambda: None)
+    tv_forward = lambda x: torchvision.ops.roi_align(x, rt, 7, scale, 2, True)  # noqa: E731
+    forward = jax.jit(lambda f, r: roi_align(f, r, 7, scale, 2, True))
+    jax_fns = {}
+    if not backward:
+        jax_fns["jaxdet"] = lambda: forward(f, r).block_until_ready()
+
+        def torchvision_fn():
+            tv_forward(ft)
+            sync()
+    else:
+        for det in ((None, True) if device == "gpu" else (None,)):
+            grad = jax.jit(lambda f, r, det=det: jax.vjp(
+                lambda x: roi_align(x, r, 7, scale, 2, True, deterministic=det), f)[1](cot)[0])
+            jax_fns["jaxdet" if det is None else "jaxdet deterministic"] = lambda grad=grad: grad(f, r).block_until_ready()
+        ftg, cot_t = ft.clone().requires_grad_(True), torch.ones((k, c, 7, 7), device=tdev)
+
+        def torchvision_fn():
+            tv_forward(ftg).backward(cot_t)
+            ftg.grad = None
+            sync()
+    if device == "gpu":
+        copy = jax.jit(lambda x: x + 1)
+        jax_fns["XLA copy of the features"] = lambda: copy(f).block_until_ready()
+    expected = np.transpose(tv_forward(ft).detach().cpu().numpy(), (0, 2, 3, 1))
+    difference = float(np.abs(np.asarray(forward(f, r)) - expected).max())
+    return jax_fns, {"torchvision": torchvision_fn}, difference
