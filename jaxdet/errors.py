@@ -71,23 +71,26 @@ def write_fault(error: BaseException | None) -> tuple | None:
 class WriteFault(JaxdetError):
     """A file could not be written for want of space or permission (WRITE_FAULTS)."""
 
-    def __init__(self, code: int, path: str | None):
+    def __init__(self, code: int, path: str | None, *, checkpointed: bool = True):
         what, fix = WRITE_FAULTS[code]
+        kept = (" Files written before, checkpoints included, are intact: a training run continues with --resume."
+                if checkpointed else " No checkpoint had been written yet: rerun the command once it is fixed.")
         super().__init__(f"cannot write {path or 'a file'}: {what} ({errno.errorcode[code]}). To fix it, {fix} "
-                         "(eval: --out DIR puts its files elsewhere; predict: --out DIR). Files written before, "
-                         "checkpoints included, are intact: a training run continues with --resume.")
+                         f"(eval: --out DIR puts its files elsewhere; predict: --out DIR).{kept}")
 
 
 class OutOfMemory(JaxdetError):
     """The model and a batch do not fit in the device's memory."""
 
-    def __init__(self, error: BaseException):
+    def __init__(self, error: BaseException, *, checkpointed: bool = True):
+        kept = (" Checkpoints already written are intact: continue with --resume." if checkpointed
+                else " No checkpoint had been written yet: rerun the command with the change.")
         super().__init__(
             "out of memory: the model and a batch do not fit in the device's memory "
             f"({str(error).splitlines()[0][:200]}). Lower --config.train.batch_size (and the learning rate "
             "with it), or the image size (--config.data.min_size / --config.data.max_size), or compute in "
             "bfloat16 (--config.model.compute_dtype=bfloat16); on a GPU also check that no other process "
-            "holds its memory (nvidia-smi). Checkpoints already written are intact: continue with --resume.")
+            f"holds its memory (nvidia-smi).{kept}")
 
 
 class MissingFile(JaxdetError):
@@ -109,17 +112,18 @@ def _out_of_memory(error: BaseException) -> bool:
     return isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
-def user_error(error: BaseException) -> JaxdetError | None:
+def user_error(error: BaseException, *, checkpointed: bool = True) -> JaxdetError | None:
     """`error` as the JaxdetError a user reads: itself when it is one; a failed write, running out
     of memory, a missing file or an invalid value from outside jaxdet's classes as theirs; None for
-    anything else (a bug, shown with its traceback)."""
+    anything else (a bug, shown with its traceback). `checkpointed` False: a training run that wrote
+    no checkpoint yet, so no advice to --resume."""
     if isinstance(error, JaxdetError):
         return error
     fault = write_fault(error)
     if fault is not None:
-        return WriteFault(*fault)
+        return WriteFault(*fault, checkpointed=checkpointed)
     if _out_of_memory(error):
-        return OutOfMemory(error)
+        return OutOfMemory(error, checkpointed=checkpointed)
     if isinstance(error, FileNotFoundError):
         return MissingFile(str(error))
     if isinstance(error, ValueError):

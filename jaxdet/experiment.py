@@ -52,7 +52,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *, resum
                         dataset=dataset)
     figures = _training_figures(config, result)
     if distributed.is_main_process():
-        reporting.plot_loss_curve(run_files.read_train_log(workdir), os.path.join(workdir, run_files.LOSS_CURVE))
+        reporting.plot_loss_curve(run_files.read_train_log(workdir),
+                                  run_files.output(os.path.join(workdir, run_files.LOSS_CURVE)))
         run_files.update_metrics_file(workdir, figures)
     metrics = evaluation.evaluate(config, result.state, load_dataset(config, "test"), workdir,
                                   show_progress=show_progress)
@@ -99,12 +100,14 @@ def run_train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool =
       metrics.json's content (`train_and_evaluate`), or without the evaluation the training's figures.
     """
     loop.check_train_settings(config)  # before anything starts or is written
+    run_files.check_workdir(workdir)
     distributed.initialize(processes or distributed.DistributedSettings())
     devices = select_devices(device, num_devices)
     reporting.announce_training(config, devices, f"a {config.model.kind} ({config.model.backbone})")
-    if evaluate:
-        return train_and_evaluate(config, workdir, resume=resume, devices=devices, show_progress=show_progress)
-    result = loop.train(config, workdir, resume=resume, devices=devices, show_progress=show_progress)
+    with run_files.reading(run_files.config_inputs(config), workdir):  # no file of the data or weights replaced
+        if evaluate:
+            return train_and_evaluate(config, workdir, resume=resume, devices=devices, show_progress=show_progress)
+        result = loop.train(config, workdir, resume=resume, devices=devices, show_progress=show_progress)
     return _training_figures(config, result)
 
 
@@ -114,8 +117,9 @@ def run_eval(config: ml_collections.ConfigDict, workdir: str, *, step: int | Non
     """`jaxdet eval`: `evaluate_checkpoint` of the run in `workdir` on the devices asked for."""
     distributed.initialize(processes or distributed.DistributedSettings())
     devices = select_devices(device, num_devices)
-    return evaluate_checkpoint(config, workdir, step=step, split=split, devices=devices,
-                               show_progress=show_progress, out=out)
+    with run_files.reading(run_files.config_inputs(config), workdir):
+        return evaluate_checkpoint(config, workdir, step=step, split=split, devices=devices,
+                                   show_progress=show_progress, out=out)
 
 
 def run_demo(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False, device: str = "auto",
@@ -126,10 +130,12 @@ def run_demo(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = 
     loop.check_train_settings(config)  # before the previous demo's files are removed
     devices = select_devices(device, num_devices)
     run_files.claim_for_demo(workdir)  # refuses a directory with files the demo did not write
+    run_files.lock(workdir)  # before its previous run is cleared
     if not resume:
         run_files.clear_demo_run(workdir)  # a new demo replaces the previous one's run (not its data)
     config.data.root, reused = demo_data(config, workdir)
     print(f"{'using the shapes dataset already in' if reused else 'wrote the shapes dataset to'} {config.data.root}",
           flush=True)
     reporting.announce_training(config, devices, "the tiny Faster R-CNN")
-    return train_and_evaluate(config, workdir, resume=resume, devices=devices, show_progress=show_progress)
+    with run_files.reading(run_files.config_inputs(config), workdir):
+        return train_and_evaluate(config, workdir, resume=resume, devices=devices, show_progress=show_progress)

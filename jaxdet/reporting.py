@@ -27,7 +27,7 @@ from tqdm import tqdm
 from jaxdet import distributed
 from jaxdet.devices import batch_layout, make_mesh
 from jaxdet.overrides import as_flags
-from jaxdet.workdir import DESCRIPTIONS, TENSORBOARD, TRAIN_LOG
+from jaxdet.workdir import DESCRIPTIONS, TENSORBOARD, TRAIN_LOG, output
 
 # The bar shows these, shortened; everything else goes to the log and TensorBoard only.
 _BAR_FIELDS = (("loss", "loss"), ("rpn_cls_loss", "rpn_cls"), ("rpn_box_loss", "rpn_box"),
@@ -75,7 +75,8 @@ class TrainingReporter:
         self.images_per_step = int(images_per_step)
         self.log_every = max(1, int(log_every))
         os.makedirs(workdir, exist_ok=True)
-        self._log_path = os.path.join(workdir, TRAIN_LOG)
+        self._log_path = output(os.path.join(workdir, TRAIN_LOG))
+        output(os.path.join(workdir, TENSORBOARD))
         if not append and os.path.exists(self._log_path):
             os.remove(self._log_path)
         self._writer = _summary_writer(workdir)

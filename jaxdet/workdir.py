@@ -16,10 +16,17 @@
     data/                 the demo's shapes dataset
     demo.json             the demo's stamp: this directory is the demo's, and which files under data/ it
                           wrote (`claim_for_demo`); the demo deletes nothing else
+    .lock                 locked (`lock`) while a process trains in the directory: a second one is refused
+
+Nothing the user made is ever overwritten: every file jaxdet writes goes through `output`, which refuses
+a path that would replace a file of the command's inputs (`reading`: the data, the images, the weights).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import fcntl
 import json
 import math
 import os
@@ -48,6 +55,7 @@ COCO_RESULTS = "detections_coco.json"
 PREDICTIONS = "predictions"
 DATA = "data"
 DEMO_STAMP = "demo.json"
+LOCK = ".lock"
 
 # What each file is, in the order a run's results are listed.
 DESCRIPTIONS = {
@@ -64,6 +72,156 @@ DEMO_RUN_FILES = (CHECKPOINTS, TENSORBOARD, TRAIN_LOG, METRICS)  # what a new de
 EVALUATION_FILES = (METRICS, DETECTIONS_PICTURE, PR_CURVES, COCO_RESULTS)
 
 
+class WouldOverwrite(UsageError):
+    """A file jaxdet would write is one of the command's inputs, or a file in an input folder it did not write."""
+
+
+# The command running (`reading`): the real paths of its inputs, of its run's directory, and what it wrote.
+_inputs: list = []
+_ours: list = []
+_written: set = set()
+
+
+def config_inputs(config: ml_collections.ConfigDict) -> list:
+    """The files and folders a config reads: each path of its `data` and `model` sections that exists
+    (the dataset's root, proposals, pretrained weights)."""
+    found = []
+    for section in ("data", "model"):
+        for value in _leaves(json.loads(config[section].to_json()) if section in config else {}).values():
+            if isinstance(value, str) and value and os.path.exists(value):
+                found.append(value)
+    return found
+
+
+@contextlib.contextmanager
+def reading(inputs: Sequence[str], run: str | None = None):
+    """Within the block, `output` guards `inputs` (files and folders: a command's data, images, weights);
+    the files of `run` (the run's directory) are jaxdet's, outside any input folder inside it."""
+    saved = list(_inputs), list(_ours), set(_written)
+    _inputs[:] = [os.path.realpath(p) for p in inputs if p]
+    _ours[:] = [os.path.realpath(run)] if run else []
+    _written.clear()
+    try:
+        yield
+    finally:
+        _inputs[:], _ours[:] = saved[0], saved[1]
+        _written.clear()
+        _written.update(saved[2])
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def output(path: str) -> str:
+    """`path`, checked before jaxdet writes it: the one place that keeps the rule that nothing the user
+    made is overwritten. Every writer of run files, pictures, detections, proposals, checkpoints and
+    metrics calls it.
+
+    Raises:
+      WouldOverwrite: an existing file or folder at `path` would be replaced, and it is one of the inputs
+        of the command running (`reading`) or lies in an input folder (the innermost folder holding it
+        is an input's, not the run directory's), and this command did not write it.
+    """
+    real = os.path.realpath(path)
+    if real in _written or not os.path.lexists(real):
+        _written.add(real)
+        return path
+    holders = [(len(root), is_input, root) for roots, is_input in ((_inputs, True), (_ours, False))
+               for root in roots if _within(real, root)]
+    if holders and max(holders)[1]:
+        source = max(holders)[2]
+        what = "is one of this command's inputs" if real == source else f"is a file in the input folder {source}"
+        raise WouldOverwrite(
+            f"jaxdet would write {path}, which {what}, and never replaces a file it did not write. Write the "
+            "results elsewhere (predict: --out DIR; eval: --out DIR; train: another --workdir)")
+    _written.add(real)
+    return path
+
+
+def check_workdir(workdir: str) -> None:
+    """UsageError when `workdir` names something that is not a directory (a file)."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise UsageError(f"--workdir {workdir} is a file, not a directory: give the directory the run's files "
+                         "go in (created if it does not exist)")
+
+
+class WorkdirLocked(JaxdetError):
+    """Another process trains in the work directory."""
+
+
+_locks: dict = {}  # real path of a work directory -> the open, locked .lock file of this process
+
+
+@atexit.register
+def _release_locks() -> None:
+    for handle in _locks.values():
+        handle.close()
+
+
+def lock(workdir: str) -> None:
+    """Locks `workdir` for this process's life (creating it): `fcntl.flock` on its .lock file, which the
+    system releases when the process ends, however it ends, so a crashed run leaves nothing stuck.
+    Again in the same process, nothing.
+
+    Raises:
+      WorkdirLocked: another process holds the lock; the message names its pid.
+    """
+    check_workdir(workdir)
+    key = os.path.realpath(workdir)
+    if key in _locks:
+        return
+    os.makedirs(workdir, exist_ok=True)
+    handle = open(os.path.join(workdir, LOCK), "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        pid = handle.read().strip() or "unknown"
+        handle.close()
+        raise WorkdirLocked(
+            f"{workdir} is in use: another jaxdet process (pid {pid}) is training in it, and two runs in one "
+            "directory would mix their checkpoints and logs. Wait for it to end (or stop it), or give another "
+            "--workdir.") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _locks[key] = handle
+
+
+class RunWithoutCheckpoints(JaxdetError):
+    """The work directory holds a run's log but no checkpoint to continue it from."""
+
+
+def check_start(workdir: str, *, resume: bool, latest: int | None) -> None:
+    """What `jaxdet train` may do in `workdir`, whose latest checkpoint is `latest` (None: none): refuses
+    to train over a run's log without a checkpoint (`--resume` could not continue it, and a new run would
+    replace its log and config.json), and warns that `resume` resumes nothing in a directory without one.
+
+    Raises:
+      RunWithoutCheckpoints: `workdir` holds a train_log.jsonl with steps but no checkpoint.
+    """
+    if latest is not None:
+        return
+    rows = read_train_log(workdir) if os.path.isdir(workdir) else []
+    if rows:
+        there = ", ".join(n for n in (CONFIG, TRAIN_LOG, CONFIG_CHANGES, METRICS, TENSORBOARD)
+                          if os.path.exists(os.path.join(workdir, n)))
+        nothing = ("--resume has nothing to continue from" if resume
+                   else "a new run there would replace its log and config.json")
+        raise RunWithoutCheckpoints(
+            f"{workdir} holds a run's files ({there}; logged up to step {rows[-1]['step']}) but no checkpoint (in "
+            f"{CHECKPOINTS}/): the run stopped before its first checkpoint, or its checkpoints were moved. {nothing}, "
+            f"and jaxdet replaces no run's files. Give another --workdir, or move those files away to start over "
+            f"there.")
+    if resume:
+        what = ("does not exist" if not os.path.exists(workdir)
+                else "holds no checkpoint")
+        warnings.warn(f"--resume: {workdir} {what}, so nothing was resumed: training starts at step 0",
+                      UserWarning, stacklevel=3)
+
+
 def checkpoint_dir(workdir: str) -> str:
     """The absolute path of the run's checkpoints (orbax wants an absolute one)."""
     return os.path.join(os.path.abspath(workdir), CHECKPOINTS)
@@ -75,6 +233,10 @@ def require_run_dir(workdir: str) -> None:
         what = "is not a directory" if os.path.exists(workdir) else "does not exist"
         raise UsageError(f"--workdir {workdir} {what}: give the directory of a training run (what "
                          "`jaxdet train --workdir DIR` or `jaxdet demo` wrote, with checkpoints/ and config.json)")
+    checkpoints = os.path.join(workdir, CHECKPOINTS)
+    if not any(name.isdigit() for name in (os.listdir(checkpoints) if os.path.isdir(checkpoints) else ())):
+        raise UsageError(f"no trained run in {workdir}: it holds no checkpoint ({CHECKPOINTS}/STEP). Give the "
+                         "directory of a training run (what `jaxdet train --workdir DIR` or `jaxdet demo` wrote)")
 
 
 def check_writable(directory: str) -> None:
@@ -92,9 +254,9 @@ def check_writable(directory: str) -> None:
 def save_run_files(config: ml_collections.ConfigDict, workdir: str, class_names: Sequence[str]) -> None:
     """Writes `config.json` and `class_names.json`, what `jaxdet eval` and `predict` read back."""
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG), "w") as f:
+    with open(output(os.path.join(workdir, CONFIG)), "w") as f:
         f.write(config.to_json(indent=2))
-    with open(os.path.join(workdir, CLASS_NAMES), "w") as f:
+    with open(output(os.path.join(workdir, CLASS_NAMES)), "w") as f:
         json.dump(list(class_names), f)
 
 
@@ -153,7 +315,7 @@ def config_differences(run: ml_collections.ConfigDict, config: ml_collections.Co
 def record_config_changes(workdir: str, step: int, changes: Mapping) -> None:
     """Appends a resume's `changes` (`config_differences`) from `step` on to `config_changes.jsonl`
     (`read_config` applies them)."""
-    with open(os.path.join(workdir, CONFIG_CHANGES), "a") as f:
+    with open(output(os.path.join(workdir, CONFIG_CHANGES)), "a") as f:
         f.write(json.dumps({"step": int(step), "changes": {k: list(v) for k, v in changes.items()}}) + "\n")
 
 
@@ -197,6 +359,7 @@ def cut_train_log(workdir: str, step: int) -> None:
     path = os.path.join(workdir, TRAIN_LOG)
     if not os.path.exists(path):
         return
+    output(path)
     rows, bad = _log_rows(path)
     if bad:
         warnings.warn(f"{path}: line{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} not a whole JSON row "
@@ -224,7 +387,7 @@ def json_safe(value):
 def update_metrics_file(workdir: str, values: Mapping) -> dict:
     """Merges `values` into `metrics.json` (kept from training when only evaluating); returns all of
     it as written: strict JSON, a figure that is not a finite number is null (see `json_safe`)."""
-    path = os.path.join(workdir, METRICS)
+    path = output(os.path.join(workdir, METRICS))
     metrics = {}
     if os.path.exists(path):
         with open(path) as f:
@@ -292,7 +455,7 @@ def claim_for_demo(workdir: str) -> None:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise WorkdirInUse(f"--workdir {workdir} is a file, not a directory: give the demo a new or empty "
                            "directory (default runs/demo)")
-    found = sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []
+    found = sorted(n for n in os.listdir(workdir) if n != LOCK) if os.path.isdir(workdir) else []
     if found and not os.path.isfile(os.path.join(workdir, _OLD_DATA_STAMP)):
         raise _not_the_demos(workdir, found)
     os.makedirs(workdir, exist_ok=True)
@@ -302,7 +465,8 @@ def claim_for_demo(workdir: str) -> None:
 def _claimed(workdir: str) -> dict:
     stamp = _demo_stamp(workdir)
     if stamp is None:
-        raise _not_the_demos(workdir, sorted(os.listdir(workdir)) if os.path.isdir(workdir) else [])
+        raise _not_the_demos(workdir, sorted(n for n in os.listdir(workdir) if n != LOCK)
+                             if os.path.isdir(workdir) else [])
     return stamp
 
 

@@ -13,6 +13,9 @@ is read by path, not imported (ml_collections' convention).
 import importlib
 import importlib.util
 import os
+import traceback
+
+import ml_collections
 
 from jaxdet.errors import UsageError
 
@@ -23,21 +26,60 @@ class ConfigNotFound(UsageError, FileNotFoundError):
     """A config spec that is neither a config file nor one of NAMES; the message lists them."""
 
 
+class ConfigFileError(UsageError):
+    """A config file that cannot run (a syntax error, a failed import, an exception) or whose
+    get_config() returns no ConfigDict; the message names the file and the line."""
+
+
+def _failed(path, error: BaseException, doing: str) -> ConfigFileError:
+    """ConfigFileError naming the line of `path` where `error` was raised (or, for a syntax error, found)."""
+    if isinstance(error, SyntaxError) and error.filename and os.path.samefile(error.filename, path):
+        return ConfigFileError(f"config file {path}, line {error.lineno}: {type(error).__name__}: {error.msg}")
+    lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+             if os.path.exists(frame.filename) and os.path.samefile(frame.filename, path)]
+    where = f", line {lines[-1]}" if lines else ""
+    return ConfigFileError(f"config file {path}{where}: {type(error).__name__}: {error} (while {doing})")
+
+
 def load_config_module(path):
-    """The executed module of the Python config file at `path`."""
+    """The executed module of the Python config file at `path`.
+
+    Raises:
+      ConfigFileError: running it failed (a syntax error, a module it imports that is not installed),
+        naming the line.
+    """
     name = os.path.splitext(os.path.basename(path))[0]
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise _failed(path, e, "running the file") from e
     return module
 
 
 def load_config_file(path, variant=""):
-    """`get_config(variant)` of the config file at `path` (`get_config()` for no variant)."""
+    """`get_config(variant)` of the config file at `path` (`get_config()` for no variant).
+
+    Raises:
+      ConfigFileError: the file cannot run, get_config() fails (but with a ValueError, as for an
+        unknown variant), or it returns no ConfigDict.
+    """
     module = load_config_module(path)
     if not hasattr(module, "get_config"):
         raise ConfigNotFound(f"config file {path} has no get_config() function")
-    return module.get_config(variant) if variant else module.get_config()
+    try:
+        config = module.get_config(variant) if variant else module.get_config()
+    except ValueError:
+        raise
+    except Exception as e:
+        raise _failed(path, e, "calling get_config()") from e
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigFileError(
+            f"config file {path}: get_config() returned {type(config).__name__} ({str(config)[:60]}), not an "
+            "ml_collections.ConfigDict: it must end with `return config`, e.g. config = "
+            "jaxdet.configs.base.get_config(); ...; return config")
+    return config
 
 
 def load_config(spec):

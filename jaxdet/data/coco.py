@@ -124,8 +124,10 @@ def _images_and_annotations(data: dict, annotation_file: str, log: BadDataLog) -
     for i, image in enumerate(data["images"]):
         try:
             image_id = image["id"]
-            images_entry = (image["file_name"], int(image["height"]), int(image["width"]))
-        except (KeyError, TypeError, ValueError) as e:
+            # No size (many exporters leave it out): the image file's (`check_image_file`).
+            height, width = (None if image.get(k) is None else int(image[k]) for k in ("height", "width"))
+            images_entry = (image["file_name"], height, width)
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
             raise DataError(f"{annotation_file}: images[{i}] is malformed ({e!r})") from e
         if not isinstance(image_id, int) or isinstance(image_id, bool):
             raise DataError(f"{annotation_file}: images[{i}] ({images_entry[0]}) has id {image_id!r}: COCO image "

@@ -42,6 +42,9 @@ from jaxdet.data.transforms import (
 # Padded images (float32) a batch holds beyond this cannot be trained or detected on: a backbone's
 # activations are many times its input (VGG16's conv1 alone has 64 channels a pixel against 3).
 MAX_BATCH_BYTES = 4 << 30
+# With no resize, the most pixels of the padded canvas: a larger image (a 12000x9000 photo) would fill the
+# device's memory with feature maps however small the batch, after minutes of compiling.
+MAX_CANVAS_PIXELS = 4096 * 4096
 
 
 class InputPipeline:
@@ -171,14 +174,15 @@ class InputPipeline:
         `sizes`, native) would hold more than MAX_BATCH_BYTES."""
         height, width = (int(s) for s in sizes.max(axis=0))
         nbytes = self.batch_size * height * width * 3 * np.dtype(np.float32).itemsize
-        if nbytes <= MAX_BATCH_BYTES:
+        if nbytes <= MAX_BATCH_BYTES and height * width <= MAX_CANVAS_PIXELS:
             return
         largest = dict.fromkeys(int(np.argmax(sizes[:, axis])) for axis in (0, 1))  # tallest, widest
         named = " and ".join(f"{self.dataset.records[i].name} ({sizes[i, 1]}x{sizes[i, 0]} pixels)" for i in largest)
         raise ValueError(
             f"{named}: with no resize (config.data.min_size and config.data.max_size unset) every batch is "
-            f"padded to the largest image, here {width}x{height}, so each batch of {self.batch_size} images would "
-            f"hold {nbytes / 1e9:.1f} GB of pixels. Resize the images as they are read (e.g. "
+            f"padded to the largest image, here {width}x{height} ({height * width / 1e6:.1f} million pixels; at most "
+            f"{MAX_CANVAS_PIXELS / 1e6:.1f} million are trained on unresized), so each batch of {self.batch_size} "
+            f"images would hold {nbytes / 1e9:.1f} GB of pixels and far more of feature maps. Resize the images as they are read (e.g. "
             f"config.data.min_size=600 and config.data.max_size=1000, the paper's), or leave "
             f"{'that image' if len(largest) == 1 else 'those images'} out of the split")
 

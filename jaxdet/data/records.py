@@ -16,7 +16,7 @@ import warnings
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from jaxdet.errors import JaxdetError
 
@@ -270,8 +270,59 @@ def check_boxes(boxes: np.ndarray, *, height: int, width: int, file: str, object
     return clipped
 
 
+# EXIF orientations (tag 0x0112) that turn the image a quarter: its displayed width is its stored height.
+_QUARTER_TURNS = (5, 6, 7, 8)
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        return int(image.getexif().get(0x0112, 1))
+    except Exception:  # an unreadable EXIF block: shown as stored
+        return 1
+
+
+def displayed_size(image: Image.Image) -> tuple:
+    """(width, height) of an opened image as viewers show it (its EXIF orientation applied)."""
+    w, h = image.size
+    return (h, w) if _orientation(image) in _QUARTER_TURNS else (w, h)
+
+
+def open_image(path: str) -> Image.Image:
+    """`path` opened with Pillow (lazily: only its header is read).
+
+    Raises:
+      DataError naming the file: it is missing, not an image, or larger than Pillow decodes
+        (Image.DecompressionBombError: over twice Image.MAX_IMAGE_PIXELS pixels).
+    """
+    # Pillow warns of an image above Image.MAX_IMAGE_PIXELS as a possible decompression bomb (and refuses one
+    # above twice that, below): jaxdet checks the size of what it trains on itself, before any work
+    # (`jaxdet.data.pipeline.MAX_CANVAS_PIXELS`), naming the image. (A filter, not `catch_warnings`, which
+    # the loader's threads would race on; set again at each call, as a caller's `catch_warnings` drops it.)
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    try:
+        return Image.open(path)
+    except FileNotFoundError as e:
+        raise DataError(f"{path}: image file is missing") from e
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: image too large to read ({e}); downscale it or leave it out") from e
+    except Exception as e:  # PIL raises several unrelated types for a bad file
+        raise DataError(f"{path}: image cannot be decoded ({type(e).__name__}: {e})") from e
+
+
+def _size_mismatch(path: str, image: Image.Image, height: int, width: int) -> DataError:
+    w, h = displayed_size(image)
+    message = f"{path}: image is {w}x{h} but its annotation says {width}x{height}"
+    if _orientation(image) != 1:
+        message += (f" (jaxdet reads images as they are displayed: its EXIF orientation tag {_orientation(image)} "
+                    f"turns the stored {image.size[0]}x{image.size[1]} pixels; an annotation drawn on the stored "
+                    "pixels does not fit the displayed image: annotate it as displayed, or save it rotated "
+                    "without the tag)")
+    return DataError(message)
+
+
 def check_image_file(path: str, *, height: int | None, width: int | None, decode: bool) -> tuple:
     """Checks that an image file exists (and, with `decode`, that it decodes at the stated size).
+    Sizes are as the image is displayed: its EXIF orientation applied (`displayed_size`).
 
     Returns:
       (height, width): the stated size, or the file's when none was stated.
@@ -281,17 +332,15 @@ def check_image_file(path: str, *, height: int | None, width: int | None, decode
     if not os.path.isfile(path):
         raise DataError(f"{path}: image file is missing")
     if decode or height is None or width is None:
-        try:
-            with Image.open(path) as im:
+        with open_image(path) as im:
+            try:
                 if decode:
                     im.load()
-                w, h = im.size
-        except Exception as e:  # PIL raises several unrelated types for a bad file
-            raise DataError(f"{path}: image cannot be decoded ({type(e).__name__}: {e})") from e
-        if height is not None and (h, w) != (height, width):
-            raise DataError(
-                f"{path}: image is {w}x{h} but its annotation says {width}x{height}"
-            )
+            except Exception as e:  # PIL raises several unrelated types for a bad file
+                raise DataError(f"{path}: image cannot be decoded ({type(e).__name__}: {e})") from e
+            w, h = displayed_size(im)
+            if height is not None and (h, w) != (height, width):
+                raise _size_mismatch(path, im, height, width)
         return h, w
     return height, width
 
@@ -318,27 +367,23 @@ def rgb8(image: Image.Image, path: str) -> np.ndarray:
 
 
 def load_image(record: Record) -> np.ndarray:
-    """The record's image as [H, W, 3] uint8 RGB.
+    """The record's image as [H, W, 3] uint8 RGB, as it is displayed: turned and mirrored as its EXIF
+    orientation tag says (Pillow's `ImageOps.exif_transpose`), the frame annotation tools draw boxes in.
 
     Raises:
       DataError naming the file when it is missing, corrupt, or not the annotated size.
     """
     if record.image is not None:
         return record.image
-    try:
-        with Image.open(record.path) as im:
-            image = rgb8(im, record.path)
-    except DataError:
-        raise
-    except FileNotFoundError as e:
-        raise DataError(f"{record.path}: image file is missing") from e
-    except Exception as e:  # PIL raises several unrelated types for a bad file
-        raise DataError(f"{record.path}: image cannot be decoded ({type(e).__name__}: {e})") from e
-    if image.shape[:2] != (record.height, record.width):
-        raise DataError(
-            f"{record.path}: image is {image.shape[1]}x{image.shape[0]} but its annotation says "
-            f"{record.width}x{record.height}"
-        )
+    with open_image(record.path) as im:
+        try:
+            image = rgb8(ImageOps.exif_transpose(im), record.path)
+        except DataError:
+            raise
+        except Exception as e:  # PIL raises several unrelated types for a bad file
+            raise DataError(f"{record.path}: image cannot be decoded ({type(e).__name__}: {e})") from e
+        if image.shape[:2] != (record.height, record.width):
+            raise _size_mismatch(record.path, im, record.height, record.width)
     return image
 
 

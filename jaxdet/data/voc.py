@@ -12,6 +12,7 @@ VOC boxes are 1-based inclusive pixel indices; records hold the project's contin
 from __future__ import annotations
 
 import os
+import re
 import xml.etree.ElementTree as ET
 from typing import Sequence
 
@@ -27,6 +28,7 @@ from jaxdet.data.records import (
     make_dataset,
     save_image,
 )
+from jaxdet.errors import JaxdetError
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -66,9 +68,36 @@ def _list_file(tree: str, image_set: str) -> str:
     return os.path.join(tree, "ImageSets", "Main", f"{image_set}.txt")
 
 
+class EmptySplit(JaxdetError, ValueError):
+    """A split list that names no image."""
+
+
+# A line of VOC's per-class lists ("aeroplane_train.txt"): an image name, then 1, 0 or -1 (the class is in
+# the image, only as difficult, or not).
+_NAME_FLAG = re.compile(r"^(.*\S)\s+(-1|0|1)$")
+
+
 def _image_stems(list_file: str) -> list:
+    """The image names of a split list, one a line: the whole line, stripped (a name may hold spaces:
+    "IMG 0003"), or, for a line of VOC's "name flag" format whose whole text names no annotation, the
+    name before the flag.
+
+    Raises:
+      EmptySplit: the list names no image.
+    """
     with open(list_file, encoding="utf-8-sig") as f:  # editors may start the list with a byte-order mark
-        return [line.split()[0] for line in f if line.strip()]
+        lines = [line.strip() for line in f if line.strip()]
+    if not lines:
+        raise EmptySplit(f"the split list {list_file} is empty: it names no image. Write the image names into it, "
+                         "one a line, without extension (e.g. IMG_0001 for Annotations/IMG_0001.xml)")
+    annotations = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(list_file))), "Annotations")
+    stems = []
+    for line in lines:
+        flagged = _NAME_FLAG.match(line)
+        if flagged and not os.path.isfile(os.path.join(annotations, f"{line}.xml")):
+            line = flagged.group(1)
+        stems.append(line)
+    return stems
 
 
 def read_voc_class_names(root: str, split: str) -> tuple:

@@ -83,10 +83,11 @@ def evaluate(config: ml_collections.ConfigDict, detector: TrainedDetector, datas
     if not distributed.is_main_process():
         return figures
     os.makedirs(workdir, exist_ok=True)
-    plot_pr_curves(voc07, dataset.class_names, os.path.join(workdir, run_files.PR_CURVES),
+    plot_pr_curves(voc07, dataset.class_names, run_files.output(os.path.join(workdir, run_files.PR_CURVES)),
                    title=f"held-out PR curves: VOC07 mAP@0.5 {voc07['map']:.4f}, COCO AP {coco['AP']:.4f}")
-    picture_grid(detection_tiles(dataset, detections), os.path.join(workdir, run_files.DETECTIONS_PICTURE))
-    with open(os.path.join(workdir, run_files.COCO_RESULTS), "w") as f:
+    picture_grid(detection_tiles(dataset, detections),
+                 run_files.output(os.path.join(workdir, run_files.DETECTIONS_PICTURE)))
+    with open(run_files.output(os.path.join(workdir, run_files.COCO_RESULTS)), "w") as f:
         json.dump(coco["results"], f)
     reporting.write_scalars(workdir, "eval", {k: v for k, v in figures.items() if k.startswith(("voc", "coco"))},
                             figures["checkpoint_step"])

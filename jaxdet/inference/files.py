@@ -114,9 +114,11 @@ def _picture_names(paths: Sequence[str]) -> list:
 
 def predict_files(config: ml_collections.ConfigDict, detector: TrainedDetector, files: Sequence[str],
                   class_names: Sequence[str], out: str, *, score_threshold: float = 0.5,
-                  show_progress: bool = True) -> dict:
+                  show_progress: bool = True, inputs: Sequence[str] = (), run: str | None = None) -> dict:
     """Detects on the `files` that can be read (`image_dataset`), keeps detections scoring at least
-    `score_threshold`, and writes a PNG per image and `detections.json` into `out` (created).
+    `score_threshold`, and writes a PNG per image and `detections.json` into `out` (created), refusing
+    before any work to replace a file of theirs or of the folders `inputs` (`jaxdet.workdir.output`;
+    `run`: the run's directory).
 
     Returns:
       detections.json's content: {"score_threshold", "box_format", "images": [{"file", "picture",
@@ -124,13 +126,16 @@ def predict_files(config: ml_collections.ConfigDict, detector: TrainedDetector, 
       "skipped": [{"file", "reason"}] for the files that cannot be read}.
     """
     dataset, skipped = image_dataset(config, files, class_names)
+    with run_files.reading([*files, *inputs, *run_files.config_inputs(config)], run):  # before any work
+        pictures = [run_files.output(os.path.join(out, name))
+                    for name in _picture_names([r.path for r in dataset.records])]
+        detections_file = run_files.output(os.path.join(out, DETECTIONS_FILE))
     detections, _ = detect(config, detector, dataset, show_progress=show_progress)
     os.makedirs(out, exist_ok=True)
     entries = []
-    for record, found, name in zip(dataset.records, detections, _picture_names([r.path for r in dataset.records])):
+    for record, found, picture in zip(dataset.records, detections, pictures):
         keep = found["scores"] >= score_threshold
         boxes, scores, labels = found["boxes"][keep], found["scores"][keep], found["labels"][keep]
-        picture = os.path.join(out, name)
         draw_detections(load_image(record), boxes, labels, scores, class_names, min_side=0, path=picture)
         entries.append({
             "file": record.path, "picture": picture, "height": record.height, "width": record.width,
@@ -139,7 +144,7 @@ def predict_files(config: ml_collections.ConfigDict, detector: TrainedDetector, 
         })
     result = {"score_threshold": score_threshold, "box_format": "xyxy, original pixels", "images": entries,
               "skipped": [{"file": path, "reason": reason} for path, reason in skipped]}
-    with open(os.path.join(out, DETECTIONS_FILE), "w") as f:
+    with open(detections_file, "w") as f:
         json.dump(result, f, indent=1)
     return result
 
@@ -160,5 +165,5 @@ def detect_run_files(config: ml_collections.ConfigDict, workdir: str, inputs: Se
     files = image_files(inputs)
     out = out or os.path.join(workdir, run_files.PREDICTIONS)
     found = predict_files(config, restore_trained(config, workdir, step=step), files.images, class_names, out,
-                          score_threshold=score_threshold, show_progress=show_progress)
+                          score_threshold=score_threshold, show_progress=show_progress, inputs=inputs, run=workdir)
     return found, files, out

@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from jaxdet import compiler_options
+from jaxdet import compiler_options, workdir as run_files
 from jaxdet.data import (SPLITS, Dataset, boxes_to_original, eval_pipeline, load_dataset, save_proposals,
                          with_class_names)
 from jaxdet.devices import select_devices
@@ -41,7 +41,6 @@ from jaxdet.inference.trained import TrainedDetector, restore_trained
 from jaxdet.models.detector import FasterRCNN
 from jaxdet.proposals import Proposals
 from jaxdet.settings import RPNSettings
-from jaxdet.workdir import read_class_names
 
 
 class ProposalsError(UsageError, ValueError):
@@ -74,7 +73,9 @@ def check_rpn_run(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def check_output(path: str) -> None:
     """ProposalsError unless a file can be written at `path` (its folder exists and is writable,
-    and `path` is not a directory). Leaves nothing behind."""
+    and `path` is not a directory, nor a file of the command's inputs: `jaxdet.workdir.output`).
+    Leaves nothing behind."""
+    run_files.output(path)
     if os.path.isdir(path):
         raise ProposalsError(f"the output {path} is a directory: give the file to write, e.g. "
                              f"{os.path.join(path, 'proposals.npz')}")
@@ -196,8 +197,9 @@ def write_run_proposals(config: ml_collections.ConfigDict, workdir: str, out: st
     """
     select_devices(device, num_devices)
     check_rpn_run(config, workdir)
-    check_output(out)
-    config = with_class_names(config, read_class_names(workdir))  # the run's labels, whatever the data
+    with run_files.reading(run_files.config_inputs(config), workdir):  # never the data's files, nor its proposals
+        check_output(out)
+    config = with_class_names(config, run_files.read_class_names(workdir))  # the run's labels, whatever the data
     datasets = {split: load_dataset(config, split) for split in dict.fromkeys(splits)}
     names = {}
     for record in (r for dataset in datasets.values() for r in dataset.records):

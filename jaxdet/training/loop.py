@@ -17,6 +17,9 @@ import dataclasses
 import functools
 import math
 import os
+import signal
+import sys
+import threading
 import time
 import warnings
 from typing import Any, Mapping, Sequence
@@ -30,7 +33,7 @@ from jaxdet import distributed, reporting, workdir as run_files
 from jaxdet.data import Dataset, load_dataset, train_pipeline, with_class_names
 from jaxdet.data.batch import TRAIN_KEYS
 from jaxdet.devices import batch_layout, make_mesh, replicate, shard_batch
-from jaxdet.errors import JaxdetError
+from jaxdet.errors import JaxdetError, user_error
 from jaxdet.settings import InvalidSetting
 from jaxdet.training import parallel
 from jaxdet.training.checkpoints import check_fits, restore_checkpoint, save_checkpoint, saving
@@ -70,6 +73,72 @@ class TrainingDiverged(JaxdetError, RuntimeError):
 
 class CheckpointsExist(JaxdetError, RuntimeError):
     """The work directory already holds a run's checkpoints and resuming was not asked for."""
+
+
+class TrainingInterrupted(JaxdetError):
+    """SIGINT (Ctrl-C) or SIGTERM (a scheduler, `docker stop`) stopped training; the message says which
+    checkpoint holds the run, and the exit status is 128 + the signal's number, as the shell's."""
+
+    def __init__(self, signum: int, *, step: int | None, saved: int | None, checkpoint_dir: str):
+        self.exit_status = 128 + signum
+        name = signal.Signals(signum).name
+        if saved is not None:
+            kept = (f"at step {step}: saved a checkpoint of step {saved} in {checkpoint_dir} before stopping. Rerun "
+                    "the same command with --resume to continue from it.")
+        elif step is not None:
+            kept = (f"at step {step}, before a checkpoint of it could be saved (a second signal); the checkpoints "
+                    f"already in {checkpoint_dir} are intact: rerun the same command with --resume to continue.")
+        else:
+            kept = ("before its first step ended: no checkpoint of this run was written; rerun the same command "
+                    "(with --resume if the directory holds an earlier checkpoint).")
+        super().__init__(f"training stopped by {name} {kept}")
+
+
+# The signals after which training saves the step reached, then stops (`_Stop`).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class _Stop:
+    """While training, SIGINT and SIGTERM stop it: once the first step has run, the step in flight
+    ends and a checkpoint of it is saved (`_run_steps`) before TrainingInterrupted is raised, a wait
+    bounded by one step and one checkpoint write; a second signal, or one before the first step
+    ended, stops at once with the checkpoints already written. Only the main thread can handle
+    signals: elsewhere nothing changes."""
+
+    def __init__(self, checkpoint_dir: str):
+        self.checkpoint_dir = checkpoint_dir
+        self.received = None  # the first signal's number, while stepping
+        self.step = None      # the last step run; None before the first one ended
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+    def _handle(self, signum, frame):
+        if self.step is not None and self.received is None:
+            self.received = signum
+            print(f"\njaxdet: {signal.Signals(signum).name} received: saving a checkpoint of the step in flight, "
+                  "then stopping (a second signal stops at once, without it)", file=sys.stderr, flush=True)
+            return
+        raise TrainingInterrupted(self.received or signum, step=self.step, saved=None,
+                                  checkpoint_dir=self.checkpoint_dir)
+
+    def save_and_stop(self, step: int, state, manager, guard) -> None:
+        """Raises TrainingInterrupted once `state` (at `step`) is saved, if a signal came."""
+        self.step = step
+        if self.received is None:
+            return
+        guard.check_params(step, state.params)
+        if manager.latest_step() != step:
+            save_checkpoint(manager, state, data_state={"next_step": step}, force=True)
+        manager.wait_until_finished()
+        raise TrainingInterrupted(self.received, step=step, saved=step, checkpoint_dir=self.checkpoint_dir)
 
 
 # The counts `train` (and the evaluation after it) read, each at least 1.
@@ -141,6 +210,8 @@ def _starting_state(config: ml_collections.ConfigDict, workdir: str, manager, *,
       CheckpointMismatch: the checkpoint does not fit the config's model or optimizer.
     """
     latest = manager.latest_step()
+    if distributed.is_main_process():
+        run_files.check_start(workdir, resume=resume, latest=latest)
     if latest is not None and not resume:
         raise CheckpointsExist(
             f"{workdir} already holds the checkpoints of a run (the latest at step {latest}). Pass --resume to "
@@ -209,9 +280,10 @@ class _Guard:
 
 
 def _run_steps(state: TrainState, pipeline, mesh: jax.sharding.Mesh, *, start: int, num_steps: int, every: int,
-               manager, guard: _Guard) -> tuple:
+               manager, guard: _Guard, stop: _Stop) -> tuple:
     """Steps `start` to `num_steps`, each step's metrics recorded one step late (the first at once),
-    a checkpoint every `every` steps and at the end once its step is known to be finite.
+    a checkpoint every `every` steps and at the end once its step is known to be finite, and one of
+    the step reached when a signal came (`stop`).
 
     Returns:
       (final state, final step, seconds of the first step, seconds of all steps).
@@ -237,10 +309,21 @@ def _run_steps(state: TrainState, pipeline, mesh: jax.sharding.Mesh, *, start: i
                 pending = None
             guard.check_params(step, state.params)
             save_checkpoint(manager, state, data_state={"next_step": step}, force=step == num_steps)
+        if stop.received is not None and pending is not None:
+            guard.record(*pending)
+            pending = None
+        stop.save_and_stop(step, state, manager, guard)
     if pending is not None:
         guard.record(*pending)
     jax.block_until_ready(state)
     return state, step, first_step_seconds, time.perf_counter() - began
+
+
+def _has_checkpoint(manager) -> bool:
+    try:
+        return manager.latest_step() is not None
+    except Exception:  # the error may have broken the manager: say what holds in general
+        return True
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = False,
@@ -261,6 +344,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
       InvalidSetting: a step count, interval or batch size below 1 (`check_train_settings`), or
         a resumed run already past num_steps.
       CheckpointsExist: workdir has checkpoints and `resume` is False.
+      RunWithoutCheckpoints: workdir holds a run's log but no checkpoint (`jaxdet.workdir.check_start`).
+      WorkdirLocked: another process trains in workdir (`jaxdet.workdir.lock`).
+      WouldOverwrite: a file to write is one of the inputs (`jaxdet.workdir.output`).
+      TrainingInterrupted: SIGINT or SIGTERM, after saving the step reached (`_Stop`).
       CheckpointMismatch: resuming with a model or optimizer the checkpoint does not fit.
       TrainingDiverged: a non-finite loss or gradient (nothing after the last good checkpoint saved).
     """
@@ -274,10 +361,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
     config = with_class_names(config, dataset.class_names)  # what the run stores; num_classes 0 settled
     pipeline = train_pipeline(config, dataset, num_shards=shard.num_shards, shard_index=shard.shard_index)
     num_steps, every = int(config.train.num_steps), int(config.train.checkpoint_every)
-    checkpoint_dir = run_files.checkpoint_dir(workdir)
+    if distributed.is_main_process():
+        run_files.lock(workdir)  # one training per directory
+    checkpoint_dir = run_files.output(run_files.checkpoint_dir(workdir))
     reporter = None
     # The manager is closed whatever happens: its threads would otherwise print after the error.
-    with saving(checkpoint_dir, save_every=every, keep=int(config.train.keep_checkpoints)) as manager:
+    with saving(checkpoint_dir, save_every=every, keep=int(config.train.keep_checkpoints)) as manager, \
+            _Stop(checkpoint_dir) as stop:
         try:
             state, start = _starting_state(config, workdir, manager, resume=resume)
             main = distributed.is_main_process()
@@ -288,10 +378,13 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, resume: bool = Fal
                 log_every=int(config.train.log_every), show_bar=show_progress, append=start > 0, enabled=main)
             state, step, first_step_seconds, train_seconds = _run_steps(
                 replicate(state, mesh), pipeline, mesh, start=start, num_steps=num_steps, every=every,
-                manager=manager, guard=_Guard(manager, checkpoint_dir, reporter))
-        except BaseException:
+                manager=manager, guard=_Guard(manager, checkpoint_dir, reporter), stop=stop)
+        except BaseException as error:
             if reporter is not None:
                 reporter.close(after_error=True)  # the run's error is the one to report
+            user = None if isinstance(error, JaxdetError) else user_error(error, checkpointed=_has_checkpoint(manager))
+            if user is not None and not isinstance(error, (FileNotFoundError, ValueError)):
+                raise user from error  # out of memory, a full disk: the advice fits what was saved
             raise
         reporter.close()
     timed = step - start - 1

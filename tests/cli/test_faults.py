@@ -7,8 +7,11 @@ and one detection program for the module; one trained run is shared by the tests
 
 import json
 import os
+import re
 import shutil
+import warnings
 
+import numpy as np
 import pytest
 
 from jaxdet import cli, overrides
@@ -245,8 +248,8 @@ def test_a_full_disk_during_training_is_named_not_out_of_memory(shapes_dir, tmp_
                          workdir, "--no-eval", "--no-progress")
     assert status == 1
     text = assert_one_paragraph(err, f"cannot write {workdir}/train_log.jsonl: no space is left on its disk (ENOSPC)",
-                                "--resume")
-    assert "memory" not in text
+                                "No checkpoint had been written yet")
+    assert "memory" not in text and "--resume" not in text  # nothing to resume from (issue 27)
 
 
 def test_orbax_s_full_disk_error_is_named_not_out_of_memory():
@@ -533,7 +536,9 @@ def test_tensorboard_meeting_the_full_disk_after_the_checkpoint_does_not_hide_it
     status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir", workdir,
                          "--no-progress", "--no-eval")
     assert status == 1
-    assert_one_paragraph(err, f"cannot write {checkpoint}: no space is left on its disk (ENOSPC)", "--resume")
+    text = assert_one_paragraph(err, f"cannot write {checkpoint}: no space is left on its disk (ENOSPC)",
+                                "No checkpoint had been written yet")
+    assert "--resume" not in text
     assert_clean(err)
 
 
@@ -549,3 +554,260 @@ def test_tensorboard_failing_alone_names_its_directory(shapes_dir, tmp_path, cap
                          "--resume")
     assert_clean(err)
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2", "4"]  # written before, intact
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. Photographs as people take them, and no run or picture overwritten (issue 27)
+
+
+def exif_photo(path, *, stored=(80, 64), orientation=6):
+    """An image file whose pixels are stored `stored` (width, height) with an EXIF Orientation tag, as a
+    phone camera writes a portrait photo; returns the pixels as a viewer shows them."""
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (stored[1], stored[0], 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(path, exif=exif)
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+def test_exif_orientation_images_are_read_as_displayed_everywhere(shapes_dir, tmp_path):
+    from jaxdet.data import read_voc
+    from jaxdet.data.records import load_image
+    from jaxdet.inference.files import image_dataset
+
+    data = copy_data(shapes_dir, tmp_path)
+    xml = data / "Annotations" / "s0_000000.xml"
+    text = re.sub(r"<object>.*?</object>", "", xml.read_text(), flags=re.S)  # the pixels are what is checked
+    xml.write_text(text.replace("<width>128</width>", "<width>64</width>").replace("<height>128</height>",
+                                                                                 "<height>80</height>"))
+    shown = exif_photo(data / "JPEGImages" / "s0_000000.png")  # stored 80x64, shown 64 wide and 80 tall
+    assert shown.shape == (80, 64, 3)
+    classes = ("circle", "square", "triangle")
+    for check_images in (False, True):  # the annotation's size is compared with the displayed one
+        record = read_voc(str(data), "train", class_names=classes, check_images=check_images)[0]
+        assert (record.height, record.width) == (80, 64)
+        np.testing.assert_array_equal(load_image(record), shown)  # training and evaluation read these pixels
+    config = overrides.load_config(SMOKE)
+    dataset, skipped = image_dataset(config, [str(data / "JPEGImages" / "s0_000000.png")], classes)
+    assert not skipped and (dataset[0].height, dataset[0].width) == (80, 64)  # predict's frame: the displayed one
+    # An annotation of the stored frame is named as such, not as any size mismatch.
+    xml.write_text(text.replace("<width>128</width>", "<width>80</width>").replace("<height>128</height>",
+                                                                                 "<height>64</height>"))
+    with pytest.raises(Exception, match=r"image is 64x80 but its annotation says 80x64 \(jaxdet reads images as "
+                                        r"they are displayed: its EXIF orientation tag 6"):
+        read_voc(str(data), "train", class_names=classes, check_images=True)
+
+
+def test_predict_out_into_the_input_folder_never_replaces_an_image(trained, shapes_dir, tmp_path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        shutil.copy(shapes_dir / "JPEGImages" / f"s1_{i:06d}.png", folder)
+    before = snapshot(folder)
+    status, _, err = run(capsys, "predict", "--workdir", trained, folder, "--out", folder, "--no-progress")
+    assert status == 2
+    assert_one_paragraph(err, f"would write {folder / 's1_000000.png'}, which is one of this command's inputs",
+                         "never replaces a file it did not write", "--out DIR")
+    assert snapshot(folder) == before
+    # Nor a file of the user's in an input folder that is not an image (its own detections.json).
+    from PIL import Image
+
+    jpegs = tmp_path / "jpegs"
+    jpegs.mkdir()
+    Image.open(folder / "s1_000000.png").convert("RGB").save(jpegs / "s1_000000.jpg")
+    (jpegs / "detections.json").write_text("mine")
+    status, _, err = run(capsys, "predict", "--workdir", trained, jpegs, "--out", jpegs, "--no-progress")
+    assert status == 2 and (jpegs / "detections.json").read_text() == "mine"
+    assert_one_paragraph(err, f"{jpegs / 'detections.json'}, which is a file in the input folder {jpegs}")
+    assert not (jpegs / "s1_000000.png").exists()  # refused before anything was written
+
+
+def test_a_run_s_log_without_checkpoints_is_never_trained_over(run_copy, shapes_dir, capsys):
+    shutil.rmtree(run_copy / "checkpoints")
+    before = snapshot(run_copy)
+    for resume in ((), ("--resume",)):
+        status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir",
+                             run_copy, "--no-progress", "--no-eval", *resume)
+        assert status == 1
+        assert_one_paragraph(err, f"{run_copy} holds a run's files (config.json, train_log.jsonl",
+                             "logged up to step 4) but no checkpoint",
+                             "--resume has nothing to continue from" if resume else "would replace its log",
+                             "another --workdir")
+        assert snapshot(run_copy) == before
+
+
+def test_a_second_training_in_a_locked_workdir_is_refused_naming_the_pid(shapes_dir, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    workdir = tmp_path / "w"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from jaxdet import workdir; "
+                               f"workdir.lock({str(workdir)!r}); print('locked', flush=True); time.sleep(120)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir",
+                             workdir, "--no-progress", "--no-eval")
+        assert status == 1
+        assert_one_paragraph(err, f"{workdir} is in use: another jaxdet process (pid {holder.pid})",
+                             "another --workdir")
+        assert not (workdir / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The lock ends with its process, however it ends: nothing is left stuck.
+    from jaxdet import workdir as run_files
+
+    run_files.lock(str(workdir))
+
+
+def test_a_huge_image_is_refused_up_front_naming_it(shapes_dir, tmp_path, capsys):
+    from jaxdet.errors import OutOfMemory
+
+    data = copy_data(shapes_dir, tmp_path)
+    xml = data / "Annotations" / "s0_000003.xml"
+    xml.write_text(xml.read_text().replace("<width>128</width>", "<width>12000</width>")
+                   .replace("<height>128</height>", "<height>9000</height>"))
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={data}", "--workdir",
+                         tmp_path / "w", "--no-progress", "--config.train.batch_size=2")
+    assert status == 2
+    assert_one_paragraph(err, f"{data}/JPEGImages/s0_000003.png (12000x9000 pixels)", "108.0 million pixels",
+                         "--config.data.min_size=600")
+    assert not (tmp_path / "w").exists()
+    # Pillow's decompression-bomb warning is not shown: jaxdet checks sizes itself.
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from jaxdet.data import records
+
+        Image.new("L", (10, 10)).save(tmp_path / "big.png")
+        old, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, 60
+        try:
+            assert records.check_image_file(str(tmp_path / "big.png"), height=None, width=None, decode=True)
+            Image.MAX_IMAGE_PIXELS = 40  # more than twice: Pillow refuses; the image is named
+            with pytest.raises(records.DataError, match=r"big.png: image too large to read"):
+                records.check_image_file(str(tmp_path / "big.png"), height=None, width=None, decode=True)
+        finally:
+            Image.MAX_IMAGE_PIXELS = old
+    # Out of memory before any checkpoint: no advice to --resume.
+    assert "--resume" not in OutOfMemory(MemoryError("x"), checkpointed=False).message()
+
+
+def test_list_lines_are_whole_names_with_spaces_or_voc_name_flag_lines(shapes_dir, tmp_path):
+    from jaxdet.data import read_voc
+
+    data = copy_data(shapes_dir, tmp_path)
+    for suffix, folder in ((".xml", "Annotations"), (".png", "JPEGImages")):
+        (data / folder / f"s0_000000{suffix}").rename(data / folder / f"IMG 0003{suffix}")
+    xml = data / "Annotations" / "IMG 0003.xml"
+    xml.write_text(xml.read_text().replace("s0_000000.png", "IMG 0003.png"))
+    lines = (data / "ImageSets" / "Main" / "train.txt").read_text().splitlines()
+    lines[0] = "IMG 0003"
+    lines[1] += "  -1"  # VOC's per-class lists: a name and a flag
+    (data / "ImageSets" / "Main" / "train.txt").write_text("\n".join(lines) + "\n")
+    train = read_voc(str(data), "train", class_names=("circle", "square", "triangle"))
+    assert [r.source_id for r in train.records[:2]] == ["IMG 0003", lines[1].split()[0]]
+
+
+def test_an_empty_split_list_is_named_as_empty(shapes_dir, tmp_path, capsys):
+    data = copy_data(shapes_dir, tmp_path)
+    (data / "ImageSets" / "Main" / "train.txt").write_text("\n")
+    for skip in ((), ("--config.data.on_error=skip",)):
+        status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={data}", "--workdir",
+                             tmp_path / "w", "--no-progress", *skip)
+        assert status == 1
+        text = assert_one_paragraph(err, f"the split list {data}/ImageSets/Main/train.txt is empty")
+        assert "<name>" not in text
+
+
+def test_coco_images_without_a_size_take_the_file_s(shapes_dir, tmp_path):
+    from jaxdet.data import read_coco, read_voc, write_coco
+
+    train = read_voc(str(shapes_dir), "train", class_names=("circle", "square", "triangle"))
+    annotations = tmp_path / "instances.json"
+    write_coco(train, str(annotations), str(tmp_path / "images"))
+    content = json.loads(annotations.read_text())
+    for image in content["images"]:
+        del image["width"], image["height"]
+    annotations.write_text(json.dumps(content))
+    read = read_coco(str(annotations), str(tmp_path / "images"))
+    assert [(r.height, r.width) for r in read.records] == [(r.height, r.width) for r in train.records]
+
+
+def test_resume_where_there_is_nothing_to_resume_says_so(tmp_path):
+    from jaxdet import workdir as run_files
+
+    for workdir in (tmp_path / "missing", tmp_path):
+        with pytest.warns(UserWarning, match=rf"--resume: {workdir} (does not exist|holds no checkpoint), so nothing "
+                                             "was resumed: training starts at step 0"):
+            run_files.check_start(str(workdir), resume=True, latest=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_files.check_start(str(tmp_path), resume=False, latest=None)
+
+
+def test_eval_or_predict_on_a_directory_without_a_run(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a run")
+    for command in (("eval",), ("predict", tmp_path / "notes.txt"), ("proposals", "--out", tmp_path / "p.npz")):
+        status, _, err = run(capsys, *command, "--workdir", tmp_path, "--no-progress")
+        assert status == 2
+        assert_one_paragraph(err, f"no trained run in {tmp_path}: it holds no checkpoint")
+
+
+def test_a_workdir_that_is_a_file_is_one_paragraph(shapes_dir, tmp_path, capsys):
+    file = tmp_path / "run.txt"
+    file.write_text("mine")
+    status, _, err = run(capsys, "train", "--config", SMOKE, f"--config.data.root={shapes_dir}", "--workdir", file,
+                         "--no-progress")
+    assert status == 2
+    assert_one_paragraph(err, f"--workdir {file} is a file, not a directory")
+    assert file.read_text() == "mine"
+
+
+@pytest.mark.parametrize("body, phrases", [
+    ("def get_config(:\n    pass\n", ("line 1: SyntaxError",)),
+    ("import ml_collections\nimport not_a_module_jaxdet\n", ("line 2: ModuleNotFoundError", "not_a_module_jaxdet")),
+    ("def get_config():\n    config = 1\n", ("get_config() returned NoneType", "ml_collections.ConfigDict",
+                                             "return config")),
+    ("def get_config():\n    return {}['x']\n", ("line 2: KeyError", "calling get_config()")),
+])
+def test_a_broken_config_file_names_its_line_or_what_get_config_must_return(tmp_path, capsys, body, phrases):
+    config = tmp_path / "my_config.py"
+    config.write_text(body)
+    status, _, err = run(capsys, "train", "--config", config, "--workdir", tmp_path / "w", "--no-progress")
+    assert status == 2
+    assert_one_paragraph(err, f"config file {config}", *phrases)
+
+
+def test_sigterm_during_training_saves_the_step_reached_and_says_so(shapes_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    workdir = tmp_path / "w"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jaxdet", "train", "--config", SMOKE, f"--config.data.root={shapes_dir}",
+         "--workdir", str(workdir), "--no-progress", "--no-eval", "--config.train.num_steps=100000",
+         "--config.train.checkpoint_every=100000", "--config.train.log_every=1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not ((workdir / "train_log.jsonl").is_file() and (workdir / "train_log.jsonl").read_text().strip()):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    saved = [int(name) for name in os.listdir(workdir / "checkpoints") if name.isdigit()]
+    assert len(saved) == 1 and saved[0] >= 1
+    text = " ".join(err.split())
+    assert f"training stopped by SIGTERM at step {saved[0]}: saved a checkpoint of step {saved[0]}" in text
+    assert "--resume" in text and "Traceback" not in text
