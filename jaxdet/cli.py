@@ -52,36 +52,38 @@ def _run_train(args) -> int:
 
 def _run_eval(args) -> int:
     workdir.require_run_dir(args.workdir)  # before its config.json is looked for
-    out = args.out or args.workdir
-    metrics = experiment.run_eval(_config(args), args.workdir, step=args.step, split=args.split, out=out,
-                                  **_where(args))
+    metrics = experiment.run_eval(_config(args), args.workdir, step=args.step, split=args.split,
+                                  out=(out := args.out or args.workdir), **_where(args))
     if distributed.is_main_process():
         print(reporting.run_summary(metrics, f"jaxdet eval ({args.split} split, step {metrics['checkpoint_step']})"))
         print(reporting.files_list(out, workdir.EVALUATION_FILES))
     return 0
 
 
-def _run_predict(args) -> int:
-    workdir.require_run_dir(args.workdir)
-    found, files, out = inference.detect_run_files(_config(args), args.workdir, args.images, out=args.out,
-                                                   step=args.step, score_threshold=args.score_threshold,
-                                                   **_where(args))
+def _run_predict(args) -> int:  # no --workdir: --config's model.pretrained (else detect_run_files says what to give)
+    if args.workdir:
+        workdir.require_run_dir(args.workdir)
+    found, files, out = inference.detect_run_files(_config(args) if args.config or args.workdir else None,
+                                                   args.workdir, args.images, out=args.out, step=args.step,
+                                                   score_threshold=args.score_threshold, **_where(args))
     print(reporting.predictions_summary(found, files.others, out, inference.files.DETECTIONS_FILE,
                                         inference.files.IMAGE_EXTENSIONS))
     return 0
 
 
-def _run_proposals(args) -> int:
-    workdir.require_run_dir(args.workdir)
-    summary = inference.write_run_proposals(_config(args), args.workdir, args.out, splits=args.split or data.SPLITS,
-                                            step=args.step, **_where(args))
+def _run_proposals(args) -> int:  # --method rpn (the default with --workdir): a run's RPN; selective-search: no run
+    if rpn := inference.proposals_method(args.method, args.workdir, args.mode, args.max_proposals) == "rpn":
+        workdir.require_run_dir(args.workdir)  # before its config.json is looked for
+    how = (dict(workdir=args.workdir, step=args.step, **_where(args)) if rpn else
+           dict(mode=args.mode, max_proposals=args.max_proposals, show_progress=not args.no_progress))
+    write = inference.write_run_proposals if rpn else inference.write_selective_search_proposals
+    summary = write(_config(args), out=args.out, splits=args.split or data.SPLITS, **how)
     print(reporting.proposals_summary(summary, args.workdir))
     return 0
 
 
 def _run_make_shapes(args) -> int:
-    config = _config(args, DEMO_CONFIG)
-    written = data.write_shapes_dataset(config, args.out, format=args.format)
+    written = data.write_shapes_dataset(config := _config(args, DEMO_CONFIG), args.out, format=args.format)
     command = reporting.shapes_train_command(args.config or DEMO_CONFIG, args.overrides, args.format, args.out)
     print(reporting.shapes_summary(written, data.shapes_splits(config), command, args.format))
     return 0
@@ -139,18 +141,17 @@ COMMANDS = {  # name -> (what it runs, the one-line help, the description, an ex
         "unless --config is given; overrides apply to it (e.g. --config.data.root to evaluate on data elsewhere).",
         "jaxdet eval --workdir runs/demo"),
     "predict": (_run_predict, "detect objects in image files or folders: PNGs with boxes and a JSON",
-        "Runs a trained run's detector on image files (or every image in folders) and writes, per image, a PNG with "
-        "the detected boxes, class names and scores, and detections.json with the boxes (xyxy in the image's pixels), "
-        "scores and classes.",
+        "Runs a trained run's detector, or with no run torchvision's weights (--config fasterrcnn_resnet50_fpn_coco "
+        "--config.model.pretrained=FILE.pth --out DIR), on images (files, folders), writing per image a PNG with the "
+        "boxes, class names and scores, and detections.json (boxes xyxy in the image's pixels, scores, classes).",
         "jaxdet predict --workdir runs/demo runs/demo/data/JPEGImages/s1_000000.png"),
-    "proposals": (_run_proposals, "save a trained Faster R-CNN's RPN proposals for every image: the file a Fast "
-                                  "R-CNN trains on",
-        "Runs the RPN and test-time proposal layer of the Faster R-CNN run in WORKDIR (its checkpoint, the latest "
-        "unless --step) over every image of the train and test splits of the run's dataset (or of another one, given "
-        "with --config.data.* overrides), and saves the proposals in original-image pixels, keyed by image file stem "
-        "(COCO: image id), as the .npz a fast_rcnn config's data.proposals reads. Each image keeps at most "
-        "rpn.test_post_nms proposals (py-faster-rcnn gives its Fast R-CNN 2000: --config.rpn.test_post_nms=2000).",
-        "jaxdet proposals --workdir runs/demo --out runs/demo_proposals.npz"),
+    "proposals": (_run_proposals, "save region proposals for every image (a trained RPN's or selective search's)",
+        "Saves region proposals for each train and test image of the run's or --config's dataset, in original pixels, "
+        "keyed by file stem (COCO: image id): the .npz a fast_rcnn config's data.proposals reads. --method rpn (with "
+        "--workdir): the RPN of the Faster R-CNN run in WORKDIR (latest checkpoint unless --step), rpn.test_post_nms "
+        "an image (py-faster-rcnn's: 2000). --method selective-search (no run; pip install 'jaxdet[proposals]'): "
+        "OpenCV's, as the Fast R-CNN paper used, fast mode unless --quality, at most --max-proposals an image.",
+        "jaxdet proposals --method selective-search --config tiny_shapes --config.data.root=DIR --out ss.npz"),
     "make-shapes": (_run_make_shapes, "write the synthetic shapes dataset (VOC or COCO format)",
         "Writes the synthetic shapes dataset: a train and a held-out test set of coloured circles, squares and "
         "triangles on noisy backgrounds with exact boxes, as the config's data section describes them (default: "
@@ -169,13 +170,11 @@ def _options(name: str, command: argparse.ArgumentParser) -> None:
         add("--out", required=True, help="the directory to write (created)")
         add("--format", choices=("voc", "coco"), default="voc", help="annotation format (default voc)")
         return
-    add("--workdir", default=DEMO_WORKDIR if name == "demo" else None, required=name != "demo",
-        help="the trained run's directory (required)" if run_dir else "the run's directory")
+    add("--workdir", default=DEMO_WORKDIR if name == "demo" else None, required=name in ("train", "eval"),
+        help="the trained run's directory" + " (required)" * (name == "eval") if run_dir else "the run's directory")
     add("--device", choices=("auto", "cpu", "gpu"), default="auto",
-        help="where to run: auto (a GPU when JAX finds one, else the CPU), cpu, or gpu (an error when there is "
-             "none); default auto")
-    add("--num-devices", type=int, metavar="N", help="run data-parallel on the first N devices of that kind "
-                                                     "(default: all of them)")
+        help="where to run: auto (default: a GPU when JAX finds one, else the CPU), cpu, or gpu (an error if none)")
+    add("--num-devices", type=int, metavar="N", help="data-parallel on the first N devices of that kind (default all)")
     add("--no-progress", action="store_true", help="no progress bars (for logs)")
     add(host_memory.FLAG, action="store_true", help="set glibc's malloc to keep the memory XLA frees (faster CPU "
         f"steps after idle time, the peak memory kept; also {host_memory.ENV_FLAG}=1); see jaxdet.host_memory")
@@ -194,8 +193,10 @@ def _options(name: str, command: argparse.ArgumentParser) -> None:
         add("--score-threshold", type=float, default=0.5, help="keep detections scoring at least this (default 0.5)")
     if name == "proposals":
         add("--out", required=True, help="the .npz file to write (its folder must exist)")
-        add("--split", choices=("train", "test"), action="append",
-            help="a split to propose on; repeat for both (default: train and test, one file)")
+        add("--split", choices=("train", "test"), action="append", help="a split; repeat for both (default: both)")
+        add("--method", choices=("rpn", "selective-search"), help="rpn with --workdir, else selective-search")
+        add("--quality", dest="mode", action="store_const", const="quality", default="fast", help="quality mode")
+        add("--max-proposals", type=int, metavar="N", help="selective search: at most N an image (default 2000)")
     if name in ("train", "eval"):
         distributed.add_arguments(command)
 
@@ -215,11 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _suggest_option(parser: argparse.ArgumentParser, command: str | None, unknown: Sequence[str]) -> str:
+def _unrecognized(parser: argparse.ArgumentParser, command: str | None, unknown: Sequence[str]) -> str:
     options = [o for action in parser.commands.get(command, parser)._actions for o in action.option_strings]
     hints = [f"{arg}: did you mean {' or '.join(close)}?" for arg in unknown
              if (close := difflib.get_close_matches(arg.split("=", 1)[0], options, n=2, cutoff=0.6))]
-    return (" " + " ".join(hints)) if hints else ""
+    return f"unrecognized arguments: {' '.join(unknown)}." + ((" " + " ".join(hints)) if hints else "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -231,8 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rest, overrides = split_overrides(argv)
         args, unknown = parser.parse_known_args(rest)
         if unknown:
-            hints = _suggest_option(parser, args.command, unknown)
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}.{hints}")
+            parser.error(_unrecognized(parser, args.command, unknown))
         args.overrides = overrides
         return args.func(args)
     except KeyboardInterrupt:

@@ -6,6 +6,8 @@ inside the functions that need it.
 - REPO: the checkout's root.
 - The `jaxdet` command in this process: `run`, `assert_one_paragraph`.
 - A tiny training set-up: `load_config`, `synthetic_batch`, `small_state`.
+- torchvision's detection weights written without torch: `write_torchvision_fpn` (tests/inference,
+  tests/training).
 - RoI pooling cases: `random_rois`, `distinct_features`, `assert_same`, `ADVERSARIAL_ROIS`, the
   PRODUCT_* grid, `exact_sum_cotangent`, `product_features`.
 """
@@ -90,6 +92,31 @@ def small_state(step, ballast_mb=0):
         params["ballast"] = jnp.ones((ballast_mb, 256, 1024))
     return TrainState(step=jnp.int32(step), params=params, model_state={}, opt_state=({"mu": params["w"] * 2},),
                       rng=jax.random.PRNGKey(step), model=None, settings=None, tx=None, learning_rate_fn=None)
+
+
+def write_torchvision_fpn(path, variables, model):
+    """Writes an `FPNFasterRCNN`'s variables as torchvision's detection state dict (`.pth`, no torch:
+    references/pth_writer): OIHW convolutions, [out, in] linear layers, fc6's rows in torch's (C, 7, 7)
+    flatten order, the current torchvision names."""
+    from flax import traverse_util
+    from references.pth_writer import tensor, write_pth
+
+    from jaxdet.models.torchvision_detection import _torch_names
+
+    state = {}
+    for key, (name, value) in enumerate(traverse_util.flatten_dict(jax.device_get(variables)).items()):
+        names, leaf = _torch_names(name[1:])
+        value = np.asarray(value, np.float32)
+        if leaf == "kernel" and value.ndim == 4:
+            value = value.transpose(3, 2, 0, 1)
+        elif leaf == "kernel":
+            if name[2] in ("fc6", "fc0"):
+                c = model.fpn_channels
+                value = value.reshape(7, 7, c, -1).transpose(2, 0, 1, 3).reshape(49 * c, -1)
+            value = value.T
+        state[names[0]] = tensor(str(key), np.ascontiguousarray(value))
+    write_pth(path, state)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------

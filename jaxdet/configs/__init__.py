@@ -2,7 +2,8 @@
 
 The named configs ship with the package, as modules of this one: `base` (the paper's VGG16 VOC07
 recipe, every field explained) and the variants that start from it, `vgg16_voc07`, `vgg16_coco`,
-`fast_rcnn_vgg16`, `tiny_shapes` and `shapes_demo`. A config of your own is a Python file
+`fast_rcnn_vgg16`, `tiny_shapes` and `shapes_demo`; and torchvision's COCO detectors, whose
+weights import whole, `fasterrcnn_resnet50_fpn_coco` and `fasterrcnn_resnet50_fpn_v2_coco`. A config of your own is a Python file
 anywhere with the same `get_config` (it may start from `jaxdet.configs.base.get_config()`); it
 is read by path, not imported (ml_collections' convention).
 
@@ -19,7 +20,8 @@ import ml_collections
 
 from jaxdet.errors import UsageError
 
-NAMES = ("shapes_demo", "tiny_shapes", "vgg16_voc07", "vgg16_coco", "fast_rcnn_vgg16")
+NAMES = ("shapes_demo", "tiny_shapes", "vgg16_voc07", "vgg16_coco", "fast_rcnn_vgg16", "fasterrcnn_resnet50_fpn_coco",
+         "fasterrcnn_resnet50_fpn_v2_coco")
 
 
 class ConfigNotFound(UsageError, FileNotFoundError):

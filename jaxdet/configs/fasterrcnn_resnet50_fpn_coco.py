@@ -9,7 +9,15 @@ level) x ratios 0.5/1/2, 1000 proposals per level before NMS and 1000 after (NMS
 weights (10, 10, 5, 5); detection: scores above 0.05, class-wise NMS 0.5, 100 per image; images
 normalised (ImageNet mean and std), resized to short side 800 / long side at most 1333, padded
 to multiples of 32. The classes are torchvision's 90 COCO slots in the order of its label ids
-(label k is torchvision's k + 1), "N/A" for the ids COCO left unused.
+(label k is torchvision's k + 1), "N/A" for the ids COCO left unused: `model.pretrained_classes`,
+the labels of the weights file's box predictor. Predicting with the weights alone (no training
+run) labels with them; training takes the classes of its data (`model.num_classes` 0,
+`data.classes` empty: from the annotations) and keeps the file's predictor only when they are
+the same list, else makes new class layers for them (torchvision's fine-tuning tutorial), every
+other layer imported. The training recipe is torchvision's: RPN anchors matched over all levels
+with no border rule, 256 sampled (half positive), proposals per level (2000 before, 2000 after
+NMS), 512 RoIs sampled (a quarter foreground), smooth-L1 with beta 1/9 (sigma 3) divided by the
+sampled count, losses weighted 1 (`jaxdet.training.fpn_losses`).
 
     jaxdet predict --config fasterrcnn_resnet50_fpn_coco \
         --config.model.pretrained=fasterrcnn_resnet50_fpn_coco-258fb6c6.pth --out DIR IMAGES...
@@ -18,7 +26,7 @@ to multiples of 32. The classes are torchvision's 90 COCO slots in the order of 
 
 import ml_collections
 
-from jaxdet.configs import base
+from jaxdet.configs import base, tiny_shapes
 
 # torchvision.models.detection's _COCO_CATEGORIES without "__background__": index k is label k + 1.
 COCO_CATEGORIES_TORCHVISION = (
@@ -58,7 +66,10 @@ def fpn_model_fields(version: str = "v1") -> dict:
         canonical_scale=224,
         canonical_level=4,
         box_weights=(10.0, 10.0, 5.0, 5.0),
-        num_classes=len(COCO_CATEGORIES_TORCHVISION),
+        box_min_size=1e-2,           # detections with a side under it dropped (torchvision's remove_small_boxes)
+        num_classes=0,               # K: the data's classes (0); predicting from the file alone: pretrained_classes
+        pretrained_classes=COCO_CATEGORIES_TORCHVISION,  # the labels of the file's box predictor
+        roi_impl="xla_ops",          # multi-scale RoIAlign: "xla_ops" (native op per level) or "gather" (jnp)
         compute_dtype="float32",
         pretrained="",               # torchvision detection state dict (.pth), read without torch
     )
@@ -73,14 +84,20 @@ def get_config(variant: str = "", version: str = "v1") -> ml_collections.ConfigD
     config.rpn.test_post_nms = 1000
     config.rpn.nms_iou = 0.7
     config.rpn.min_proposal_size = 1e-3  # torchvision's RPN min_size (input pixels, not scaled)
+    config.rpn.allowed_border = 1e9  # torchvision labels every anchor, inside the image or not
+    config.rpn.sigma = 3.0           # smooth-L1 beta 1/9 = 1 / sigma^2
     config.roi.num_samples = 512
+    config.roi.foreground_fraction = 0.25
+    config.roi.background_iou = (0.0, 0.5)
     config.roi.box_stds = (0.1, 0.1, 0.2, 0.2)  # = 1 / box_weights
+    config.roi.sigma = 3.0           # torchvision's head loss: smooth-L1 beta 1/9 too
+    config.loss.box_normalization = "samples"  # both box losses summed / sampled anchors or RoIs
+    config.loss.rpn_box_weight = config.loss.roi_box_weight = 1.0
     config.test.score_threshold = 0.05
     config.test.nms_iou = 0.5
     config.test.max_detections = 100
-    config.test.min_box_size = 1e-2   # torchvision's remove_small_boxes in postprocess_detections
     config.data.dataset = "coco"
-    config.data.classes = COCO_CATEGORIES_TORCHVISION
+    config.data.classes = ()         # the data's (a run's); predicting from the file: model.pretrained_classes
     config.data.min_size, config.data.max_size = 800, 1333
     config.data.size_divisible = 32
     config.data.normalization = "torchvision"
@@ -98,6 +115,17 @@ def get_config(variant: str = "", version: str = "v1") -> ml_collections.ConfigD
         config.rpn.test_pre_nms = config.rpn.train_pre_nms = 200
         config.rpn.test_post_nms = config.rpn.train_post_nms = 100
         config.data.min_size, config.data.max_size = 128, 192
+        config.data.dataset, config.data.root = "shapes", ""  # the shapes set in memory (tiny_shapes' smoke)
+        config.data.update(tiny_shapes.get_config("smoke").data)
+        config.data.min_size, config.data.max_size = 128, 192
+        config.data.shapes.image_size = (128, 128)
+        config.data.shapes.max_object_size = 64
+        config.roi.num_samples = 64
+        config.optimizer.name, config.optimizer.learning_rate = "adam", 1e-3
+        config.optimizer.weight_decay, config.optimizer.clip_norm = 0.0, 10.0
+        config.optimizer.decay_steps = ()
+        config.train.batch_size = config.eval.batch_size = 2
+        base.few_steps(config)
     elif variant:
         raise ValueError(f"unknown variant {variant!r} of fasterrcnn_resnet50_fpn_coco (known: 'tiny')")
     return config

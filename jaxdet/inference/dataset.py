@@ -17,6 +17,7 @@ from jaxdet import distributed, reporting
 from jaxdet.data import Dataset, boxes_to_original, eval_pipeline
 from jaxdet.data.batch import DETECTION_KEYS
 from jaxdet.devices import make_mesh, replicated, split_batch
+from jaxdet.inference.detector import detect_fpn, is_fpn
 from jaxdet.inference.predict import detections_to_lists, predict
 from jaxdet.inference.trained import TrainedDetector
 from jaxdet.settings import DetectorSettings
@@ -37,8 +38,11 @@ def detect(config: ml_collections.ConfigDict, detector: TrainedDetector, dataset
 
     Returns:
       (list over records of {"boxes" [n, 4] xyxy original pixels, "scores" [n], "labels" [n]},
-       seconds spent, compilation included).
+       seconds spent, compilation included). A ResNet-FPN detector's images are torchvision's
+      (`jaxdet.inference.detector.detect_fpn`).
     """
+    if is_fpn(config):
+        return detect_fpn(config, detector, dataset, show_progress=show_progress, batch_size=batch_size)
     pipeline = eval_pipeline(config, dataset, batch_size=batch_size, num_shards=jax.process_count(),
                              shard_index=jax.process_index())
     settings = DetectorSettings.from_config(config)

@@ -26,6 +26,7 @@ from jaxdet.data.records import check_image_file
 from jaxdet.devices import select_devices
 from jaxdet.errors import UsageError
 from jaxdet.inference.dataset import detect
+from jaxdet.inference.detector import pretrained_detector
 from jaxdet.inference.trained import TrainedDetector, restore_trained
 from jaxdet.pictures import draw_detections
 
@@ -149,21 +150,36 @@ def predict_files(config: ml_collections.ConfigDict, detector: TrainedDetector, 
     return result
 
 
-def detect_run_files(config: ml_collections.ConfigDict, workdir: str, inputs: Sequence[str], *,
+def detect_run_files(config: ml_collections.ConfigDict | None, workdir: str | None, inputs: Sequence[str], *,
                      out: str | None = None, step: int | None = None, score_threshold: float = 0.5,
                      device: str = "auto", num_devices: int | None = None, show_progress: bool = True) -> tuple:
     """`predict_files` with the checkpoint of the run in `workdir` (the latest unless `step`) on the
     image files and folders `inputs` (`image_files`), writing into `out` (default
     `workdir/predictions`), on `device` (`jaxdet.devices.select_devices`), with the run's labels.
+    With no `workdir`, the detector is the weights file of the config's `model.pretrained` (torchvision's
+    FPN detectors: `jaxdet.inference.detector.pretrained_detector`), labelled with its classes, and
+    `out` must be given.
 
     Returns:
       (detections.json's content, the ImageFiles found, the folder written).
+
+    Raises:
+      NoDetector: no workdir, and no config with a weights file (the message says what to give).
     """
-    class_names = run_files.read_class_names(workdir)
-    config = with_class_names(config, class_names)
+    if workdir is None and config is not None and not out:
+        raise ImageFilesError("predicting with a weights file and no training run needs --out DIR, the "
+                              "folder the pictures and detections.json go to")
     select_devices(device, num_devices)
+    if workdir is None:
+        config, detector = pretrained_detector(config)
+        class_names = tuple(config.data.classes)
+    else:
+        class_names = run_files.read_class_names(workdir)
+        config = with_class_names(config, class_names)
     files = image_files(inputs)
     out = out or os.path.join(workdir, run_files.PREDICTIONS)
-    found = predict_files(config, restore_trained(config, workdir, step=step), files.images, class_names, out,
+    if workdir is not None:
+        detector = restore_trained(config, workdir, step=step)
+    found = predict_files(config, detector, files.images, class_names, out,
                           score_threshold=score_threshold, show_progress=show_progress, inputs=inputs, run=workdir)
     return found, files, out

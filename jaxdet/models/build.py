@@ -12,9 +12,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from jaxdet.data.build import model_num_classes
+from jaxdet.data.build import declared_class_names, model_num_classes
 from jaxdet.models import backbones, roi_head
 from jaxdet.models.detector import FastRCNN, FasterRCNN
+from jaxdet.models.fpn_detector import model_from_config as fpn_model_from_config
+from jaxdet.models.torch_checkpoint import load_state_dict
+from jaxdet.models.torchvision_detection import variables_from_state_dict
 from jaxdet.models.weights import load_pretrained
 from xla_ops.amx import layers_for
 
@@ -29,6 +32,7 @@ BACKBONES = {
     "tiny_resnet_c4": (backbones.TinyResNetC4, roi_head.TinyResNetC5Head),
 }
 DETECTORS = {"faster_rcnn": FasterRCNN, "fast_rcnn": FastRCNN}
+FPN_KIND = "faster_rcnn_fpn"  # torchvision's ResNet-FPN detectors (jaxdet.models.fpn_detector), their own config fields
 ROI_OPS = ("pool", "align")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -46,6 +50,9 @@ def build_model(config: ml_collections.ConfigDict) -> nn.Module:
     dropout_rate, compute_dtype, cpu_bf16_kernels (the layers: flax's nn.Conv / nn.Dense, or `xla_ops.amx`'s where it opts in
     and can run them: `xla_ops.amx.layers_for`)."""
     m = config.model
+    if m.kind == FPN_KIND:
+        return fpn_model_from_config(m, num_classes=model_num_classes(config) if int(m.num_classes) or
+                                     declared_class_names(config) else None)
     if m.roi_op not in ROI_OPS:
         raise ValueError(f"model.roi_op must be one of {ROI_OPS}, got {m.roi_op!r}")
     dtype = _choice("model.compute_dtype", m.compute_dtype, DTYPES)
@@ -85,8 +92,33 @@ def initial_variables(config: ml_collections.ConfigDict, model: nn.Module, key: 
     Raises:
       WeightsError: the file does not fit the model.
     """
+    if config.model.kind == FPN_KIND:
+        return _fpn_initial_variables(config, model, key)
     variables = dict(init_variables(model, key))
     if config.model.pretrained:
         variables = load_pretrained(config.model.pretrained, variables,
                                     include_fc="fc6" in variables["params"]["box_head"])
     return variables
+
+
+def keeps_pretrained_predictor(config: ml_collections.ConfigDict) -> bool:
+    """Whether an FPN config's classes (`data.classes`) are its weights file's (`model.pretrained_classes`),
+    so the file's box predictor is kept; otherwise new class layers are made for them."""
+    return tuple(config.data.classes) == tuple(config.model.get("pretrained_classes", ()))
+
+
+def _fpn_initial_variables(config: ml_collections.ConfigDict, model: nn.Module, key: jax.Array) -> dict:
+    """An `FPNFasterRCNN`'s variables: fresh, or torchvision's detection state dict of `model.pretrained`
+    imported whole, the box predictor too when `keeps_pretrained_predictor` (then nothing is computed
+    for initialisation), else initialised afresh for the config's classes.
+
+    Raises:
+      WeightsMismatch: the file does not fit the model (names or shapes, all listed).
+    """
+    if not config.model.pretrained:
+        return dict(init_variables(model, key))
+    keep = keeps_pretrained_predictor(config)
+    template = jax.eval_shape(lambda k: init_variables(model, k), key) if keep else init_variables(model, key)
+    variables = variables_from_state_dict(load_state_dict(config.model.pretrained), template,
+                                          pooled_channels=model.fpn_channels, include_predictor=keep)
+    return jax.tree.map(jnp.asarray, variables)

@@ -16,7 +16,9 @@ an 800-row canvas, as torchvision computes it), order (y, x, ratio) within a lev
 Test time (`predict`), per image with fixed shapes: per level the `pre_nms_top_n` best anchors by
 objectness logit, decoded (weights 1), clipped, those with a side under `rpn_min_size` (1e-3)
 dropped, NMS at 0.7 within each level, the `post_nms_top_n` best over all levels
-(`fpn_proposals`); multi-scale RoIAlign (`multiscale_roi_align`: each proposal pooled 7x7
+(`fpn_proposals`); multi-scale RoIAlign (`multiscale_roi_align_native`, one native
+`xla_ops.roi_align` call per level, by default; `multiscale_roi_align`, a jnp gather, the same
+values with `roi_impl="gather"`: each proposal pooled 7x7
 from level `floor(4 + log2(sqrt(area) / 224) + 1e-6)` clamped to 2-5, sampling 2,
 aligned=False, torchvision's `MultiScaleRoIAlign`); the box head (v1 `TwoMLPHead`: fc6, fc7 1024;
 v2: four 3x3 conv + batch norm + ReLU, one fc 1024); class-specific decoding with weights
@@ -276,6 +278,35 @@ def multiscale_roi_align(features: Sequence[jax.Array], rois: jax.Array, *, stri
     return pooled.reshape(-1, *pooled.shape[2:])[:num]
 
 
+def multiscale_roi_align_native(features: Sequence[jax.Array], rois: jax.Array, *, strides: Sequence[int],
+                                output_size=(7, 7), sampling_ratio: int = 2, canonical_scale: float = 224,
+                                canonical_level: int = 4) -> jax.Array:
+    """`multiscale_roi_align` for a batch through the native `xla_ops.roi_align`, one call per level.
+
+    Each level's call gets every RoI, those mapped to other levels with NaN coordinates: the op
+    gives them zeros and no gradient at almost no cost, so the sum of the levels' outputs is each
+    RoI pooled from its own level (x + 0 = x exactly). [N, R, 4] RoIs split over a device mesh as
+    the op does (each device pools its own images).
+
+    Args:
+      features: per level [N, h_l, w_l, C], strides `strides` (4, 8, 16, 32).
+      rois: [N, R, 4] xyxy input pixels.
+
+    Returns:
+      [N, R, ph, pw, C].
+    """
+    from xla_ops import roi_align  # the lowest layer; imported here so the module loads without the op built
+
+    levels_log2 = [int(round(math.log2(s))) for s in strides]
+    levels = map_levels(rois, levels_log2[0], levels_log2[-1], canonical_scale, canonical_level)  # [N, R]
+    out = None
+    for level, (feature, stride) in enumerate(zip(features, strides)):
+        mine = jnp.where((levels == level)[..., None], rois, jnp.nan)
+        pooled = roi_align(feature, mine, tuple(output_size), 1.0 / stride, sampling_ratio, False)
+        out = pooled if out is None else out + pooled
+    return out
+
+
 # ----------------------------------------------------------------------------- modules
 
 
@@ -372,6 +403,7 @@ class FPNFasterRCNN(nn.Module):
       pooled_size, sampling_ratio, canonical_scale, canonical_level: of multi-scale RoIAlign.
       box_weights: the head's box coder weights (10, 10, 5, 5).
       roi_chunk: RoIs gathered at once by RoIAlign (memory bound, no effect on results).
+      roi_impl: "xla_ops" (`multiscale_roi_align_native`) or "gather" (`multiscale_roi_align`): the same values.
       dtype: computation dtype.
     """
 
@@ -394,6 +426,7 @@ class FPNFasterRCNN(nn.Module):
     canonical_level: int = 4
     box_weights: Tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     roi_chunk: int = 128
+    roi_impl: str = "xla_ops"
     dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -414,13 +447,18 @@ class FPNFasterRCNN(nn.Module):
         return len(self.anchor_sizes[0]) * len(self.anchor_ratios)
 
     @property
+    def stride(self) -> int:
+        """The coarsest RoIAlign level's stride (32): `jaxdet.models.build.init_variables` inits on 4x it."""
+        return self.strides[-1]
+
+    @property
     def strides(self) -> Tuple[int, ...]:
         """Nominal strides of P2-P5, the levels RoIAlign reads (4, 8, 16, 32)."""
         return tuple(4 * 2 ** i for i in range(len(self.stage_sizes)))
 
     def is_frozen(self, name: str) -> bool:
         """Whether the trunk's parameter group `name` is frozen by `trainable_layers`."""
-        return ResNetBody(trainable_layers=self.trainable_layers).is_frozen(name)
+        return ResNetBody(trainable_layers=self.trainable_layers, parent=None).is_frozen(name)
 
     def extract(self, images: jax.Array) -> List[jax.Array]:
         """images [N, H, W, 3] (normalised, padded) -> [P2, ..., P6], each [N, h_l, w_l, fpn_channels]."""
@@ -438,6 +476,14 @@ class FPNFasterRCNN(nn.Module):
     def classify(self, features: Sequence[jax.Array], rois: jax.Array) -> HeadOutputs:
         """features [P2..P6] (P6 unused), rois [N, R, 4] xyxy input pixels -> HeadOutputs [N, R, ...]."""
         levels = list(features[: len(self.strides)])
+        if self.roi_impl == "xla_ops":
+            pooled = multiscale_roi_align_native(
+                levels, lax.stop_gradient(rois), strides=self.strides, output_size=(self.pooled_size,) * 2,
+                sampling_ratio=self.sampling_ratio, canonical_scale=self.canonical_scale,
+                canonical_level=self.canonical_level)
+            return self.box_predictor(self.head(pooled.astype(self.dtype)))
+        if self.roi_impl != "gather":
+            raise ValueError(f"roi_impl must be 'xla_ops' or 'gather', got {self.roi_impl!r}")
         pool = functools.partial(multiscale_roi_align, strides=self.strides, output_size=(self.pooled_size,) * 2,
                                  sampling_ratio=self.sampling_ratio, canonical_scale=self.canonical_scale,
                                  canonical_level=self.canonical_level, chunk=self.roi_chunk)
@@ -558,19 +604,24 @@ def predict(model: FPNFasterRCNN, variables, images: jax.Array, image_hw: jax.Ar
     return FPNOutputs(proposals, detections)
 
 
-def model_from_config(model_config, dtype=None) -> FPNFasterRCNN:
-    """The `FPNFasterRCNN` of a config's `model` section (`jaxdet.configs.fasterrcnn_resnet50_fpn_coco`)."""
+def model_from_config(model_config, dtype=None, num_classes=None) -> FPNFasterRCNN:
+    """The `FPNFasterRCNN` of a config's `model` section (`jaxdet.configs.fasterrcnn_resnet50_fpn_coco`).
+
+    Its classes: `num_classes` if given, else `model.num_classes`, else (0) as many as
+    `model.pretrained_classes` (the weights file's)."""
     c = model_config
+    num_classes = num_classes or int(c.num_classes) or len(c.get("pretrained_classes", ()))
     if dtype is None:
         dtype = jnp.bfloat16 if c.get("compute_dtype", "float32") == "bfloat16" else jnp.float32
     return FPNFasterRCNN(
-        num_classes=int(c.num_classes), stage_sizes=tuple(c.stage_sizes), width=int(c.width),
+        num_classes=int(num_classes), stage_sizes=tuple(c.stage_sizes), width=int(c.width),
         trainable_layers=int(c.trainable_layers), bn_eps=float(c.bn_eps), bn_affine_trainable=bool(c.bn_affine_trainable),
         fpn_channels=int(c.fpn_channels), fpn_norm=bool(c.fpn_norm),
         anchor_sizes=tuple(tuple(s) for s in c.anchor_sizes), anchor_ratios=tuple(c.anchor_ratios),
         rpn_conv_depth=int(c.rpn_conv_depth), box_head=str(c.box_head), representation_size=int(c.representation_size),
         pooled_size=int(c.pooled_size), sampling_ratio=int(c.sampling_ratio), canonical_scale=float(c.canonical_scale),
-        canonical_level=int(c.canonical_level), box_weights=tuple(float(w) for w in c.box_weights), dtype=dtype)
+        canonical_level=int(c.canonical_level), box_weights=tuple(float(w) for w in c.box_weights),
+        roi_impl=str(c.get("roi_impl", "xla_ops")), dtype=dtype)
 
 
 def settings_from_config(config) -> FPNTestSettings:
@@ -579,5 +630,5 @@ def settings_from_config(config) -> FPNTestSettings:
         rpn_pre_nms_top_n=int(config.rpn.test_pre_nms), rpn_post_nms_top_n=int(config.rpn.test_post_nms),
         rpn_nms_thresh=float(config.rpn.nms_iou), rpn_min_size=float(config.rpn.min_proposal_size),
         box_score_thresh=float(config.test.score_threshold), box_nms_thresh=float(config.test.nms_iou),
-        box_min_size=float(config.test.get("min_box_size", 1e-2)),
+        box_min_size=float(config.model.get("box_min_size", 1e-2)),
         detections_per_img=int(config.test.max_detections))

@@ -48,9 +48,15 @@ class FrozenStages:
     """(parameter path) -> whether it belongs to a frozen stage of `backbone`; hashable by value."""
 
     backbone: nn.Module
+    scope: str = "backbone"  # the backbone's parameters' top-level name ("body": a ResNet-FPN model's trunk)
 
     def __call__(self, path: tuple) -> bool:
-        return len(path) > 1 and path[0] == "backbone" and self.backbone.is_frozen(path[1])
+        return len(path) > 1 and path[0] == self.scope and self.backbone.is_frozen(path[1])
+
+
+def frozen_stages(model: nn.Module) -> FrozenStages:
+    """The FrozenStages of `model`: its `backbone`'s, or a ResNet-FPN model's trunk ("body", `trainable_layers`)."""
+    return FrozenStages(model, "body") if not hasattr(model, "backbone") else FrozenStages(model.backbone)
 
 
 def create_train_state(config: ml_collections.ConfigDict, key: jax.Array) -> TrainState:
@@ -69,7 +75,7 @@ def create_train_state(config: ml_collections.ConfigDict, key: jax.Array) -> Tra
         run_key = jax.random.key_data(run_key)
     variables = initial_variables(config, model, init_key)
     params = variables.pop("params")
-    tx, schedule = make_optimizer(OptimizerSettings.from_config(config), FrozenStages(model.backbone))
+    tx, schedule = make_optimizer(OptimizerSettings.from_config(config), frozen_stages(model))
     arrays = dict(step=jnp.zeros((), jnp.int32), params=params, model_state=variables, opt_state=tx.init(params),
                   rng=run_key)
     # Committed to the default device, as restored checkpoints are: the step compiled for a fresh

@@ -24,10 +24,12 @@ import optax
 from jaxdet import compiler_options
 from jaxdet.losses import roi_head_loss, rpn_loss
 from jaxdet.models.detector import FasterRCNN
+from jaxdet.models.fpn_detector import FPNFasterRCNN
 from jaxdet.ops.per_image import map_images
 from jaxdet.proposals import rpn_proposals
 from jaxdet.settings import DetectorSettings
 from jaxdet.targets import anchor_targets, proposal_targets
+from jaxdet.training.fpn_losses import fpn_detection_losses
 from jaxdet.training.state import TrainState
 
 Metrics = Dict[str, jax.Array]
@@ -107,6 +109,12 @@ def detection_losses(model, variables: Mapping[str, Any], batch: Mapping[str, ja
     return loss, metrics
 
 
+def losses_of(model):
+    """The training objective of `model`: `detection_losses`, or torchvision's for a ResNet-FPN model
+    (`jaxdet.training.fpn_losses.fpn_detection_losses`); both (model, variables, batch, key, *, settings, train)."""
+    return fpn_detection_losses if isinstance(model, FPNFasterRCNN) else detection_losses
+
+
 def _train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array) -> Tuple[TrainState, Metrics]:
     """One optimizer step: (state, batch, key) -> (new state, metrics).
 
@@ -120,7 +128,7 @@ def _train_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Arra
       update), "learning_rate" used for this step and "grad_norm" (global L2 norm of the gradient).
     """
     def loss_fn(params):
-        return detection_losses(state.model, {"params": params, **state.model_state}, batch, key,
+        return losses_of(state.model)(state.model, {"params": params, **state.model_state}, batch, key,
                                 settings=state.settings, train=True)
 
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -138,7 +146,7 @@ train_step = compiler_options.jit(_train_step, donate_argnums=(0,))
 @compiler_options.jit
 def eval_step(state: TrainState, batch: Mapping[str, jax.Array], key: jax.Array) -> Metrics:
     """The losses and accuracies of `detection_losses` without dropout or update: (state, batch, key) -> metrics."""
-    _, metrics = detection_losses(state.model, state.variables, batch, key, settings=state.settings, train=False)
+    _, metrics = losses_of(state.model)(state.model, state.variables, batch, key, settings=state.settings, train=False)
     return metrics
 
 
