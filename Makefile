@@ -12,7 +12,7 @@ NEEDS_PY311 := 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else f"jax
 $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || { $(PYTHON) -c $(NEEDS_PY311) && $(PYTHON) -m venv $(VENV); }
 	$(PY) -m pip install -q --upgrade pip "setuptools>=70" wheel "pybind11>=2.12" "jax>=0.10"
-	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[test,proposals]"
 	touch $@
 
 install: $(STAMP)

@@ -261,14 +261,17 @@ def predictions_summary(found: Mapping[str, Any], others: Sequence[str], out: st
     return "\n".join(lines)
 
 
-def proposals_summary(summary, workdir: str) -> str:
+def proposals_summary(summary, workdir: str | None) -> str:
     """What `jaxdet proposals` wrote (a `jaxdet.inference.proposals.ProposalsSummary`), and how to use it."""
     splits = ", ".join(f"{split} {count}" for split, count in summary.images.items())
     path = os.path.abspath(summary.path)
+    rpn, images = summary.step is not None, f"{len(summary.counts)} images ({splits})"
+    source = (f"the RPN proposals of {images} of the run in {workdir} (step {summary.step})" if rpn
+              else f"the {summary.method} proposals of {images}")
     return _paragraph(
-        f"wrote the RPN proposals of {len(summary.counts)} images ({splits}) of the run in {workdir} (step "
-        f"{summary.step}) to {path}: {summary.counts.mean():.1f} per image on average (min {summary.counts.min()}, "
-        f"max {summary.counts.max()}; at most rpn.test_post_nms = {summary.post_nms}), in original-image pixels. "
+        f"wrote {source} to {path}: {summary.counts.mean():.1f} per image on average (min {summary.counts.min()}, "
+        f"max {summary.counts.max()}; at most {'rpn.test_post_nms' if rpn else '--max-proposals'} = "
+        f"{summary.post_nms}), in original-image pixels. "
         f"Train a Fast R-CNN on them with a fast_rcnn config and --config.data.proposals={path}, on the same "
         f"data (e.g. jaxdet train --config fast_rcnn_vgg16 --config.data.proposals={path} --config.data.root=...).")
 

@@ -6,11 +6,16 @@ else is the base recipe, with the proposal and sample counts scaled to the small
 
     get_config()        trains to VOC mAP@0.5 >= 0.9 on held-out images on 2 CPU cores.
     get_config("smoke") 64x64 images, a handful of steps: for tests and quick checks.
+    get_config("fast_rcnn"), get_config("fast_rcnn_smoke"): the same without its RPN, a Fast R-CNN
+                        (Girshick 2015) on proposals given with the images (`data.proposals`, e.g.
+                        selective search's: jaxdet proposals --method selective-search).
 """
 
 import ml_collections
 
 from jaxdet.configs import base
+
+VARIANTS = ("", "smoke", "fast_rcnn", "fast_rcnn_smoke")
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -65,17 +70,23 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 500
     config.train.keep_checkpoints = 2
 
-    if variant == "smoke":
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r} of tiny_shapes (known: {', '.join(map(repr, VARIANTS[1:]))})")
+    if variant.startswith("fast_rcnn"):
+        config.model.kind = "fast_rcnn"
+        config.data.proposals = ""              # the .npz of [P, 4] boxes per image (jaxdet proposals --out)
+        config.data.max_proposals = 300         # selective search gives about 40-100 an image here
+    if variant.endswith("smoke"):
         config.data.shapes.image_size = (64, 64)
         config.data.shapes.max_object_size = 40
         config.data.num_train, config.data.num_test = 16, 8
         config.rpn.train_pre_nms, config.rpn.train_post_nms = 300, 64
         config.rpn.test_pre_nms, config.rpn.test_post_nms = 300, 32
         config.roi.num_samples = 32
+        if config.model.kind == "fast_rcnn":
+            config.data.max_proposals = 64
         config.optimizer.warmup_steps = 0
         config.optimizer.decay_steps = ()
         config.train.batch_size = config.eval.batch_size = 2
         base.few_steps(config)
-    elif variant:
-        raise ValueError(f"unknown variant {variant!r} of tiny_shapes (known: 'smoke')")
     return config

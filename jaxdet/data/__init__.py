@@ -15,6 +15,8 @@ from jaxdet.data.records import (
     load_image,
     make_dataset,
 )
+from jaxdet.data.selective_search import (MissingOpenCV, dataset_selective_search, image_selective_search,
+                                          require_opencv)
 from jaxdet.data.shapes import SHAPES, ShapesConfig, draw_image, make_shapes, write_shapes
 from jaxdet.data.transforms import (
     boxes_to_original,

@@ -67,15 +67,16 @@ def _shapes_config(data: ml_collections.ConfigDict) -> ShapesConfig:
     return ShapesConfig(**dict(data.shapes))
 
 
-def load_dataset(config: ml_collections.ConfigDict, split: str) -> Dataset:
-    """The training ("train") or held-out ("test") Dataset of `config.data`.
+def load_dataset(config: ml_collections.ConfigDict, split: str, *, proposals: bool = True) -> Dataset:
+    """The training ("train") or held-out ("test") Dataset of `config.data`; a Fast R-CNN config's with
+    the proposals of `data.proposals` unless `proposals` is False (the images, to compute them).
 
     Raises:
       DatasetNotFound: `data.root` (or a split's list or annotation file) is missing.
       ValueError: an unknown `data.dataset` or split.
     """
     dataset = _read(config, split)
-    if config.model.kind == "fast_rcnn":
+    if config.model.kind == "fast_rcnn" and proposals:
         path = _get(config.data, "proposals", "")
         if not path:
             raise DatasetNotFound("Fast R-CNN trains and detects on proposals given with the images: set "

@@ -15,6 +15,10 @@ Images go through the evaluation's input pipeline (`eval.batch_size` per batch, 
 its size bucket: an image's proposals do not depend on its batch mates), on the default device.
 A problem the command line can name (a run without an RPN, an output path that cannot be written,
 two images of one source id) is a `ProposalsError`, raised before anything is computed or written.
+
+`write_selective_search_proposals` writes the same file from selective search (Uijlings et al. 2013;
+`jaxdet.data.selective_search`), the proposals Fast R-CNN (Girshick 2015) was trained and tested on:
+no trained run, only the images of a config's dataset.
 """
 
 from __future__ import annotations
@@ -32,8 +36,8 @@ import numpy as np
 from tqdm import tqdm
 
 from jaxdet import compiler_options, workdir as run_files
-from jaxdet.data import (SPLITS, Dataset, boxes_to_original, eval_pipeline, load_dataset, save_proposals,
-                         with_class_names)
+from jaxdet.data import (SPLITS, Dataset, boxes_to_original, dataset_selective_search, eval_pipeline, load_dataset,
+                         require_opencv, save_proposals, with_class_names)
 from jaxdet.devices import select_devices
 from jaxdet.errors import UsageError
 from jaxdet.inference.predict import detection_proposals
@@ -41,6 +45,9 @@ from jaxdet.inference.trained import TrainedDetector, restore_trained
 from jaxdet.models.detector import FasterRCNN
 from jaxdet.proposals import Proposals
 from jaxdet.settings import RPNSettings
+
+
+SELECTIVE_SEARCH_PROPOSALS = 2000  # selective search boxes an image by default: about Fast R-CNN's (Girshick 2015)
 
 
 class ProposalsError(UsageError, ValueError):
@@ -52,13 +59,16 @@ class ProposalsSummary:
     """What `write_run_proposals` wrote.
 
     path: the file; images: {split: number of images}; counts: [images] proposals per image;
-    post_nms: the most an image can have (`config.rpn.test_post_nms`); step: the checkpoint's step.
+    post_nms: the most an image can have (`config.rpn.test_post_nms`, or selective search's
+    max_proposals); step: the checkpoint's step (None for selective search); method: "rpn", or
+    "selective search (fast mode)" / "(quality mode)".
     """
     path: str
     images: Mapping[str, int]
     counts: np.ndarray
     post_nms: int
-    step: int
+    step: int | None
+    method: str = "rpn"
 
 
 def check_rpn_run(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -69,6 +79,26 @@ def check_rpn_run(config: ml_collections.ConfigDict, workdir: str) -> None:
             f"the run in {workdir} is not a Faster R-CNN (its model.kind is {kind!r}): only a Faster R-CNN has an "
             f"RPN to propose boxes. Give the work directory of a run trained with model.kind 'faster_rcnn' (e.g. "
             f"jaxdet train --config tiny_shapes --workdir DIR)")
+
+
+def proposals_method(method: str | None, workdir: str | None, mode: str = "fast",
+                     max_proposals: int | None = None) -> str:
+    """`jaxdet proposals`' method: `method` ("rpn" or "selective-search") when given, else "rpn" with a
+    `workdir` and "selective-search" without.
+
+    Raises:
+      ProposalsError: "rpn" without a `workdir`, or with selective search's options (a `mode` other
+        than "fast", a `max_proposals`).
+    """
+    method = method or ("rpn" if workdir else "selective-search")
+    if method == "rpn" and not workdir:
+        raise ProposalsError("--method rpn proposes with a trained Faster R-CNN: give its run's directory, --workdir "
+                             "RUN; or make selective search proposals, which need no run: --method selective-search "
+                             "--config NAME")
+    if method == "rpn" and (mode != "fast" or max_proposals is not None):
+        raise ProposalsError("--quality and --max-proposals are selective search's (--method selective-search); an "
+                             "RPN keeps rpn.test_post_nms proposals an image (--config.rpn.test_post_nms=N)")
+    return method
 
 
 def check_output(path: str) -> None:
@@ -153,6 +183,25 @@ def dataset_proposals(config: ml_collections.ConfigDict, detector: TrainedDetect
     return found
 
 
+def load_splits(config: ml_collections.ConfigDict, splits: Sequence[str], *, proposals: bool = True) -> dict:
+    """{split: Dataset} of `config.data` (`load_dataset`), checked to key one proposals file.
+
+    Raises:
+      ProposalsError: two images of the splits have one source_id (the proposals file's key).
+    """
+    datasets = {split: load_dataset(config, split, proposals=proposals) for split in dict.fromkeys(splits)}
+    names = {}
+    for record in (r for dataset in datasets.values() for r in dataset.records):
+        key = str(record.source_id)
+        if names.setdefault(key, record.name) != record.name:
+            raise ProposalsError(
+                f"two images have the source id {key!r}, which keys the proposals file: {names[key]} and "
+                f"{record.name} (COCO files of different splits may number their images alike). Write one file "
+                f"per split (on the command line: --split train, then --split test) and evaluate with the test "
+                f"split's file as data.proposals")
+    return datasets
+
+
 def write_proposals(path: str, proposals: Mapping[str, np.ndarray]) -> None:
     """Saves {source_id: [P, 4]} at `path` (exactly that name) in one step: the file appears complete
     or not at all.
@@ -200,16 +249,7 @@ def write_run_proposals(config: ml_collections.ConfigDict, workdir: str, out: st
     with run_files.reading(run_files.config_inputs(config), workdir):  # never the data's files, nor its proposals
         check_output(out)
     config = with_class_names(config, run_files.read_class_names(workdir))  # the run's labels, whatever the data
-    datasets = {split: load_dataset(config, split) for split in dict.fromkeys(splits)}
-    names = {}
-    for record in (r for dataset in datasets.values() for r in dataset.records):
-        key = str(record.source_id)
-        if names.setdefault(key, record.name) != record.name:
-            raise ProposalsError(
-                f"two images have the source id {key!r}, which keys the proposals file: {names[key]} and "
-                f"{record.name} (COCO files of different splits may number their images alike). Write one file "
-                f"per split (on the command line: --split train, then --split test) and evaluate with the test "
-                f"split's file as data.proposals")
+    datasets = load_splits(config, splits)
     detector = restore_trained(config, workdir, step=step)
     found = {}
     for split, dataset in datasets.items():
@@ -220,3 +260,44 @@ def write_run_proposals(config: ml_collections.ConfigDict, workdir: str, out: st
                             counts=np.array([len(boxes) for boxes in found.values()]),
                             post_nms=int(config.rpn.test_post_nms),
                             step=int(jax.device_get(detector.step)))
+
+
+def write_selective_search_proposals(config: ml_collections.ConfigDict, out: str, *, splits: Sequence[str] = SPLITS,
+                                     mode: str = "fast", max_proposals: int | None = None, workers: int | None = None,
+                                     show_progress: bool = True) -> ProposalsSummary:
+    """The selective search proposals of the images of the `splits` of `config.data`, saved at `out`.
+
+    Args:
+      config: any config naming the dataset (a Fast R-CNN's own: its `data.proposals` is not read).
+      out: the file to write (`jaxdet.data.save_proposals`' format; replaced if it exists).
+      splits: "train" and/or "test", one file for both.
+      mode: "fast" or "quality" (`jaxdet.data.image_selective_search`).
+      max_proposals: the most boxes an image keeps (OpenCV's first ones); >= 1; None: 2000, the
+        Fast R-CNN paper's number.
+      workers: processes computing images in parallel (`jaxdet.data.dataset_selective_search`).
+      show_progress: a progress bar (one over all the splits' images: one pool of workers).
+
+    Returns:
+      a ProposalsSummary with step None; each image's proposals are [P, 4] float32 xyxy in its
+      original pixels, P <= max_proposals.
+
+    Raises:
+      MissingOpenCV: OpenCV's contrib modules are not installed; ProposalsError: max_proposals < 1,
+        `out` cannot be written (or is one of the data's files) or two images share a source_id. All
+        are checked before any image is read.
+    """
+    require_opencv()
+    max_proposals = SELECTIVE_SEARCH_PROPOSALS if max_proposals is None else max_proposals
+    if max_proposals < 1:
+        raise ProposalsError(f"--max-proposals must be at least 1, got {max_proposals}")
+    unread = config.data.get("proposals") if config.model.kind == "fast_rcnn" else None  # replaced, not read
+    with run_files.reading([p for p in run_files.config_inputs(config) if p != unread]):
+        check_output(out)
+    datasets = load_splits(config, splits, proposals=False)
+    found = dataset_selective_search([r for d in datasets.values() for r in d.records], mode=mode,
+                                     max_proposals=max_proposals, workers=workers, show_progress=show_progress,
+                                     label=f"selective search ({' + '.join(datasets)})")
+    write_proposals(out, found)
+    return ProposalsSummary(path=out, images={split: len(d) for split, d in datasets.items()},
+                            counts=np.array([len(boxes) for boxes in found.values()]), post_nms=max_proposals,
+                            step=None, method=f"selective search ({mode} mode)")
