@@ -26,6 +26,13 @@ the platform JAX runs on (the CPU; the GPU when there is one, torch then on CUDA
             driven in alternation from this one (--vgg16-processes one: both in this process);
             jaxdet's process keeps the memory it frees mapped, as the jaxdet command does
             (jaxdet.host_memory; --retain-host-memory chooses the sides).
+  fpn       torchvision's fasterrcnn_resnet50_fpn (v1, random weights with spread-out scores as
+            experiments/fpn_vs_torchvision.py makes them) and jaxdet's FPNFasterRCNN with that state
+            dict imported: predict on one 800x1056 image (jaxdet.models.fpn_detector.predict on the
+            prepared canvas; torchvision's model in eval mode, its transform a no-op resize at that
+            size) and the training step at batch 2 on 800x1056 images with 6 boxes each (jaxdet's
+            train_step, fasterrcnn_resnet50_fpn_coco's recipe; torchvision's model in train mode,
+            SGD momentum 0.9, weight decay 1e-4, trainable_backbone_layers 3 on both).
 The work that still differs between the two sides: experiments/results/peers.md.
 
 Method: every call is made (compiled, warmed) --warmup times on each side first; then in each
@@ -42,8 +49,8 @@ Usage (torch and torchvision: the `bench` extra):
   PYTHONPATH=. python experiments/bench_peers.py                      # all, default rounds
   PYTHONPATH=. python experiments/bench_peers.py --only roi_pool tiny --rounds 2   # a quick check
   add --out experiments/results/peers.md to append the table, the command and the machine there.
-Defaults: 30 rounds for RoI pooling and RoIAlign, 20 for tiny, 5 for VGG16 (--roi-rounds, --tiny-rounds,
---vgg16-rounds; --rounds sets all three). On a GPU torch and JAX share its memory: JAX takes
+Defaults: 30 rounds for RoI pooling and RoIAlign, 20 for tiny, 5 for VGG16, 3 for fpn (--roi-rounds,
+--tiny-rounds, --vgg16-rounds, --fpn-rounds; --rounds sets all). On a GPU torch and JAX share its memory: JAX takes
 half of it (XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 unless set).
 """
 
@@ -74,7 +81,7 @@ from jaxdet.data.build import model_num_classes
 from jaxdet.training.step import step_key, train_step
 
 SLOW = 1.5  # a round slower than this times its side's median is listed
-PARTS = ("roi_pool", "roi_align", "tiny", "vgg16")
+PARTS = ("roi_pool", "roi_align", "tiny", "vgg16", "fpn")
 # (what, features shape [N, h, w, C], RoIs in all, the image size the RoIs lie in)
 ROI_SHAPES = (("train: 2 x 128 RoIs on [2, 38, 63, 512]", (2, 38, 63, 512), 2 * 128, (600, 1000)),
               ("test: 300 RoIs on [1, 38, 63, 512]", (1, 38, 63, 512), 300, (600, 1000)),
@@ -241,6 +248,86 @@ def tiny_part(rounds, warmup):
     return rows, [loss_note(where, float(jd.metrics["loss"]), float(tv.loss))]
 
 
+def fpn_part(rounds, warmup, image_hw=(800, 1056), batch_size=2, boxes_per_image=6):
+    """(rows, notes): fasterrcnn_resnet50_fpn's predict (batch 1) and training step (batch 2), both sides with
+    the same weights (torchvision's state dict imported)."""
+    import io
+
+    import jax.numpy as jnp
+    import torch
+
+    import fpn_vs_torchvision as fvt
+    from jaxdet.configs import fasterrcnn_resnet50_fpn_coco as coco
+    from jaxdet.data import with_class_names
+    from jaxdet.models.fpn_detector import predict as fpn_predict, settings_from_config
+    from jaxdet.models.fpn_transform import transform_batch
+    from jaxdet.models.torchvision_detection import load_torchvision_detection
+
+    tmodel = fvt.torch_model("v1")
+    buffer = io.BytesIO()
+    torch.save(tmodel.state_dict(), buffer)
+    buffer.seek(0)
+    config = with_class_names(coco.get_config(), coco.COCO_CATEGORIES_TORCHVISION)
+    state = create_train_state(config, jax.random.PRNGKey(0))
+    variables = load_torchvision_detection(buffer, state.model)
+    params = variables.pop("params")
+    state = state.replace(params=params, model_state=variables, opt_state=state.tx.init(params))
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (batch_size, *image_hw, 3), dtype=np.uint8)
+    prepared, hw = transform_batch(list(images), min_size=800, max_size=1333)
+    assert prepared.shape[1:3] == image_hw, prepared.shape  # no resize, no padding: the same input on both sides
+    settings = settings_from_config(config)
+    one, one_hw = jax.device_put(prepared[:1]), jax.device_put(hw[:1])
+    torch_images = [torch.from_numpy(im).permute(2, 0, 1).float().div(255) for im in images]
+
+    def jaxdet_predict():
+        return jax.block_until_ready(fpn_predict(state.model, state.variables, one, one_hw, settings=settings))
+
+    def torchvision_predict():
+        with torch.no_grad():
+            return tmodel.eval()([torch_images[0]])
+
+    xy = rng.uniform(0, 600, (batch_size, boxes_per_image, 2))
+    wh = rng.uniform(40, 400, (batch_size, boxes_per_image, 2))
+    boxes = np.concatenate([xy, np.minimum(xy + wh, [image_hw[1], image_hw[0]])], -1).astype(np.float32)
+    labels = rng.integers(0, 90, (batch_size, boxes_per_image)).astype(np.int32)
+    batch = jax.device_put({"images": prepared, "boxes": boxes, "labels": labels,
+                            "valid": np.ones(labels.shape, bool), "image_hw": hw,
+                            "scale": np.ones(batch_size, np.float32)})
+    targets = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(l.astype(np.int64) + 1)}
+               for b, l in zip(boxes, labels)]
+    optimizer = torch.optim.SGD([p for p in tmodel.parameters() if p.requires_grad], lr=0.02 / 16, momentum=0.9,
+                                weight_decay=1e-4)
+    sides = {"state": state, "metrics": None, "loss": None}
+
+    def jaxdet_train():
+        sides["state"], sides["metrics"] = train_step(sides["state"], batch, step_key(sides["state"]))
+        jax.block_until_ready(sides["metrics"])
+
+    def torchvision_train():
+        losses = tmodel.train()(torch_images, targets)
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        sides["loss"] = float(loss.detach())
+
+    detections = (int(np.asarray(jaxdet_predict().detections.valid).sum()),
+                  len(torchvision_predict()[0]["boxes"]))
+    where = f"fasterrcnn_resnet50_fpn (v1), {image_hw[0]}x{image_hw[1]}"
+    rows = []
+    for what, jf, tf in ((f"{where}, batch 1: predict (transform excluded: RPN over 5 levels, RoIAlign, head, "
+                          "post-processing)", jaxdet_predict, torchvision_predict),
+                         (f"{where}, batch {batch_size}: training step (forward, 4 losses, backward, SGD update)",
+                          jaxdet_train, torchvision_train)):
+        row = (what, alternate(jf, tf, rounds, warmup))
+        say(*table_lines([row])[2:3])
+        rows.append(row)
+    notes = [f"- {where} predict: detections jaxdet {detections[0]}, torchvision {detections[1]} (of 100)",
+             loss_note(where, float(sides["metrics"]["loss"]), sides["loss"])]
+    return rows, notes
+
+
 # (jaxdet's model.compute_dtype, torchvision's dtype: "bfloat16" under torch.autocast) of the
 # VGG16 rows: both in float32; jaxdet in bfloat16 against torchvision as it runs by default; both
 # in bfloat16.
@@ -399,6 +486,7 @@ def main(argv=None):
     parser.add_argument("--roi-rounds", type=int, default=30, help="rounds of RoI pooling and RoIAlign")
     parser.add_argument("--tiny-rounds", type=int, default=20)
     parser.add_argument("--vgg16-rounds", type=int, default=5)
+    parser.add_argument("--fpn-rounds", type=int, default=3)
     parser.add_argument("--vgg16-dtypes", nargs="+", default=list(VGG16_DTYPES), metavar="JAXDET/TORCHVISION",
                         help="dtype pairs of the VGG16 rows: jaxdet's model.compute_dtype / torchvision's "
                              "(bfloat16: under torch.autocast); float32 or bfloat16 each")
@@ -425,7 +513,7 @@ def main(argv=None):
     rounds = {part: args.rounds or getattr(args, f"{'roi' if part.startswith('roi_') else part}_rounds")
               for part in PARTS}
     runs = {"roi_pool": roi_pool_part, "roi_align": roi_align_part, "tiny": tiny_part,
-            "vgg16": functools.partial(vgg16_part, dtype_pairs=args.vgg16_dtypes, processes=args.vgg16_processes,
+            "fpn": fpn_part, "vgg16": functools.partial(vgg16_part, dtype_pairs=args.vgg16_dtypes, processes=args.vgg16_processes,
                                         retain_host_memory=tuple(args.retain_host_memory))}
     rows, notes = [], []
     for part in PARTS:
