@@ -40,7 +40,8 @@ from torchvision.models.detection.faster_rcnn import FasterRCNN, fasterrcnn_resn
 from torchvision.models.detection.transform import resize_boxes
 from torchvision.ops import misc as misc_nn_ops
 
-from jaxdet.models.fpn_detector import FPNFasterRCNN, FPNTestSettings, predict
+from jaxdet.configs import load_config
+from jaxdet.models.fpn_detector import model_from_config, predict, settings_from_config
 from jaxdet.models.fpn_transform import transform_batch
 from jaxdet.models.torchvision_detection import load_torchvision_detection
 
@@ -51,11 +52,13 @@ SCORE_TOL = 1e-3
 SCORE_LAYER_STDS = {"v1": (0.008, 0.005), "v2": (0.0025, 0.002)}
 
 
+CONFIGS = {"v1": "fasterrcnn_resnet50_fpn_coco", "v2": "fasterrcnn_resnet50_fpn_v2_coco"}
+
+
 def jax_model(variant):
-    """The FPNFasterRCNN of torchvision's fasterrcnn_resnet50_fpn (COCO weights' eps 0) or _v2."""
-    if variant == "v1":
-        return FPNFasterRCNN()
-    return FPNFasterRCNN(bn_eps=1e-5, bn_affine_trainable=True, fpn_norm=True, rpn_conv_depth=2, box_head="conv")
+    """The FPNFasterRCNN of torchvision's fasterrcnn_resnet50_fpn (COCO weights' eps 0) or _v2, as its
+    config builds it (COCO's 90 slots)."""
+    return model_from_config(load_config(CONFIGS[variant]).model)
 
 
 def torch_model(variant, seed=0):
@@ -158,7 +161,7 @@ def compare(variant, images, *, seed=0, verbose=True):
     buffer.seek(0)
     model = jax_model(variant)
     variables = load_torchvision_detection(buffer, model)
-    settings = FPNTestSettings()
+    settings = settings_from_config(load_config(CONFIGS[variant]))
     rows = []
     for name, image in images.items():
         captured, tout = torch_run(tmodel, image)

@@ -89,7 +89,7 @@ def detect_fpn(config: ml_collections.ConfigDict, detector: TrainedDetector, dat
        spent, compilation included).
     """
     batch_size = int(batch_size or config.eval.batch_size)
-    divisible = int(config.data.get("size_divisible", 32))
+    divisible = int(config.data.size_divisible)
     settings = settings_from_config(config)
     device = jax.local_devices()[0]
     variables = jax.device_put(jax.tree.map(lambda x: x.addressable_data(0), detector.variables), device)

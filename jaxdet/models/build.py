@@ -104,7 +104,7 @@ def initial_variables(config: ml_collections.ConfigDict, model: nn.Module, key: 
 def keeps_pretrained_predictor(config: ml_collections.ConfigDict) -> bool:
     """Whether an FPN config's classes (`data.classes`) are its weights file's (`model.pretrained_classes`),
     so the file's box predictor is kept; otherwise new class layers are made for them."""
-    return tuple(config.data.classes) == tuple(config.model.get("pretrained_classes", ()))
+    return tuple(config.data.classes) == tuple(config.model.pretrained_classes)
 
 
 def _fpn_initial_variables(config: ml_collections.ConfigDict, model: nn.Module, key: jax.Array) -> dict:

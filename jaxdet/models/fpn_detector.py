@@ -74,17 +74,18 @@ class FPNOutputs(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class FPNTestSettings:
-    """torchvision's test-time constants of FasterRCNN (its defaults)."""
+    """The test-time numbers of torchvision's FasterRCNN, from a config (`settings_from_config`);
+    `rpn_score_thresh` is torchvision's constant (0: no objectness threshold), not a config field."""
 
-    rpn_pre_nms_top_n: int = 1000
-    rpn_post_nms_top_n: int = 1000
-    rpn_nms_thresh: float = 0.7
-    rpn_min_size: float = 1e-3
+    rpn_pre_nms_top_n: int
+    rpn_post_nms_top_n: int
+    rpn_nms_thresh: float
+    rpn_min_size: float
+    box_score_thresh: float
+    box_nms_thresh: float
+    box_min_size: float
+    detections_per_img: int
     rpn_score_thresh: float = 0.0
-    box_score_thresh: float = 0.05
-    box_nms_thresh: float = 0.5
-    box_min_size: float = 1e-2
-    detections_per_img: int = 100
 
 
 # ----------------------------------------------------------------------------- anchors
@@ -572,7 +573,7 @@ def postprocess_detections(logits: jax.Array, deltas: jax.Array, proposals: jax.
 
 @functools.partial(jax.jit, static_argnames=("model", "settings"))
 def predict(model: FPNFasterRCNN, variables, images: jax.Array, image_hw: jax.Array, *,
-            settings: FPNTestSettings = FPNTestSettings()) -> FPNOutputs:
+            settings: FPNTestSettings) -> FPNOutputs:
     """Proposals and detections of a padded batch, one jit.
 
     Args:
@@ -610,9 +611,9 @@ def model_from_config(model_config, dtype=None, num_classes=None) -> FPNFasterRC
     Its classes: `num_classes` if given, else `model.num_classes`, else (0) as many as
     `model.pretrained_classes` (the weights file's)."""
     c = model_config
-    num_classes = num_classes or int(c.num_classes) or len(c.get("pretrained_classes", ()))
+    num_classes = num_classes or int(c.num_classes) or len(c.pretrained_classes)
     if dtype is None:
-        dtype = jnp.bfloat16 if c.get("compute_dtype", "float32") == "bfloat16" else jnp.float32
+        dtype = jnp.bfloat16 if c.compute_dtype == "bfloat16" else jnp.float32
     return FPNFasterRCNN(
         num_classes=int(num_classes), stage_sizes=tuple(c.stage_sizes), width=int(c.width),
         trainable_layers=int(c.trainable_layers), bn_eps=float(c.bn_eps), bn_affine_trainable=bool(c.bn_affine_trainable),
@@ -621,7 +622,7 @@ def model_from_config(model_config, dtype=None, num_classes=None) -> FPNFasterRC
         rpn_conv_depth=int(c.rpn_conv_depth), box_head=str(c.box_head), representation_size=int(c.representation_size),
         pooled_size=int(c.pooled_size), sampling_ratio=int(c.sampling_ratio), canonical_scale=float(c.canonical_scale),
         canonical_level=int(c.canonical_level), box_weights=tuple(float(w) for w in c.box_weights),
-        roi_impl=str(c.get("roi_impl", "xla_ops")), dtype=dtype)
+        roi_impl=str(c.roi_impl), dtype=dtype)
 
 
 def settings_from_config(config) -> FPNTestSettings:
@@ -630,5 +631,5 @@ def settings_from_config(config) -> FPNTestSettings:
         rpn_pre_nms_top_n=int(config.rpn.test_pre_nms), rpn_post_nms_top_n=int(config.rpn.test_post_nms),
         rpn_nms_thresh=float(config.rpn.nms_iou), rpn_min_size=float(config.rpn.min_proposal_size),
         box_score_thresh=float(config.test.score_threshold), box_nms_thresh=float(config.test.nms_iou),
-        box_min_size=float(config.model.get("box_min_size", 1e-2)),
+        box_min_size=float(config.model.box_min_size),
         detections_per_img=int(config.test.max_detections))
