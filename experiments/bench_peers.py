@@ -253,17 +253,15 @@ def fpn_part(rounds, warmup, image_hw=(800, 1056), batch_size=2, boxes_per_image
     the same weights (torchvision's state dict imported)."""
     import io
 
-    import jax.numpy as jnp
     import torch
 
-    import fpn_vs_torchvision as fvt
     from jaxdet.configs import fasterrcnn_resnet50_fpn_coco as coco
     from jaxdet.data import with_class_names
     from jaxdet.models.fpn_detector import predict as fpn_predict, settings_from_config
     from jaxdet.models.fpn_transform import transform_batch
     from jaxdet.models.torchvision_detection import load_torchvision_detection
 
-    tmodel = fvt.torch_model("v1")
+    tmodel = common.torchvision_fpn_model("v1")
     buffer = io.BytesIO()
     torch.save(tmodel.state_dict(), buffer)
     buffer.seek(0)

@@ -461,3 +461,38 @@ def roi_align_sides(features, rois, scale, *, backward, device="cpu"):
     expected = np.transpose(tv_forward(ft).detach().cpu().numpy(), (0, 2, 3, 1))
     difference = float(np.abs(np.asarray(forward(f, r)) - expected).max())
     return jax_fns, {"torchvision": torchvision_fn}, difference
+
+
+# The box predictor's weight stds (class, box) that give class logits of std ~2 on random
+# networks (their box-head features have rms ~9 in v1, ~29 in v2): softmax scores spread over (0, 1).
+FPN_SCORE_LAYER_STDS = {"v1": (0.008, 0.005), "v2": (0.0025, 0.002)}
+
+
+def torchvision_fpn_model(variant, seed=0):
+    """torchvision's fasterrcnn_resnet50_fpn ("v1", built as for its COCO weights) or _v2, seeded, with random batch-norm statistics and spread-out score layers."""
+    import torch
+    from torchvision.models import resnet50
+    from torchvision.models.detection._utils import overwrite_eps
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.models.detection.faster_rcnn import FasterRCNN, fasterrcnn_resnet50_fpn_v2
+    from torchvision.ops import misc as misc_nn_ops
+
+    torch.manual_seed(seed)
+    if variant == "v1":
+        backbone = _resnet_fpn_extractor(resnet50(norm_layer=misc_nn_ops.FrozenBatchNorm2d), 3)
+        model = FasterRCNN(backbone, num_classes=91)
+        overwrite_eps(model, 0.0)  # as torchvision does for its COCO_V1 weights
+    else:
+        model = fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=91)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (misc_nn_ops.FrozenBatchNorm2d, torch.nn.BatchNorm2d)):
+                module.running_mean.normal_(0, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0, 0.2)
+        cls_std, box_std = FPN_SCORE_LAYER_STDS[variant]
+        model.rpn.head.bbox_pred.weight.normal_(0, 0.001)
+        model.roi_heads.box_predictor.cls_score.weight.normal_(0, cls_std)
+        model.roi_heads.box_predictor.bbox_pred.weight.normal_(0, box_std)
+    return model.eval()

@@ -4,7 +4,7 @@ torchvision builds the model with no pretrained weights, seeded; every batch nor
 statistics and scales (as trained weights have: mean N(0, 0.2), var U(0.5, 2), weight U(0.5, 1.5),
 bias N(0, 0.2)); v1 is built as torchvision builds it for its COCO weights (FrozenBatchNorm2d,
 `overwrite_eps(model, 0.0)`). So that the comparison is not vacuous, the box predictor's class
-layer gets weights N(0, 0.008) in v1 and N(0, 0.0025) in v2 (`SCORE_LAYER_STDS`; Linear's default
+layer gets weights N(0, 0.008) in v1 and N(0, 0.0025) in v2 (`common.FPN_SCORE_LAYER_STDS`; Linear's default
 init gives logits of std ~0.3, near-uniform scores of ~1 / 91 under the 0.05 threshold), so class
 logits have a std of ~2 and the scores spread over (0.05, 1): each photograph gives the full 100
 detections, the best scoring 0.71-0.90. The RPN keeps torchvision's N(0, 0.01) objectness init (logit std ~1-5 on
@@ -33,13 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 import torchvision
-from torchvision.models import resnet50
-from torchvision.models.detection._utils import overwrite_eps
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.models.detection.faster_rcnn import FasterRCNN, fasterrcnn_resnet50_fpn_v2
 from torchvision.models.detection.transform import resize_boxes
-from torchvision.ops import misc as misc_nn_ops
 
+from common import torchvision_fpn_model as torch_model
 from jaxdet.configs import load_config
 from jaxdet.models.fpn_detector import model_from_config, predict, settings_from_config
 from jaxdet.models.fpn_transform import transform_batch
@@ -47,9 +43,6 @@ from jaxdet.models.torchvision_detection import load_torchvision_detection
 
 IOU_MIN = 0.98
 SCORE_TOL = 1e-3
-# The box predictor's weight stds (class, box) that give class logits of std ~2 on these random
-# networks (their box-head features have rms ~9 in v1, ~29 in v2): softmax scores spread over (0, 1).
-SCORE_LAYER_STDS = {"v1": (0.008, 0.005), "v2": (0.0025, 0.002)}
 
 
 CONFIGS = {"v1": "fasterrcnn_resnet50_fpn_coco", "v2": "fasterrcnn_resnet50_fpn_v2_coco"}
@@ -59,29 +52,6 @@ def jax_model(variant):
     """The FPNFasterRCNN of torchvision's fasterrcnn_resnet50_fpn (COCO weights' eps 0) or _v2, as its
     config builds it (COCO's 90 slots)."""
     return model_from_config(load_config(CONFIGS[variant]).model)
-
-
-def torch_model(variant, seed=0):
-    """torchvision's model, seeded, with random batch-norm statistics and spread-out score layers."""
-    torch.manual_seed(seed)
-    if variant == "v1":
-        backbone = _resnet_fpn_extractor(resnet50(norm_layer=misc_nn_ops.FrozenBatchNorm2d), 3)
-        model = FasterRCNN(backbone, num_classes=91)
-        overwrite_eps(model, 0.0)  # as torchvision does for its COCO_V1 weights
-    else:
-        model = fasterrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=91)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (misc_nn_ops.FrozenBatchNorm2d, torch.nn.BatchNorm2d)):
-                module.running_mean.normal_(0, 0.2)
-                module.running_var.uniform_(0.5, 2.0)
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0, 0.2)
-        cls_std, box_std = SCORE_LAYER_STDS[variant]
-        model.rpn.head.bbox_pred.weight.normal_(0, 0.001)
-        model.roi_heads.box_predictor.cls_score.weight.normal_(0, cls_std)
-        model.roi_heads.box_predictor.bbox_pred.weight.normal_(0, box_std)
-    return model.eval()
 
 
 def photographs(names):

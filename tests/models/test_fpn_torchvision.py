@@ -7,6 +7,7 @@ import collections
 import importlib.util
 import io
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -21,6 +22,8 @@ EXPERIMENT = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "fpn_
 
 
 def experiment():
+    if str(EXPERIMENT.parent) not in sys.path:
+        sys.path.insert(0, str(EXPERIMENT.parent))  # its `common` module
     spec = importlib.util.spec_from_file_location("fpn_vs_torchvision", EXPERIMENT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
