@@ -261,6 +261,8 @@ def fpn_part(rounds, warmup, image_hw=(800, 1056), batch_size=2, boxes_per_image
     from jaxdet.models.fpn_transform import transform_batch
     from jaxdet.models.torchvision_detection import load_torchvision_detection
 
+    device = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     tmodel = common.torchvision_fpn_model("v1")
     buffer = io.BytesIO()
     torch.save(tmodel.state_dict(), buffer)
@@ -276,14 +278,17 @@ def fpn_part(rounds, warmup, image_hw=(800, 1056), batch_size=2, boxes_per_image
     assert prepared.shape[1:3] == image_hw, prepared.shape  # no resize, no padding: the same input on both sides
     settings = settings_from_config(config)
     one, one_hw = jax.device_put(prepared[:1]), jax.device_put(hw[:1])
-    torch_images = [torch.from_numpy(im).permute(2, 0, 1).float().div(255) for im in images]
+    tmodel.to(device)
+    torch_images = [torch.from_numpy(im).permute(2, 0, 1).float().div(255).to(device) for im in images]
 
     def jaxdet_predict():
         return jax.block_until_ready(fpn_predict(state.model, state.variables, one, one_hw, settings=settings))
 
     def torchvision_predict():
         with torch.no_grad():
-            return tmodel.eval()([torch_images[0]])
+            found = tmodel.eval()([torch_images[0]])
+        sync()
+        return found
 
     xy = rng.uniform(0, 600, (batch_size, boxes_per_image, 2))
     wh = rng.uniform(40, 400, (batch_size, boxes_per_image, 2))
@@ -292,7 +297,7 @@ def fpn_part(rounds, warmup, image_hw=(800, 1056), batch_size=2, boxes_per_image
     batch = jax.device_put({"images": prepared, "boxes": boxes, "labels": labels,
                             "valid": np.ones(labels.shape, bool), "image_hw": hw,
                             "scale": np.ones(batch_size, np.float32)})
-    targets = [{"boxes": torch.from_numpy(b), "labels": torch.from_numpy(l.astype(np.int64) + 1)}
+    targets = [{"boxes": torch.from_numpy(b).to(device), "labels": torch.from_numpy(l.astype(np.int64) + 1).to(device)}
                for b, l in zip(boxes, labels)]
     optimizer = torch.optim.SGD([p for p in tmodel.parameters() if p.requires_grad], lr=0.02 / 16, momentum=0.9,
                                 weight_decay=1e-4)
@@ -308,7 +313,7 @@ def fpn_part(rounds, warmup, image_hw=(800, 1056), batch_size=2, boxes_per_image
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        sides["loss"] = float(loss.detach())
+        sides["loss"] = float(loss.detach())  # waits for the step
 
     detections = (int(np.asarray(jaxdet_predict().detections.valid).sum()),
                   len(torchvision_predict()[0]["boxes"]))

@@ -23,7 +23,8 @@
 #   roi-align   experiments/bench_roi_align.py --device gpu: RoIAlign against torchvision's CUDA
 #               kernel (atomicAdd and deterministic backwards) and an XLA copy (roi_align.md)
 #   nms         experiments/bench_nms.py: NMS of 12000 boxes per block size (nms.md)
-#   peers       experiments/bench_peers.py: RoI pooling, the tiny step and predict, the VGG16
+#   peers       experiments/bench_peers.py: RoI pooling, RoIAlign, ResNet-50-FPN predict and training
+#               step, the tiny step and predict, the VGG16
 #               step against torchvision in one process (peers.md)
 #   demo        `python -m jaxdet demo` trained on the GPU: mAP and time (demo/metrics.json and
 #               the run's pictures; its dataset and checkpoints are not kept)
@@ -223,8 +224,8 @@ if [ -n "$PYTHON" ]; then
       --rounds 20 --out "$OUT/roi_align.md"
   fi
   step nms 60 "$PYTHON" experiments/bench_nms.py --repeats 20 --out "$OUT/nms.md"
-  XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 step peers 150 "$PYTHON" experiments/bench_peers.py \
-    --roi-rounds 20 --tiny-rounds 10 --vgg16-rounds 5 --out "$OUT/peers.md"
+  XLA_PYTHON_CLIENT_MEM_FRACTION=0.5 step peers 200 "$PYTHON" experiments/bench_peers.py \
+    --roi-rounds 20 --tiny-rounds 10 --vgg16-rounds 5 --fpn-rounds 5 --out "$OUT/peers.md"
   # The run (dataset, checkpoints) in a scratch directory; its figures and pictures to $OUT/demo.
   demo_dir=$(mktemp -d)
   step demo 180 "$PYTHON" -m jaxdet demo --workdir "$demo_dir" --device gpu --no-progress
