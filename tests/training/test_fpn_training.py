@@ -4,6 +4,9 @@ layers; the RPN objectness loss is the binary cross entropy; the tiny config tra
 through the command line (the loss falls, the evaluation runs)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -82,3 +85,46 @@ def test_tiny_fpn_trains_on_shapes_from_the_command_line(tmp_path, capsys):
     assert len(losses) == 30 and np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5]), losses
     metrics = json.load(open(workdir / "metrics.json"))
     assert 0.0 <= metrics["voc07_map"] <= 1.0 and metrics["steps"] == 30
+
+
+# Run in a fresh process with 2 simulated CPU devices (this one may have started JAX with one).
+_DATA_PARALLEL = '''
+import json, sys
+import jax, numpy as np
+from jaxdet.configs import load_config
+from jaxdet.data import with_class_names
+from jaxdet.devices import make_mesh, replicate, shard_batch
+from jaxdet.training import create_train_state, step_key, train_step
+from jaxdet.training.parallel import make_parallel_train_step
+
+config = with_class_names(load_config("fasterrcnn_resnet50_fpn_coco:tiny"), ("circle", "square", "triangle"))
+n, hw, slots = 4, (128, 192), config.data.max_boxes
+boxes = np.zeros((n, slots, 4), np.float32)
+boxes[:, 0], boxes[:, 1] = [20, 20, 80, 90], [100, 30, 170, 110]
+valid = np.arange(slots)[None].repeat(n, 0) < 2
+batch = dict(images=np.random.default_rng(0).normal(size=(n, *hw, 3)).astype(np.float32), boxes=boxes,
+             labels=np.ones((n, slots), np.int32), valid=valid, image_hw=np.array([hw] * n, np.int32),
+             scale=np.ones(n, np.float32))
+single = create_train_state(config, jax.random.PRNGKey(0))
+key = step_key(single)
+split = replicate(create_train_state(config, jax.random.PRNGKey(0)), make_mesh(2))
+single, single_metrics = train_step(single, batch, key)
+split, split_metrics = make_parallel_train_step(make_mesh(2))(split, shard_batch(batch, make_mesh(2)), key)
+difference = max(float(np.abs(np.asarray(a) - np.asarray(b)).max())
+                 for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(split.params)))
+json.dump({"loss": [float(single_metrics["loss"]), float(split_metrics["loss"])], "params": difference,
+           "devices": jax.device_count()}, sys.stdout)
+'''
+
+
+def test_the_fpn_step_split_over_two_devices_equals_the_single_device_step():
+    # The same global batch of 4 on 1 device and split 2 x 2: the same loss and update (float32 sums
+    # in another order: to a few ulps).
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _DATA_PARALLEL], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["devices"] == 2
+    np.testing.assert_allclose(found["loss"][1], found["loss"][0], rtol=1e-5)
+    assert found["params"] < 1e-5, found
