@@ -6,6 +6,7 @@ a JAX backend (jax.distributed.initialize must come before that in multi-host pr
 
 import functools
 import importlib
+import warnings
 
 import jax
 
@@ -57,3 +58,36 @@ def current_platform():
     else:
         platform = device if isinstance(device, str) else device.platform
     return "cuda" if platform == "gpu" else platform
+
+
+IMPLS = ("auto", "ffi", "reference")
+
+
+def resolve_impl(op: str, impl: str, is_built, why_not_built) -> str:
+    """"ffi" or "reference" for an op's `impl` argument ("auto", "ffi", "reference") on the current
+    platform: "auto" takes the custom call where `is_built(platform)`, else the reference with a
+    warning (once per op, platform and reason).
+
+    Raises:
+      ValueError: `impl` is none of IMPLS.
+      RuntimeError: impl="ffi" where the custom call is not built, saying why (`why_not_built`).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"{op}: impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "reference":
+        return impl
+    platform = current_platform()
+    if is_built(platform):
+        return "ffi"
+    reason = why_not_built(platform)
+    if impl == "ffi":
+        raise RuntimeError(f"{op}: impl='ffi' but the native op is unavailable on {platform}: {reason}. Rebuild "
+                           "with `make build` (or `pip install -e .`), or use impl='reference'.")
+    _warn_fallback(op, platform, reason)
+    return "reference"
+
+
+@functools.cache
+def _warn_fallback(op, platform, reason):
+    warnings.warn(f"{op}: native op unavailable on {platform} ({reason}); using the slower jnp reference.",
+                  RuntimeWarning, stacklevel=5)

@@ -15,7 +15,6 @@ one call), lax.scan and shard_map.
 
 import functools
 import math
-import warnings
 from typing import NamedTuple
 
 import jax
@@ -30,7 +29,7 @@ from xla_ops.sharding import batch_partitioned, batch_shards, warn_unpartitioned
 FORWARD_TARGET = "jaxdet_roi_align_fwd"
 BACKWARD_TARGET = "jaxdet_roi_align_bwd"
 FEATURE_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
-IMPLS = ("auto", "ffi", "reference")
+IMPLS = _native.IMPLS
 DATA_FORMATS = ("NHWC", "NCHW")
 
 # JAX platform name -> (extension module, XLA platform name used for registration).
@@ -215,26 +214,7 @@ def _check_deterministic(deterministic):
 
 
 def _resolve_impl(impl):
-    if impl not in IMPLS:
-        raise ValueError(f"roi_align: impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "reference":
-        return impl
-    platform = _native.current_platform()
-    if is_built(platform):
-        return "ffi"
-    reason = why_not_built(platform)
-    if impl == "ffi":
-        raise RuntimeError(f"roi_align: impl='ffi' but the native op is unavailable on {platform}: "
-                           f"{reason}. Rebuild with `make build` (or `pip install -e .`), or use "
-                           "impl='reference'.")
-    _warn_fallback(platform, reason)
-    return "reference"
-
-
-@functools.cache
-def _warn_fallback(platform, reason):
-    warnings.warn(f"roi_align: native op unavailable on {platform} ({reason}); using the slower "
-                  "jnp reference.", RuntimeWarning, stacklevel=4)
+    return _native.resolve_impl("roi_align", impl, is_built, why_not_built)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -26,7 +26,6 @@ the flat index `h * W + w` inside that image's plane.
 
 import functools
 import math
-import warnings
 from typing import NamedTuple
 
 import jax
@@ -38,7 +37,7 @@ from xla_ops.reference import ROUNDINGS, roi_pool_reference
 from xla_ops.sharding import batch_partitioned, batch_shards, vary_together as _vary_together, warn_unpartitioned
 
 FEATURE_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
-IMPLS = ("auto", "ffi", "reference")
+IMPLS = _native.IMPLS
 DATA_FORMATS = ("NHWC", "NCHW")
 
 
@@ -233,26 +232,7 @@ def _check_spatial_scale(spatial_scale):
 
 
 def _resolve_impl(impl):
-    if impl not in IMPLS:
-        raise ValueError(f"roi_pool: impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "reference":
-        return impl
-    platform = _native.current_platform()
-    if _native.is_built(platform):
-        return "ffi"
-    reason = _native.why_not_built(platform)
-    if impl == "ffi":
-        raise RuntimeError(f"roi_pool: impl='ffi' but the native op is unavailable on {platform}: "
-                           f"{reason}. Rebuild with `make build` (or `pip install -e .`), or use "
-                           "impl='reference'.")
-    _warn_fallback(platform, reason)
-    return "reference"
-
-
-@functools.cache
-def _warn_fallback(platform, reason):
-    warnings.warn(f"roi_pool: native op unavailable on {platform} ({reason}); using the slower "
-                  "jnp reference.", RuntimeWarning, stacklevel=4)
+    return _native.resolve_impl("roi_pool", impl, _native.is_built, _native.why_not_built)
 
 
 # ---------------------------------------------------------------------------------------------
