@@ -332,7 +332,7 @@ def test_errors_name_the_argument(bad, message):
 def test_auto_falls_back_to_reference_with_a_warning(monkeypatch):
     monkeypatch.setattr(align, "is_built", lambda platform: False)
     monkeypatch.setattr(align, "why_not_built", lambda platform: "pretend")
-    align._warn_fallback.cache_clear()
+    align._native._warn_fallback.cache_clear()
     features = features_of(np.random.default_rng(0))
     with pytest.warns(RuntimeWarning, match="roi_align: native op unavailable"):
         out = roi_align(features, case_rois(0)[:3], 2, 0.25)

@@ -411,14 +411,14 @@ def test_auto_falls_back_to_reference_with_a_warning(monkeypatch):
 
     monkeypatch.setattr(module._native, "is_built", lambda platform: False)
     monkeypatch.setattr(module._native, "why_not_built", lambda platform: "not built in this test")
-    module._warn_fallback.cache_clear()
+    module._native._warn_fallback.cache_clear()
     features = jnp.ones((1, 4, 4, 1))
     rois = np.array([[0, 0, 0, 3, 3]], np.float32)
     with pytest.warns(RuntimeWarning, match="reference"):
         roi_pool(features, rois, (2, 2), 1.0)
     with pytest.raises(RuntimeError, match="impl='ffi'"):
         roi_pool(features, rois, (2, 2), 1.0, impl="ffi")
-    module._warn_fallback.cache_clear()
+    module._native._warn_fallback.cache_clear()
 
 
 # ---------------------------------------------------------------------------------------------
