@@ -68,7 +68,9 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.loss = dict(
         box_normalization="samples",  # box losses / sampled anchors or RoIs (py-faster-rcnn), or
-                                      # "positives" (the paper's N_reg, with rpn_box_weight=10)
+                                      # "positives" (the step-by-step tutorials' reading of the paper's
+                                      # lambda = 10 normalisation, with rpn_box_weight=10; the paper's
+                                      # N_reg counts anchor locations)
         rpn_box_weight=1.0,          # weight of the RPN box loss in the total
         roi_box_weight=1.0,          # weight of the RoI-head box loss in the total
     )
