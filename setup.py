@@ -129,6 +129,11 @@ class BuildExt(build_ext):
         return obj
 
 
+# The op family: each op's name (its sources are {op}_cpu.cc, {op}_cuda.cu, {op}_cuda_module.cc and
+# testing/{op}_cuda_emulated.cc) and the headers they include.
+OPS = (("roi_pool", HEADERS), ("roi_align", ALIGN_HEADERS))
+
+
 def extensions():
     include_dirs = [CSRC, pybind11.get_include(), _ffi_include_dir()]
     sanitize = os.environ.get("JAXDET_SANITIZE")
@@ -145,8 +150,7 @@ def extensions():
 
     common = [os.path.join(CSRC, "cpu_common.h")]
     exts = [
-        cpu_extension("xla_ops._roi_pool_cpu", "roi_pool_cpu.cc", HEADERS),
-        cpu_extension("xla_ops._roi_align_cpu", "roi_align_cpu.cc", ALIGN_HEADERS),
+        *[cpu_extension(f"xla_ops._{op}_cpu", f"{op}_cpu.cc", headers) for op, headers in OPS],
         cpu_extension("xla_ops.amx._patches_cpu", "patches_cpu.cc", common, AMX_CSRC, optional=True),
         cpu_extension("xla_ops.amx._bf16_dot_cpu", "bf16_dot_cpu.cc", common, AMX_CSRC, optional=True),
     ]
@@ -155,64 +159,38 @@ def extensions():
                                   common + [os.path.join(AMX_CSRC, "tile_emulation.h")], AMX_CSRC,
                                   optional=True, defines=["JAXDET_AMX_EMULATION"]))
     if os.environ.get("JAXDET_CUDA_EMULATION") == "1":
-        exts.append(Extension(
-            "xla_ops._roi_pool_cuda_emulated",
-            sources=[os.path.join(EMULATION, "roi_pool_cuda_emulated.cc")],
-            depends=HEADERS + [os.path.join(CSRC, "roi_pool_cuda.cu"),
-                               os.path.join(EMULATION, "cuda_runtime.h")],
-            # testing/ first: its cuda_runtime.h stands in for the real one.
-            include_dirs=[EMULATION] + include_dirs,
-            # C++20 for std::atomic_ref (atomicAdd); -O2 keeps the build short.
-            extra_compile_args=[f.replace("c++17", "c++20") for f in cpu_flags if f != "-O3"]
-            + ([] if sanitize else ["-O2"]) + ["-pthread"],
-            extra_link_args=cpu_link + ["-pthread"],
-            language="c++",
-        ))
-        # The same for RoIAlign's CUDA kernels (roi_align_cuda.cu).
-        exts.append(Extension(
-            "xla_ops._roi_align_cuda_emulated",
-            sources=[os.path.join(EMULATION, "roi_align_cuda_emulated.cc")],
-            depends=ALIGN_HEADERS + [os.path.join(CSRC, "roi_align_cuda.cu"),
-                                     os.path.join(EMULATION, "cuda_runtime.h")],
-            include_dirs=[EMULATION] + include_dirs,
-            extra_compile_args=[f.replace("c++17", "c++20") for f in cpu_flags if f != "-O3"]
-            + ([] if sanitize else ["-O2"]) + ["-pthread"],
-            extra_link_args=cpu_link + ["-pthread"],
-            language="c++",
-        ))
+        for op, headers in OPS:
+            exts.append(Extension(
+                f"xla_ops._{op}_cuda_emulated",
+                sources=[os.path.join(EMULATION, f"{op}_cuda_emulated.cc")],
+                depends=headers + [os.path.join(CSRC, f"{op}_cuda.cu"), os.path.join(EMULATION, "cuda_runtime.h")],
+                # testing/ first: its cuda_runtime.h stands in for the real one.
+                include_dirs=[EMULATION] + include_dirs,
+                # C++20 for std::atomic_ref (atomicAdd); -O2 keeps the build short.
+                extra_compile_args=[f.replace("c++17", "c++20") for f in cpu_flags if f != "-O3"]
+                + ([] if sanitize else ["-O2"]) + ["-pthread"],
+                extra_link_args=cpu_link + ["-pthread"],
+                language="c++",
+            ))
     nvcc = _want_cuda()
     if nvcc is not None:
         cuda_home = _cuda_home(nvcc)
         lib_dirs = [d for d in (os.path.join(cuda_home, "lib64"), os.path.join(cuda_home, "lib"))
                     if os.path.isdir(d)]
-        cuda = Extension(
-            "xla_ops._roi_pool_cuda",
-            sources=[os.path.join(CSRC, "roi_pool_cuda_module.cc"),
-                     os.path.join(CSRC, "roi_pool_cuda.cu")],
-            depends=HEADERS,
-            include_dirs=include_dirs + [os.path.join(cuda_home, "include")],
-            library_dirs=lib_dirs,
-            # Static runtime: the module then needs only the driver on the GPU machine.
-            libraries=["cudart_static", "dl", "rt", "pthread"],
-            extra_compile_args=CXX_FLAGS,
-            language="c++",
-        )
-        cuda.nvcc = nvcc
-        exts.append(cuda)
-        # RoIAlign's CUDA kernels, a module of their own.
-        align = Extension(
-            "xla_ops._roi_align_cuda",
-            sources=[os.path.join(CSRC, "roi_align_cuda_module.cc"),
-                     os.path.join(CSRC, "roi_align_cuda.cu")],
-            depends=ALIGN_HEADERS,
-            include_dirs=include_dirs + [os.path.join(cuda_home, "include")],
-            library_dirs=lib_dirs,
-            libraries=["cudart_static", "dl", "rt", "pthread"],
-            extra_compile_args=CXX_FLAGS,
-            language="c++",
-        )
-        align.nvcc = nvcc
-        exts.append(align)
+        for op, headers in OPS:
+            cuda = Extension(
+                f"xla_ops._{op}_cuda",
+                sources=[os.path.join(CSRC, f"{op}_cuda_module.cc"), os.path.join(CSRC, f"{op}_cuda.cu")],
+                depends=headers,
+                include_dirs=include_dirs + [os.path.join(cuda_home, "include")],
+                library_dirs=lib_dirs,
+                # Static runtime: the module then needs only the driver on the GPU machine.
+                libraries=["cudart_static", "dl", "rt", "pthread"],
+                extra_compile_args=CXX_FLAGS,
+                language="c++",
+            )
+            cuda.nvcc = nvcc
+            exts.append(cuda)
     return exts
 
 
