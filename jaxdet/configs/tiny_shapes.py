@@ -1,4 +1,5 @@
-"""A tiny Faster R-CNN on the synthetic shapes set: the CPU demo's model (minutes on 2 cores) and tests.
+"""A tiny Faster R-CNN on the synthetic shapes set (minutes on 2 CPU cores): the tests' model, and the
+base of the demo's (`shapes_demo`: RoIAlign and the training settings that found the hardest objects).
 
 128x128 images with 1-4 circles, squares and triangles of 16-80 px; a 4-stage VGG-style trunk
 (stride 8, 64 channels), anchors of 16-64 px, a 256-wide two-layer head and Adam. Everything
