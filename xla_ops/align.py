@@ -22,15 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from xla_ops import _native
-from xla_ops.ops import _broadcast_unbatched, _fold_rois, _vary_together
+from xla_ops.arguments import (check_deterministic, check_inputs, check_output_size, check_spatial_scale,
+                               from_kernel_layout, static_int, to_kernel_layout)
+from xla_ops.batching import folded_backward, folded_forward
 from xla_ops.roi_align_reference import MAX_GRID, roi_align_reference
-from xla_ops.sharding import batch_partitioned, batch_shards, warn_unpartitioned
+from xla_ops.sharding import batch_partitioned, batch_shards, vary_together as _vary_together, warn_unpartitioned
 
 FORWARD_TARGET = "jaxdet_roi_align_fwd"
 BACKWARD_TARGET = "jaxdet_roi_align_bwd"
-FEATURE_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 IMPLS = _native.IMPLS
-DATA_FORMATS = ("NHWC", "NCHW")
 
 # JAX platform name -> (extension module, XLA platform name used for registration).
 _EXTENSIONS = {"cpu": ("xla_ops._roi_align_cpu", "cpu"), "cuda": ("xla_ops._roi_align_cuda", "CUDA")}
@@ -92,11 +92,12 @@ def roi_align(features, rois, output_size, spatial_scale, sampling_ratio=-1, ali
       The gradient flows to the features (each bin's cotangent spread over the four
       neighbours of its samples, weight / count each); the RoIs get a zero cotangent.
     """
-    features, rois = _check_inputs(features, rois, data_format)
+    features, rois = check_inputs("roi_align", features, rois, data_format)
     align = functools.partial(
-        _align, pooled_hw=_check_output_size(output_size), spatial_scale=_check_spatial_scale(spatial_scale),
+        _align, pooled_hw=check_output_size("roi_align", output_size),
+        spatial_scale=check_spatial_scale("roi_align", spatial_scale),
         sampling_ratio=_check_sampling_ratio(sampling_ratio), aligned=_check_aligned(aligned),
-        data_format=data_format, deterministic=_check_deterministic(deterministic), impl=_resolve_impl(impl))
+        data_format=data_format, deterministic=check_deterministic("roi_align", deterministic), impl=_resolve_impl(impl))
     if rois.ndim == 3:
         return batch_partitioned(align, batch_axes=batch_axes, name="roi_align")(features, rois)
     axes, shards = batch_shards(batch_axes)
@@ -109,14 +110,7 @@ def roi_align(features, rois, output_size, spatial_scale, sampling_ratio=-1, ali
 def _align(features, rois, *, pooled_hw, spatial_scale, sampling_ratio, aligned, data_format,
            deterministic, impl):
     """Checked arguments -> aligned features of this device's images."""
-    if data_format == "NCHW":
-        features = jnp.transpose(features, (0, 2, 3, 1))
-    batched_rois = None
-    if rois.ndim == 3:  # [N, R, 4] -> [N * R, 5] with each box's image index
-        batched_rois = rois.shape[:2]
-        index = jnp.broadcast_to(jnp.arange(rois.shape[0], dtype=jnp.float32)[:, None, None],
-                                 rois.shape[:2] + (1,))
-        rois = jnp.concatenate([index, rois], axis=2).reshape(-1, 5)
+    features, rois, batched_rois = to_kernel_layout(features, rois, data_format)
     out_shape = (rois.shape[0], *pooled_hw, features.shape[3])
     if math.prod(out_shape) == 0 or math.prod(features.shape[:3]) == 0:
         out = jnp.zeros(out_shape, features.dtype) + 0 * jnp.sum(features)
@@ -127,73 +121,16 @@ def _align(features, rois, *, pooled_hw, spatial_scale, sampling_ratio, aligned,
         config = _CallConfig(pooled_hw, spatial_scale, sampling_ratio, aligned, bool(deterministic),
                              tuple(features.shape), features.dtype)
         out = _align_native(features, rois, config)
-    if data_format == "NCHW":
-        out = jnp.transpose(out, (0, 3, 1, 2))
-    if batched_rois is not None:
-        out = out.reshape(batched_rois + out.shape[1:])
-    return out
+    return from_kernel_layout(out, data_format, batched_rois)
 
 
 # ---------------------------------------------------------------------------------------------
-# Argument checks: shape and dtype errors name the argument; data-dependent problems (bad batch
-# indices, NaN coordinates, ...) are the kernels' business and give zeros.
-
-
-def _check_inputs(features, rois, data_format):
-    """-> (features, rois as float32): [N, H, W, C] (or NCHW) and [K, 5] or [N, R, 4]."""
-    if data_format not in DATA_FORMATS:
-        raise ValueError(f"roi_align: data_format must be one of {DATA_FORMATS}, got {data_format!r}")
-    features = jnp.asarray(features)
-    rois = jnp.asarray(rois)
-    if features.ndim != 4:
-        layout = "[N, H, W, C]" if data_format == "NHWC" else "[N, C, H, W]"
-        raise ValueError(f"roi_align: features must be {layout}, got shape {features.shape}")
-    if features.dtype not in FEATURE_DTYPES:
-        raise TypeError(f"roi_align: features must be float32, bfloat16 or float16, got {features.dtype}")
-    if not jnp.issubdtype(rois.dtype, jnp.floating):
-        raise TypeError(f"roi_align: rois must be a float array, got {rois.dtype}")
-    if rois.ndim == 3 and rois.shape[2] == 4:
-        if rois.shape[0] != features.shape[0]:
-            raise ValueError(f"roi_align: rois [N, R, 4] has N={rois.shape[0]} but features have "
-                             f"N={features.shape[0]}")
-    elif rois.ndim != 2 or rois.shape[1] != 5:
-        raise ValueError("roi_align: rois must be [K, 5] (batch_index, x1, y1, x2, y2) or "
-                         f"[N, R, 4], got shape {rois.shape}")
-    return features, rois.astype(jnp.float32)
-
-
-def _static_int(value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(value)
-    return int(value)
-
-
-def _check_output_size(output_size):
-    size = (output_size, output_size) if isinstance(output_size, (int, np.integer)) else output_size
-    try:
-        ph, pw = (_static_int(s) for s in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"roi_align: output_size must be an int or a pair of ints, got {output_size!r}")
-    if ph <= 0 or pw <= 0:
-        raise ValueError(f"roi_align: output_size must be positive, got {output_size!r}")
-    return ph, pw
-
-
-def _check_spatial_scale(spatial_scale):
-    if isinstance(spatial_scale, jax.core.Tracer):
-        raise TypeError("roi_align: spatial_scale must be a static Python float, not a traced value")
-    try:
-        value = float(spatial_scale)
-    except TypeError:
-        raise TypeError(f"roi_align: spatial_scale must be a float, got {spatial_scale!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"roi_align: spatial_scale must be positive and finite, got {spatial_scale!r}")
-    return float(np.float32(value))
+# The argument checks of this op alone (those both ops share: xla_ops.arguments).
 
 
 def _check_sampling_ratio(sampling_ratio):
     try:
-        value = _static_int(sampling_ratio)
+        value = static_int(sampling_ratio)
     except TypeError:
         raise TypeError(f"roi_align: sampling_ratio must be a static int, got {sampling_ratio!r}")
     if value > MAX_GRID:
@@ -207,18 +144,12 @@ def _check_aligned(aligned):
     return bool(aligned)
 
 
-def _check_deterministic(deterministic):
-    if deterministic not in (None, True, False):
-        raise ValueError(f"roi_align: deterministic must be None or a bool, got {deterministic!r}")
-    return deterministic
-
-
 def _resolve_impl(impl):
     return _native.resolve_impl("roi_align", impl, is_built, why_not_built)
 
 
 # ---------------------------------------------------------------------------------------------
-# The custom calls, their VJP, and their batching rule.
+# The custom calls and their VJP (vmap folds into one call: xla_ops.batching).
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -262,42 +193,11 @@ def _ffi_backward(grad_out, rois, num_images, config):
 
 
 def _forward_call(features, rois, config):
-    # vmap folds the mapped axis into the images and RoIs of ONE custom call.
-    @jax.custom_batching.custom_vmap
-    def forward(features, rois):
-        return _ffi_forward(features, rois, config)
-
-    @forward.def_vmap
-    def forward_batched(axis_size, in_batched, features, rois):
-        features_batched, rois_batched = in_batched
-        num_rois = rois.shape[1] if rois_batched else rois.shape[0]
-        if features_batched:
-            (rois,) = _broadcast_unbatched(axis_size, [rois_batched], rois)
-            rois = _fold_rois(rois, axis_size, features.shape[1])
-            features = features.reshape((-1,) + features.shape[2:])
-        else:  # every problem aligns the same images
-            rois = rois.reshape(-1, 5)
-        out = forward(features, rois)
-        return out.reshape((axis_size, num_rois) + out.shape[1:]), True
-
-    return forward(features, rois)
+    """features [N, H, W, C], rois [K, 5] -> [K, PH, PW, C]."""
+    return folded_forward(lambda f, r: (_ffi_forward(f, r, config),), features, rois)[0]
 
 
 def _backward_call(grad_out, rois, num_images, config):
     """grad_out: [K, PH, PW, C]; rois: [K, 5] -> float32 [num_images, H, W, C]."""
-
-    @jax.custom_batching.custom_vmap
-    def backward(grad_out, rois):
-        return _ffi_backward(grad_out, rois, num_images, config)
-
-    @backward.def_vmap
-    def backward_batched(axis_size, in_batched, grad_out, rois):
-        # Per-problem gradients [B, N, H, W, C]; where the primal features were shared by the
-        # problems, custom_vjp's batching sums them over B.
-        grad_out, rois = _broadcast_unbatched(axis_size, in_batched, grad_out, rois)
-        flat = lambda x: x.reshape((-1,) + x.shape[2:])
-        grad = _backward_call(flat(grad_out), _fold_rois(rois, axis_size, num_images),
-                              axis_size * num_images, config)
-        return grad.reshape((axis_size, num_images) + grad.shape[1:]), True
-
-    return backward(grad_out, rois)
+    return folded_backward(lambda r, per_roi, n: _ffi_backward(per_roi[0], r, n, config),
+                           rois, (grad_out,), num_images)

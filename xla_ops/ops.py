@@ -33,12 +33,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from xla_ops import _native
+from xla_ops.arguments import (check_deterministic, check_inputs, check_output_size, check_spatial_scale,
+                               from_kernel_layout, to_kernel_layout)
+from xla_ops.batching import folded_backward, folded_forward
 from xla_ops.reference import ROUNDINGS, roi_pool_reference
 from xla_ops.sharding import batch_partitioned, batch_shards, vary_together as _vary_together, warn_unpartitioned
 
-FEATURE_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 IMPLS = _native.IMPLS
-DATA_FORMATS = ("NHWC", "NCHW")
 
 
 class _CallConfig(NamedTuple):
@@ -92,11 +93,12 @@ def roi_pool_with_argmax(features, rois, output_size=(7, 7), spatial_scale=1 / 1
                          batch_axes=None):
     """As `roi_pool`, also returning argmax: int32 of the output's shape, the flat index
     h * W + w of each max inside its image plane, -1 for an empty bin or invalid RoI."""
-    features, rois = _check_inputs(features, rois, data_format)
+    features, rois = check_inputs("roi_pool", features, rois, data_format)
     pool = functools.partial(
-        _pool, pooled_hw=_check_output_size(output_size), spatial_scale=_check_spatial_scale(spatial_scale),
+        _pool, pooled_hw=check_output_size("roi_pool", output_size),
+        spatial_scale=check_spatial_scale("roi_pool", spatial_scale),
         data_format=data_format, rounding=_check_rounding(rounding),
-        deterministic=_check_deterministic(deterministic), impl=_resolve_impl(impl))
+        deterministic=check_deterministic("roi_pool", deterministic), impl=_resolve_impl(impl))
     if rois.ndim == 3:
         return batch_partitioned(pool, batch_axes=batch_axes, name="roi_pool")(features, rois)
     axes, shards = batch_shards(batch_axes)
@@ -134,14 +136,7 @@ def rois_from_fractions(boxes, batch_index, feature_hw):
 
 def _pool(features, rois, *, pooled_hw, spatial_scale, data_format, rounding, deterministic, impl):
     """Checked arguments -> (pooled, argmax) on this device's images."""
-    if data_format == "NCHW":
-        features = jnp.transpose(features, (0, 2, 3, 1))
-    batched_rois = None
-    if rois.ndim == 3:  # [N, R, 4] -> [N * R, 5] with each box's image index
-        batched_rois = rois.shape[:2]
-        index = jnp.broadcast_to(jnp.arange(rois.shape[0], dtype=jnp.float32)[:, None, None],
-                                 rois.shape[:2] + (1,))
-        rois = jnp.concatenate([index, rois], axis=2).reshape(-1, 5)
+    features, rois, batched_rois = to_kernel_layout(features, rois, data_format)
     out_shape = (rois.shape[0], *pooled_hw, features.shape[3])
     if math.prod(out_shape) == 0 or math.prod(features.shape[:3]) == 0:
         out = jnp.zeros(out_shape, features.dtype) + 0 * jnp.sum(features)
@@ -153,41 +148,11 @@ def _pool(features, rois, *, pooled_hw, spatial_scale, data_format, rounding, de
         config = _CallConfig(pooled_hw, spatial_scale, ROUNDINGS.index(rounding),
                              bool(deterministic), tuple(features.shape), features.dtype)
         out, argmax = _pool_native(features, rois, config)
-
-    if data_format == "NCHW":
-        out, argmax = (jnp.transpose(x, (0, 3, 1, 2)) for x in (out, argmax))
-    if batched_rois is not None:
-        out, argmax = (x.reshape(batched_rois + x.shape[1:]) for x in (out, argmax))
-    return out, argmax
+    return tuple(from_kernel_layout(x, data_format, batched_rois) for x in (out, argmax))
 
 
 # ---------------------------------------------------------------------------------------------
-# Argument checks: shape and dtype errors name the argument; data-dependent problems (bad batch
-# indices, NaN coordinates, ...) are the kernels' business and give zeros with argmax -1.
-
-
-def _check_inputs(features, rois, data_format):
-    """-> (features, rois as float32): [N, H, W, C] (or NCHW) and [K, 5] or [N, R, 4]."""
-    if data_format not in DATA_FORMATS:
-        raise ValueError(f"roi_pool: data_format must be one of {DATA_FORMATS}, got {data_format!r}")
-    features = jnp.asarray(features)
-    rois = jnp.asarray(rois)
-    if features.ndim != 4:
-        layout = "[N, H, W, C]" if data_format == "NHWC" else "[N, C, H, W]"
-        raise ValueError(f"roi_pool: features must be {layout}, got shape {features.shape}")
-    if features.dtype not in FEATURE_DTYPES:
-        raise TypeError("roi_pool: features must be float32, bfloat16 or float16, "
-                        f"got {features.dtype}")
-    if not jnp.issubdtype(rois.dtype, jnp.floating):
-        raise TypeError(f"roi_pool: rois must be a float array, got {rois.dtype}")
-    if rois.ndim == 3 and rois.shape[2] == 4:
-        if rois.shape[0] != features.shape[0]:
-            raise ValueError(f"roi_pool: rois [N, R, 4] has N={rois.shape[0]} but features have "
-                             f"N={features.shape[0]}")
-    elif rois.ndim != 2 or rois.shape[1] != 5:
-        raise ValueError("roi_pool: rois must be [K, 5] (batch_index, x1, y1, x2, y2) or "
-                         f"[N, R, 4], got shape {rois.shape}")
-    return features, rois.astype(jnp.float32)
+# The argument checks of this op alone (those both ops share: xla_ops.arguments).
 
 
 def _check_rounding(rounding):
@@ -196,47 +161,12 @@ def _check_rounding(rounding):
     return rounding
 
 
-def _check_deterministic(deterministic):
-    if deterministic not in (None, True, False):
-        raise ValueError(f"roi_pool: deterministic must be None or a bool, got {deterministic!r}")
-    return deterministic
-
-
-def _check_output_size(output_size):
-    size = (output_size, output_size) if isinstance(output_size, (int, np.integer)) else output_size
-    try:
-        ph, pw = (operator_index(s) for s in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"roi_pool: output_size must be an int or a pair of ints, got {output_size!r}")
-    if ph <= 0 or pw <= 0:
-        raise ValueError(f"roi_pool: output_size must be positive, got {output_size!r}")
-    return ph, pw
-
-
-def operator_index(value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(value)
-    return int(value)
-
-
-def _check_spatial_scale(spatial_scale):
-    if isinstance(spatial_scale, jax.core.Tracer):
-        raise TypeError("roi_pool: spatial_scale must be a static Python float, not a traced value")
-    try:
-        value = float(spatial_scale)
-    except TypeError:
-        raise TypeError(f"roi_pool: spatial_scale must be a float, got {spatial_scale!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"roi_pool: spatial_scale must be positive and finite, got {spatial_scale!r}")
-    return float(np.float32(value))
-
-
 def _resolve_impl(impl):
     return _native.resolve_impl("roi_pool", impl, _native.is_built, _native.why_not_built)
 
 
 # ---------------------------------------------------------------------------------------------
-# The custom calls, their VJP, and their batching rule.
+# The custom calls and their VJP (vmap folds into one call: xla_ops.batching).
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -282,62 +212,12 @@ def _ffi_backward(grad_out, rois, argmax, num_images, config):
     return _vary_together(grad, like=operands)[0]
 
 
-def _fold_rois(rois, axis_size, num_images):
-    """rois [B, K, 5] of B independent problems over N images each -> [B*K, 5] indexing the
-    [B*N] folded images. Invalid batch indices stay invalid (-1) rather than landing in another
-    problem's images."""
-    rois = jnp.asarray(rois)
-    b = rois[..., 0]
-    ok = jnp.isfinite(b) & (b >= 0) & (b < num_images)
-    offset = (jnp.arange(axis_size, dtype=jnp.float32) * num_images)[:, None]
-    rois = rois.at[..., 0].set(jnp.where(ok, jnp.trunc(b) + offset, -1.0))
-    return rois.reshape(-1, 5)
-
-
-def _broadcast_unbatched(axis_size, in_batched, *args):
-    return [x if batched else jnp.broadcast_to(x, (axis_size,) + x.shape)
-            for x, batched in zip(args, in_batched)]
-
-
 def _forward_call(features, rois, config):
-    # vmap folds the mapped axis into the images and RoIs of ONE custom call, rather than
-    # looping over the batch.
-    @jax.custom_batching.custom_vmap
-    def forward(features, rois):
-        return _ffi_forward(features, rois, config)
-
-    @forward.def_vmap
-    def forward_batched(axis_size, in_batched, features, rois):
-        features_batched, rois_batched = in_batched
-        num_rois = rois.shape[1] if rois_batched else rois.shape[0]
-        if features_batched:
-            (rois,) = _broadcast_unbatched(axis_size, [rois_batched], rois)
-            rois = _fold_rois(rois, axis_size, features.shape[1])
-            features = features.reshape((-1,) + features.shape[2:])
-        else:  # every problem pools the same images
-            rois = rois.reshape(-1, 5)
-        out, argmax = forward(features, rois)
-        unfold = lambda x: x.reshape((axis_size, num_rois) + x.shape[1:])
-        return (unfold(out), unfold(argmax)), (True, True)
-
-    return forward(features, rois)
+    """features [N, H, W, C], rois [K, 5] -> (out, argmax), each [K, PH, PW, C]."""
+    return folded_forward(lambda f, r: _ffi_forward(f, r, config), features, rois)
 
 
 def _backward_call(grad_out, rois, argmax, num_images, config):
     """grad_out, argmax: [K, PH, PW, C]; rois: [K, 5] -> float32 [num_images, H, W, C]."""
-
-    @jax.custom_batching.custom_vmap
-    def backward(grad_out, rois, argmax):
-        return _ffi_backward(grad_out, rois, argmax, num_images, config)
-
-    @backward.def_vmap
-    def backward_batched(axis_size, in_batched, grad_out, rois, argmax):
-        # Always produce per-problem gradients [B, N, H, W, C]; where the primal features were
-        # shared by the problems, custom_vjp's batching sums them over B.
-        grad_out, rois, argmax = _broadcast_unbatched(axis_size, in_batched, grad_out, rois, argmax)
-        flat = lambda x: x.reshape((-1,) + x.shape[2:])
-        grad = _backward_call(flat(grad_out), _fold_rois(rois, axis_size, num_images),
-                              flat(argmax), axis_size * num_images, config)
-        return grad.reshape((axis_size, num_images) + grad.shape[1:]), True
-
-    return backward(grad_out, rois, argmax)
+    return folded_backward(lambda r, per_roi, n: _ffi_backward(per_roi[0], r, per_roi[1], n, config),
+                           rois, (grad_out, argmax), num_images)

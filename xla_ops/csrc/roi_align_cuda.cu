@@ -54,6 +54,31 @@ int64_t NumBlocks(int64_t work) {
   return blocks < 1 ? 1 : (blocks > (1 << 20) ? (1 << 20) : blocks);
 }
 
+// Element i of a [K, PH, PW, C] array: RoI k, bin (ph, pw), channel c.
+struct OutputElement {
+  int64_t k, ph, pw, c;
+};
+
+ROI_HD OutputElement Unflatten(int64_t i, const Dims& d) {
+  return {i / (d.c * d.pw * d.ph), (i / (d.c * d.pw)) % d.ph, (i / d.c) % d.pw, i % d.c};
+}
+
+// Calls visit(y, x) for each sample of bin (ph, pw) of the RoI `g` that lies inside the map, in
+// the CPU kernels' order (sample row, then sample column).
+template <typename Visit>
+__device__ inline void ForEachSample(const RoiGeometry& g, int64_t ph, int64_t pw, const Dims& d, Visit&& visit) {
+  const SampleRange rows = SamplesToVisit(g.start_h, ph, g.bin_h, g.grid_h, d.h, g.adaptive);
+  const SampleRange cols = SamplesToVisit(g.start_w, pw, g.bin_w, g.grid_w, d.w, g.adaptive);
+  for (int64_t iy = rows.begin; iy < rows.end; ++iy) {
+    const AxisSample y = Interpolate(SamplePosition(g.start_h, ph, g.bin_h, iy, g.grid_h), d.h);
+    if (!y.inside) continue;
+    for (int64_t ix = cols.begin; ix < cols.end; ++ix) {
+      const AxisSample x = Interpolate(SamplePosition(g.start_w, pw, g.bin_w, ix, g.grid_w), d.w);
+      if (x.inside) visit(y, x);
+    }
+  }
+}
+
 template <typename T>
 __global__ void ForwardKernel(const T* __restrict__ features, const float* __restrict__ rois,
                               T* __restrict__ out, Dims d, Params p) {
@@ -61,32 +86,20 @@ __global__ void ForwardKernel(const T* __restrict__ features, const float* __res
   const int64_t total = d.k * d.ph * d.pw * d.c;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    const int64_t c = i % d.c;
-    const int64_t pw = (i / d.c) % d.pw;
-    const int64_t ph = (i / (d.c * d.pw)) % d.ph;
-    const int64_t k = i / (d.c * d.pw * d.ph);
-    const RoiGeometry g = MapRoi(rois + k * 5, p.spatial_scale, d.n, d.ph, d.pw, p.sampling_ratio, p.aligned);
+    const OutputElement e = Unflatten(i, d);
+    const RoiGeometry g = MapRoi(rois + e.k * 5, p.spatial_scale, d.n, d.ph, d.pw, p.sampling_ratio, p.aligned);
     if (g.batch < 0 || d.h == 0 || d.w == 0) {
       out[i] = T{};  // +0 for every float type
       continue;
     }
-    const T* plane = features + g.batch * d.h * d.w * d.c + c;
-    const SampleRange rows = SamplesToVisit(g.start_h, ph, g.bin_h, g.grid_h, d.h, g.adaptive);
-    const SampleRange cols = SamplesToVisit(g.start_w, pw, g.bin_w, g.grid_w, d.w, g.adaptive);
+    const T* plane = features + g.batch * d.h * d.w * d.c + e.c;
     float acc = 0.0f;
-    for (int64_t iy = rows.begin; iy < rows.end; ++iy) {
-      const AxisSample y = Interpolate(SamplePosition(g.start_h, ph, g.bin_h, iy, g.grid_h), d.h);
-      if (!y.inside) continue;
-      for (int64_t ix = cols.begin; ix < cols.end; ++ix) {
-        const AxisSample x = Interpolate(SamplePosition(g.start_w, pw, g.bin_w, ix, g.grid_w), d.w);
-        if (!x.inside) continue;
-        const Weights w = SampleWeights(y, x);
-        acc = Add(acc, Blend(w, ToFloat(plane[(y.low * d.w + x.low) * d.c]),
-                             ToFloat(plane[(y.low * d.w + x.high) * d.c]),
-                             ToFloat(plane[(y.high * d.w + x.low) * d.c]),
-                             ToFloat(plane[(y.high * d.w + x.high) * d.c])));
-      }
-    }
+    ForEachSample(g, e.ph, e.pw, d, [&](const AxisSample& y, const AxisSample& x) {
+      acc = Add(acc, Blend(SampleWeights(y, x), ToFloat(plane[(y.low * d.w + x.low) * d.c]),
+                           ToFloat(plane[(y.low * d.w + x.high) * d.c]),
+                           ToFloat(plane[(y.high * d.w + x.low) * d.c]),
+                           ToFloat(plane[(y.high * d.w + x.high) * d.c])));
+    });
     out[i] = FromFloat<T>(Div(acc, g.count));
   }
 }
@@ -98,29 +111,18 @@ __global__ void BackwardAtomicKernel(const T* __restrict__ grad_out, const float
   const int64_t total = d.k * d.ph * d.pw * d.c;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    const int64_t c = i % d.c;
-    const int64_t pw = (i / d.c) % d.pw;
-    const int64_t ph = (i / (d.c * d.pw)) % d.ph;
-    const int64_t k = i / (d.c * d.pw * d.ph);
-    const RoiGeometry g = MapRoi(rois + k * 5, p.spatial_scale, d.n, d.ph, d.pw, p.sampling_ratio, p.aligned);
+    const OutputElement e = Unflatten(i, d);
+    const RoiGeometry g = MapRoi(rois + e.k * 5, p.spatial_scale, d.n, d.ph, d.pw, p.sampling_ratio, p.aligned);
     if (g.batch < 0) continue;
     const float go = ToFloat(grad_out[i]);
-    float* plane = grad_features + g.batch * d.h * d.w * d.c + c;
-    const SampleRange rows = SamplesToVisit(g.start_h, ph, g.bin_h, g.grid_h, d.h, g.adaptive);
-    const SampleRange cols = SamplesToVisit(g.start_w, pw, g.bin_w, g.grid_w, d.w, g.adaptive);
-    for (int64_t iy = rows.begin; iy < rows.end; ++iy) {
-      const AxisSample y = Interpolate(SamplePosition(g.start_h, ph, g.bin_h, iy, g.grid_h), d.h);
-      if (!y.inside) continue;
-      for (int64_t ix = cols.begin; ix < cols.end; ++ix) {
-        const AxisSample x = Interpolate(SamplePosition(g.start_w, pw, g.bin_w, ix, g.grid_w), d.w);
-        if (!x.inside) continue;
-        const Weights w = SampleWeights(y, x);
-        atomicAdd(plane + (y.low * d.w + x.low) * d.c, Mul(go, Div(w.w1, g.count)));
-        atomicAdd(plane + (y.low * d.w + x.high) * d.c, Mul(go, Div(w.w2, g.count)));
-        atomicAdd(plane + (y.high * d.w + x.low) * d.c, Mul(go, Div(w.w3, g.count)));
-        atomicAdd(plane + (y.high * d.w + x.high) * d.c, Mul(go, Div(w.w4, g.count)));
-      }
-    }
+    float* plane = grad_features + g.batch * d.h * d.w * d.c + e.c;
+    ForEachSample(g, e.ph, e.pw, d, [&](const AxisSample& y, const AxisSample& x) {
+      const Weights w = SampleWeights(y, x);
+      atomicAdd(plane + (y.low * d.w + x.low) * d.c, Mul(go, Div(w.w1, g.count)));
+      atomicAdd(plane + (y.low * d.w + x.high) * d.c, Mul(go, Div(w.w2, g.count)));
+      atomicAdd(plane + (y.high * d.w + x.low) * d.c, Mul(go, Div(w.w3, g.count)));
+      atomicAdd(plane + (y.high * d.w + x.high) * d.c, Mul(go, Div(w.w4, g.count)));
+    });
   }
 }
 
