@@ -83,7 +83,7 @@ def _run_proposals(args) -> int:  # --method rpn (the default with --workdir): a
 
 
 def _run_make_shapes(args) -> int:
-    written = data.write_shapes_dataset(config := _config(args, DEMO_CONFIG), args.out, format=args.format)
+    written = experiment.make_shapes(config := _config(args, DEMO_CONFIG), args.out, format=args.format)
     command = reporting.shapes_train_command(args.config or DEMO_CONFIG, args.overrides, args.format, args.out)
     print(reporting.shapes_summary(written, data.shapes_splits(config), command, args.format))
     return 0

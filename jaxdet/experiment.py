@@ -74,6 +74,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str, *, step
     return evaluation.evaluate(config, detector, load_dataset(config, split), out, show_progress=show_progress)
 
 
+def make_shapes(config: ml_collections.ConfigDict, out: str, *, format: str) -> dict:
+    """`jaxdet make-shapes`: the shapes dataset of `config` written into `out`, a new or empty folder
+    (nothing of the user's replaced); returns the splits' locations (`write_shapes_dataset`)."""
+    run_files.require_new_folder(out, "--out")
+    return write_shapes_dataset(config, out, format=format)
+
+
 def demo_data(config: ml_collections.ConfigDict, workdir: str) -> tuple:
     """The demo's shapes sets (`config.data`) under `workdir/data`, written unless the same ones are
     already there; `workdir` must be the demo's (`jaxdet.workdir.claim_for_demo`), and only files the

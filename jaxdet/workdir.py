@@ -239,6 +239,18 @@ def require_run_dir(workdir: str) -> None:
                          "directory of a training run (what `jaxdet train --workdir DIR` or `jaxdet demo` wrote)")
 
 
+def require_new_folder(folder: str, option: str) -> None:
+    """UsageError unless `folder` is absent or an empty directory: a command that writes a whole tree
+    of fixed names there (a dataset) would replace the files of the same names already in it."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{option} {folder} is a file: give a new or empty folder")
+    held = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    if held:
+        shown = ", ".join(held[:3]) + (f" and {len(held) - 3} more" if len(held) > 3 else "")
+        raise UsageError(f"{option} {folder} is not empty (it holds {shown}), and jaxdet never replaces "
+                         "files it did not write: give a new or empty folder")
+
+
 def check_writable(directory: str) -> None:
     """Creates `directory` if absent and a file in it, removed at once: raises the OSError (a
     read-only file system, no permission) that writing there would meet, naming `directory`, before

@@ -72,6 +72,32 @@ def test_demo_refuses_a_folder_of_user_files(tmp_path, capsys):
     assert snapshot(folder) == before
 
 
+def test_make_shapes_refuses_a_folder_holding_a_dataset_of_the_users(tmp_path, capsys):
+    # A VOC tree of the user's whose split list and annotation names make-shapes would write too.
+    folder = tmp_path / "mine"
+    (folder / "ImageSets" / "Main").mkdir(parents=True)
+    (folder / "ImageSets" / "Main" / "train.txt").write_text("s0_000000\n")
+    (folder / "Annotations").mkdir()
+    (folder / "Annotations" / "s0_000000.xml").write_text("<annotation>mine</annotation>")
+    (folder / "notes.txt").write_text("keep me")
+    (folder / "readme.md").write_text("keep me too")
+    before = snapshot(folder)
+    status, _, err = run(capsys, "make-shapes", "--config", SMOKE, "--out", folder)
+    assert status == 2
+    assert_one_paragraph(err, f"--out {folder} is not empty (it holds Annotations, ImageSets, notes.txt and 1 more)",
+                         "never replaces files it did not write", "new or empty folder")
+    assert snapshot(folder) == before
+    (tmp_path / "a_file").write_text("x")
+    status, _, err = run(capsys, "make-shapes", "--config", SMOKE, "--out", tmp_path / "a_file")
+    assert status == 2
+    assert_one_paragraph(err, f"--out {tmp_path / 'a_file'} is a file")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    status, _, err = run(capsys, "make-shapes", "--config", SMOKE, "--out", empty)
+    assert status == 0, err
+    assert (empty / "ImageSets" / "Main" / "train.txt").is_file()
+
+
 def test_demo_replaces_only_its_own_files_in_its_own_directory(tmp_path, capsys):
     workdir = tmp_path / "demo"
     status, _, err = run(capsys, "demo", "--config", SMOKE, "--workdir", workdir, "--no-progress")
