@@ -1,4 +1,4 @@
-"""Training the ResNet-FPN Faster R-CNN: fine-tuning torchvision's weights (a .pth written without torch) on
+"""Training the ResNet-FPN Faster R-CNN: fine-tuning torchvision's v1 or v2 weights (a .pth written without torch) on
 other classes keeps every imported layer, makes new class layers and trains only torchvision's trainable
 layers; the RPN objectness loss is the binary cross entropy; the tiny config trains on the shapes set
 through the command line (the loss falls, the evaluation runs)."""
@@ -11,6 +11,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import traverse_util
 from helpers import run, synthetic_batch, write_torchvision_fpn
 
@@ -24,8 +25,9 @@ from jaxdet.training.step import step_key, train_step
 SHAPES = ("circle", "square", "triangle")
 
 
-def test_fine_tuning_keeps_imported_layers_new_class_layers_trainable_layers(tmp_path):
-    config = fasterrcnn_resnet50_fpn_coco.get_config("tiny")
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_fine_tuning_keeps_imported_layers_new_class_layers_trainable_layers(tmp_path, version):
+    config = fasterrcnn_resnet50_fpn_coco.get_config("tiny", version=version)
     coco_model = model_from_config(config.model)  # 90 classes: the file's predictor
     assert coco_model.num_classes == 90
     imported = jax.device_get(coco_model.init(jax.random.PRNGKey(7), jnp.zeros((1, 64, 64, 3)), jnp.zeros((1, 1, 4))))
