@@ -55,14 +55,15 @@ def missed(run: str) -> list:
     names = dataset.class_names
     lines = []
     for i, (record, (boxes, labels, scores)) in enumerate(zip(dataset.records, found)):
-        overlaps = box_iou(record.boxes.astype(np.float64), boxes, xp=np) if len(boxes) else np.zeros((len(record.boxes), 0))
+        overlaps = box_iou(record.boxes.astype(np.float64), boxes, xp=np)  # [M, D]
         for gt_box, gt_label, row in zip(record.boxes, record.labels, overlaps):
             same = row[labels == gt_label]
             best = float(same.max()) if same.size else 0.0
             if best >= IOU:
                 continue
-            nearest = (f"nearest detection: {names[labels[row.argmax()]]}, IoU {row.max():.2f}, score "
-                       f"{scores[row.argmax()]:.2f}") if row.size else "no detection in the image"
+            k = int(row.argmax()) if row.size else None
+            nearest = ("no detection in the image" if k is None else
+                       f"nearest detection: {names[labels[k]]}, IoU {row[k]:.2f}, score {scores[k]:.2f}")
             lines.append(f"image {i}, {names[gt_label]} {[int(v) for v in gt_box]}: best {names[gt_label]} "
                          f"IoU {best:.2f}; {nearest}")
     return lines
